@@ -1,0 +1,94 @@
+"""Write a CT volume (int16 HU, indexed [x, y, z], LPS affine) as NIfTI, MHD/raw or a DICOM series.
+
+NIfTI through nibabel (RAS affine), MHD through ITK (LPS), DICOM through pydicom with the headers a
+scanner writes (CT Image Storage, ImagePositionPatient per slice, unsigned pixels with
+RescaleIntercept -1024). Works with pydicom 2.4 and 3.x. Each file is written atomically.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import itk
+import nibabel as nib
+import numpy as np
+import pydicom
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+from nodule_bundle.geometry import LPS_TO_RAS
+from nodule_bundle.io_utils import atomic_path
+
+_PYDICOM_3 = int(pydicom.__version__.split(".")[0]) >= 3
+
+
+def write_nifti(path: str | Path, volume_hu: np.ndarray, affine_lps: np.ndarray) -> None:
+    image = nib.Nifti1Image(volume_hu, LPS_TO_RAS @ affine_lps)
+    image.header.set_xyzt_units("mm")
+    image.set_qform(image.affine, code=1)
+    image.set_sform(image.affine, code=1)
+    with atomic_path(path) as tmp:
+        nib.save(image, tmp)
+
+
+def write_mhd(path: str | Path, volume_hu: np.ndarray, affine_lps: np.ndarray) -> None:
+    """MHD header + raw data (LUNA16's format); ITK stores arrays [z, y, x]."""
+    image = itk.image_from_array(np.ascontiguousarray(volume_hu.transpose(2, 1, 0)))
+    spacing = np.linalg.norm(affine_lps[:3, :3], axis=0)
+    image.SetSpacing(spacing.tolist())
+    image.SetOrigin(affine_lps[:3, 3].tolist())
+    image.SetDirection(itk.matrix_from_array(np.ascontiguousarray(affine_lps[:3, :3] / spacing)))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.stem}.", dir=path.parent) as tmp_dir:
+        tmp = Path(tmp_dir) / path.name  # same name, so the header's ElementDataFile is already right
+        itk.imwrite(image, str(tmp))
+        tmp.with_suffix(".raw").replace(path.with_suffix(".raw"))
+        tmp.replace(path)  # header last: a reader never sees a header without its data
+
+
+def write_dicom_series(
+    directory: str | Path,
+    volume_hu: np.ndarray,
+    affine_lps: np.ndarray,
+    series_uid: str,
+    patient_id: str = "PHANTOM",
+) -> None:
+    """One file per axial slice, ``directory/IM00001.dcm`` ...; the affine's direction must be axial."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    spacing = np.linalg.norm(affine_lps[:3, :3], axis=0)
+    direction = affine_lps[:3, :3] / spacing
+    study_uid = generate_uid(entropy_srcs=[series_uid, "study"])
+    frame_uid = generate_uid(entropy_srcs=[series_uid, "frame"])
+    stored = np.clip(volume_hu.astype(np.int32) + 1024, 0, 65535).astype(np.uint16)
+    for k in range(volume_hu.shape[2]):
+        sop_uid = generate_uid(entropy_srcs=[series_uid, str(k)])
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = sop_uid
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+        ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop_uid
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+        ds.Modality, ds.PatientID, ds.PatientName = "CT", patient_id, patient_id
+        ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in affine_lps[:3, 3] + affine_lps[:3, 2] * k]
+        ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*direction[:, 0], *direction[:, 1])]
+        ds.PixelSpacing = [f"{spacing[1]:.6f}", f"{spacing[0]:.6f}"]  # row spacing (y), column spacing (x)
+        ds.SliceThickness = f"{spacing[2]:.4f}"
+        ds.SliceLocation = f"{affine_lps[2, 3] + affine_lps[2, 2] * k:.4f}"
+        ds.Rows, ds.Columns = volume_hu.shape[1], volume_hu.shape[0]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "-1024", "1", "HU"
+        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
+        with atomic_path(directory / f"IM{k + 1:05d}.dcm") as tmp:
+            if _PYDICOM_3:
+                ds.save_as(tmp, enforce_file_format=True)
+            else:
+                ds.is_little_endian, ds.is_implicit_VR = True, False
+                ds.save_as(tmp, write_like_original=False)

@@ -1,0 +1,79 @@
+"""Multi-task 3D CNN for nodule patches: one shared encoder, three heads, one output tensor.
+
+Output ``[B, 7]`` (documented in ``configs/metadata.json``):
+
+====== ==========================================================
+0, 1   malignancy logits (benign, malignant)
+2..5   Lung-RADS size band logits (<6, 6-<8, 8-<15, >=15 mm)
+6      diameter in mm (regression)
+====== ==========================================================
+
+A single tensor keeps ``verify_net_in_out``, TorchScript and ONNX export working; the post-transform
+:class:`nodule_bundle.transforms.NoduleHeadsd` gives the channels their names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.blocks import Convolution
+from torch import nn
+
+MALIGNANCY = slice(0, 2)
+SIZE_BAND = slice(2, 6)
+DIAMETER = slice(6, 7)
+OUT_CHANNELS = 7
+
+#: Diameter head scale: the layer predicts (d - 10 mm) / 10 mm, so its initial outputs are plausible.
+DIAMETER_OFFSET_MM, DIAMETER_SCALE_MM = 10.0, 10.0
+
+
+class NoduleEncoder(nn.Module):
+    """Classic 3D CNN encoder: per stage two 3x3x3 conv-BN-ReLU (MONAI ``Convolution``) then max-pool.
+
+    The first stage uses a stride-2 convolution (cheap on CPU); global average pooling ends it.
+    """
+
+    def __init__(self, in_channels: int = 1, channels: Sequence[int] = (16, 32, 64, 128), dropout: float = 0.0):
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev = in_channels
+        for i, ch in enumerate(channels):
+            layers += [
+                Convolution(3, prev, ch, strides=2 if i == 0 else 1, kernel_size=3, norm="batch", act="relu"),
+                Convolution(3, ch, ch, kernel_size=3, norm="batch", act="relu", dropout=dropout),
+            ]
+            if i < len(channels) - 1:
+                layers.append(nn.MaxPool3d(2))
+            prev = ch
+        layers += [nn.AdaptiveAvgPool3d(1), nn.Flatten()]
+        self.features = nn.Sequential(*layers)
+        self.out_features = prev
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+class MultiTaskNoduleNet(nn.Module):
+    """Shared encoder + fully connected heads for malignancy, size band and diameter.
+
+    Args:
+        in_channels: input channels (1 for CT, 2 with the optional edge-map channel).
+        channels: encoder widths per stage.
+        hidden: width of the shared fully connected layer.
+        dropout: dropout before the heads.
+    """
+
+    def __init__(self, in_channels: int = 1, channels: Sequence[int] = (16, 32, 64, 128), hidden: int = 128, dropout: float = 0.2):
+        super().__init__()
+        self.encoder = NoduleEncoder(in_channels, channels)
+        self.shared = nn.Sequential(nn.Linear(self.encoder.out_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        self.malignancy = nn.Linear(hidden, MALIGNANCY.stop - MALIGNANCY.start)
+        self.size_band = nn.Linear(hidden, SIZE_BAND.stop - SIZE_BAND.start)
+        self.diameter = nn.Linear(hidden, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.shared(self.encoder(x))
+        diameter = self.diameter(h) * DIAMETER_SCALE_MM + DIAMETER_OFFSET_MM
+        return torch.cat([self.malignancy(h), self.size_band(h), diameter], dim=1)

@@ -1,0 +1,249 @@
+"""Custom MONAI transforms: physical nodule crop, CT preprocessing, training targets, named heads.
+
+Array transforms take channel-first ``MetaTensor`` images; each has a dictionary twin (``...d``).
+All geometry goes through :mod:`nodule_bundle.geometry`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import (
+    GaussianSmooth,
+    HistogramNormalize,
+    MapTransform,
+    ScaleIntensityRange,
+    SobelGradients,
+    SpatialCrop,
+    SpatialResample,
+    Transform,
+)
+from monai.utils import SpaceKeys
+
+from nodule_bundle.geometry import LPS_TO_RAS, lps_to_ras, world_to_voxel
+from nodule_bundle.networks import DIAMETER, MALIGNANCY, SIZE_BAND
+from nodule_bundle.nodule import size_band
+
+
+class NoduleOutsideVolumeError(ValueError):
+    """A nodule centre that does not lie inside the image it is said to be in."""
+
+
+def _filename(img: torch.Tensor) -> str:
+    return str(img.meta.get("filename_or_obj", "<image>")) if isinstance(img, MetaTensor) else "<image>"
+
+
+def _voxel_size(affine: torch.Tensor | np.ndarray) -> np.ndarray:
+    aff = np.asarray(affine, dtype=np.float64)
+    return np.linalg.norm(aff[:3, :3], axis=0)
+
+
+class NoduleCrop(Transform):
+    """Cut an isotropic cube centred on a world point: crop first, then resample only the crop.
+
+    Input: ``[C, X, Y, Z]`` MetaTensor with its voxel->world affine (frame in ``meta["space"]``).
+    Output: ``[C, n, n, n]`` with ``n = patch_size``, voxel size ``spacing_mm``, axes along the RAS
+    world axes, and the world point at the patch centre (voxel ``(n - 1) / 2``). Regions beyond the
+    scan repeat its border (air at the edge of a CT field of view).
+
+    Args:
+        patch_size: voxels per side.
+        spacing_mm: isotropic output voxel size in mm.
+        mode: interpolation for :class:`monai.transforms.SpatialResample`.
+    """
+
+    def __init__(self, patch_size: int = 48, spacing_mm: float = 1.0, mode: str = "bilinear"):
+        self.patch_size, self.spacing_mm = int(patch_size), float(spacing_mm)
+        self.resample = SpatialResample(mode=mode, padding_mode="border", dtype=torch.float32)
+
+    def __call__(self, img: MetaTensor, center_world_mm: Sequence[float]) -> MetaTensor:
+        space = img.meta.get("space", SpaceKeys.RAS)
+        center = np.asarray(center_world_mm, dtype=np.float64)
+        shape = np.array(img.shape[1:])
+        center_voxel = world_to_voxel(center, img.affine, space)
+        if np.any(center_voxel < -0.5) or np.any(center_voxel > shape - 0.5):
+            raise NoduleOutsideVolumeError(
+                f"{_filename(img)}: nodule at world {np.round(center, 1).tolist()} mm (LPS) is outside the "
+                f"image (voxel {np.round(center_voxel, 1).tolist()}, image size {shape.tolist()})"
+            )
+        half_mm = self.spacing_mm * self.patch_size / 2.0
+        corners = center + half_mm * np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+        corner_voxels = world_to_voxel(corners, img.affine, space)
+        start = np.clip(np.floor(corner_voxels.min(0)) - 1, 0, shape).astype(int)
+        end = np.clip(np.ceil(corner_voxels.max(0)) + 2, 0, shape).astype(int)
+        crop = SpatialCrop(roi_start=start, roi_end=end)(img)
+        dst = np.diag([self.spacing_mm] * 3 + [1.0])  # RAS-aligned patch axes, centre on the point
+        dst[:3, 3] = lps_to_ras(center) - self.spacing_mm * (self.patch_size - 1) / 2.0
+        if str(space).upper() != SpaceKeys.RAS.value:
+            dst = LPS_TO_RAS @ dst
+        return self.resample(crop, dst_affine=torch.as_tensor(dst), spatial_size=(self.patch_size,) * 3)
+
+
+class NoduleCropd(MapTransform):
+    """Dictionary twin of :class:`NoduleCrop`: one sample per nodule, as MONAI's multi-sample crops.
+
+    ``data[center_key]`` is one centre ``(3,)`` or several ``(N, 3)`` in LPS world mm. Returns a list of
+    N dicts: ``keys`` cropped around each centre, ``center_key`` set to that centre, ``center_voxel``
+    its continuous voxel index in the source image, and each key of ``per_nodule_keys`` (present in
+    ``data`` as length-N sequences, e.g. ``nodule_id``) indexed; every other key is shared.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        center_key: str = "center_world_mm",
+        per_nodule_keys: Sequence[str] = ("nodule_id",),
+        patch_size: int = 48,
+        spacing_mm: float = 1.0,
+        mode: str = "bilinear",
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        self.center_key, self.per_nodule_keys = center_key, tuple(per_nodule_keys)
+        self.cropper = NoduleCrop(patch_size, spacing_mm, mode)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> list[dict]:
+        centers = np.asarray(data[self.center_key], dtype=np.float64)
+        several = centers.ndim == 2
+        first = data[self.first_key(dict(data))]
+        samples = []
+        for i, center in enumerate(centers.reshape(-1, 3)):
+            sample = {k: v for k, v in data.items() if k not in self.keys}
+            for key in self.key_iterator(dict(data)):
+                sample[key] = self.cropper(data[key], center)
+            sample[self.center_key] = torch.as_tensor(center)
+            sample["center_voxel"] = torch.as_tensor(world_to_voxel(center, first.affine, first.meta.get("space", "RAS")))
+            if several:
+                for key in self.per_nodule_keys:
+                    if key in data:
+                        sample[key] = data[key][i]  # type: ignore[index]
+            samples.append(sample)
+        return samples
+
+
+class CTPreprocess(Transform):
+    """HU window to [0, 1] and Gaussian denoising, with optional deblurring, equalisation and edges.
+
+    Steps on a ``[1, X, Y, Z]`` patch (sizes in mm use the patch's voxel size):
+    1. clip ``hu_window`` and scale to [0, 1] (``ScaleIntensityRange``);
+    2. Gaussian blur with ``denoise_sigma_mm`` (0 disables);
+    3. ``deblur``: ``None``, ``"unsharp"`` (``x + amount * (x - blur(x))``) or ``"richardson_lucy"``
+       (``rl_iterations`` multiplicative updates with a Gaussian PSF of ``deblur_sigma_mm``);
+    4. ``equalize``: histogram equalisation within the window (``HistogramNormalize``);
+    5. ``edge_channel``: append the gradient magnitude (``SobelGradients``) as a second channel.
+
+    Output: float32 in [0, 1], 1 channel (2 with ``edge_channel``).
+    """
+
+    def __init__(
+        self,
+        hu_window: Sequence[float] = (-1000.0, 400.0),
+        denoise_sigma_mm: float = 0.5,
+        deblur: str | None = None,
+        deblur_sigma_mm: float = 1.0,
+        unsharp_amount: float = 1.0,
+        rl_iterations: int = 5,
+        equalize: bool = False,
+        edge_channel: bool = False,
+    ):
+        if deblur not in (None, "unsharp", "richardson_lucy"):
+            raise ValueError(f"deblur must be None, 'unsharp' or 'richardson_lucy', got {deblur!r}")
+        self.window = ScaleIntensityRange(hu_window[0], hu_window[1], 0.0, 1.0, clip=True, dtype=torch.float32)
+        self.denoise_sigma_mm, self.deblur, self.deblur_sigma_mm = denoise_sigma_mm, deblur, deblur_sigma_mm
+        self.unsharp_amount, self.rl_iterations = unsharp_amount, rl_iterations
+        self.equalize = HistogramNormalize(num_bins=256, min=0, max=1) if equalize else None
+        self.edges = SobelGradients() if edge_channel else None
+
+    def _blur(self, sigma_mm: float, voxel_mm: np.ndarray) -> GaussianSmooth:
+        return GaussianSmooth(sigma=(sigma_mm / voxel_mm).tolist())
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        voxel_mm = _voxel_size(img.affine) if isinstance(img, MetaTensor) else np.ones(3)
+        x = self.window(img)
+        if self.denoise_sigma_mm > 0:
+            x = self._blur(self.denoise_sigma_mm, voxel_mm)(x)
+        if self.deblur == "unsharp":
+            x = (x + self.unsharp_amount * (x - self._blur(self.deblur_sigma_mm, voxel_mm)(x))).clamp(0.0, 1.0)
+        elif self.deblur == "richardson_lucy":
+            psf = self._blur(self.deblur_sigma_mm, voxel_mm)  # symmetric PSF: its adjoint is itself
+            estimate = x.clone()
+            for _ in range(self.rl_iterations):
+                estimate = estimate * psf(x / psf(estimate).clamp_min(1e-4))
+            x = estimate.clamp(0.0, 1.0)
+        if self.equalize is not None:
+            x = self.equalize(x)
+        if self.edges is not None:
+            magnitude = torch.linalg.vector_norm(torch.as_tensor(self.edges(x)), dim=0, keepdim=True)
+            x = torch.cat([x, magnitude.clamp(0.0, 1.0).to(x)], dim=0)
+        return x
+
+
+class CTPreprocessd(MapTransform):
+    """Dictionary twin of :class:`CTPreprocess`; arguments after ``keys`` are passed through."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **kwargs):
+        super().__init__(keys, allow_missing_keys)
+        self.preprocess = CTPreprocess(**kwargs)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.preprocess(d[key])
+        return d
+
+
+class NoduleTargetsd(MapTransform):
+    """Build the training target ``label = [malignancy, size band, diameter mm]`` (float32, ``[3]``).
+
+    Unknown values (``None``/missing) become -1 (classes) or NaN (diameter), which the loss masks.
+    The size band is derived from the diameter (Lung-RADS edges 6, 8, 15 mm). The source keys are
+    rewritten with the same sentinels so that batches collate.
+    """
+
+    def __init__(self, malignancy_key: str = "malignancy", diameter_key: str = "diameter_mm", label_key: str = "label"):
+        super().__init__([malignancy_key, diameter_key], allow_missing_keys=True)
+        self.malignancy_key, self.diameter_key, self.label_key = malignancy_key, diameter_key, label_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        malignancy = d.get(self.malignancy_key)
+        diameter = d.get(self.diameter_key)
+        malignancy = -1 if malignancy is None else int(malignancy)
+        diameter = math.nan if diameter is None else float(diameter)
+        band = size_band(diameter) if math.isfinite(diameter) else -1
+        d[self.malignancy_key], d[self.diameter_key] = malignancy, diameter
+        d[self.label_key] = torch.tensor([malignancy, band, diameter], dtype=torch.float32)
+        return d
+
+
+class NoduleHeadsd(MapTransform):
+    """Name the network's output channels (post-transform on one decollated item).
+
+    From ``pred`` (``[7]`` logits/mm) it adds ``malignancy_probs`` ``[2]``, ``malignancy_prob`` ``[1]``
+    (P(malignant)), ``size_band_probs`` ``[4]``, ``size_band`` (int), ``diameter_mm_pred`` ``[1]``.
+    From ``label`` when present: ``malignancy_true``, ``size_band_true`` (0-d long), ``diameter_mm_true`` ``[1]``.
+    """
+
+    def __init__(self, pred_key: str = "pred", label_key: str = "label"):
+        super().__init__([pred_key], allow_missing_keys=False)
+        self.pred_key, self.label_key = pred_key, label_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        pred = torch.as_tensor(d[self.pred_key]).float()
+        probs = torch.softmax(pred[MALIGNANCY], dim=0)
+        d["malignancy_probs"], d["malignancy_prob"] = probs, probs[1:]
+        d["size_band_probs"] = torch.softmax(pred[SIZE_BAND], dim=0)
+        d["size_band"] = int(d["size_band_probs"].argmax())
+        d["diameter_mm_pred"] = pred[DIAMETER]
+        label = d.get(self.label_key)
+        if label is not None:
+            label = torch.as_tensor(label).float()
+            d["malignancy_true"], d["size_band_true"] = label[0].long(), label[1].long()
+            d["diameter_mm_true"] = label[2:3]
+        return d
