@@ -7,10 +7,15 @@ with ``monai.data.load_decathlon_datalist(path, False, "training", dataset_dir)`
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
+from monai.data import load_decathlon_datalist
 
+from nodule_bundle.data.nodule_csv import NoduleListError, read_nodule_csv
 from nodule_bundle.nodule import Nodule
 
 SPLITS = ("training", "validation", "test")
@@ -47,3 +52,72 @@ def build_datalist(items_by_scan: Mapping[str, list[dict]], seed: int, **extra) 
     for scan_id, items in items_by_scan.items():
         datalist[assignment[scan_id]].extend(items)
     return datalist
+
+
+class DatalistError(ValueError):
+    """A datalist that cannot be used; the message names the file and the problem."""
+
+
+REQUIRED_ITEM_KEYS = ("image", "center_world_mm")
+
+
+def load_nodule_datalist(datalist: str | Path, split: str, dataset_dir: str | Path | None = None) -> list[dict]:
+    """Items of one split, image paths resolved against ``dataset_dir`` (default: the datalist's folder).
+
+    Uses ``monai.data.load_decathlon_datalist``; checks first that the file, the split, the keys and
+    the image files exist, so that a bad datalist fails before training starts, naming what is wrong.
+    """
+    path = Path(datalist)
+    if not path.is_file():
+        raise DatalistError(f"{path}: datalist not found (pass --datalist and --dataset_dir)")
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DatalistError(f"{path}: not a JSON datalist ({err})") from None
+    if not isinstance(content, dict) or not isinstance(content.get(split), list):
+        raise DatalistError(f"{path}: no list of items under the key {split!r}")
+    if not content[split]:
+        raise DatalistError(f"{path}: the {split!r} split is empty")
+    base = Path(dataset_dir) if dataset_dir is not None else path.parent
+    items = load_decathlon_datalist(str(path), False, split, str(base))
+    for i, item in enumerate(items):
+        missing = [k for k in REQUIRED_ITEM_KEYS if k not in item]
+        if missing:
+            raise DatalistError(f"{path}: {split}[{i}] lacks {', '.join(missing)}")
+        if not os.path.exists(item["image"]):
+            raise DatalistError(f"{path}: {split}[{i}]: image not found: {item['image']}")
+    return items
+
+
+def _scan_stem(image: Path) -> str:
+    name = image.name
+    for suffix in (".nii.gz", ".nii", ".mhd", ".nrrd", ".dcm"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def scan_item(image: str | Path | None, nodules: str | Path | None, seriesuid: str | None = None) -> dict:
+    """One inference item: a scan and all its nodules (``center_world_mm`` ``(N, 3)``, ``nodule_id`` ``N``).
+
+    ``nodules`` is a CSV in world mm (see :mod:`nodule_bundle.data.nodule_csv`). When it lists several
+    series, the rows of ``seriesuid`` (default: the image's file stem, as LUNA16 names scans) are used.
+    """
+    if image is None or nodules is None:
+        raise DatalistError("inference needs an image and a nodule list: pass --image PATH --nodules CSV")
+    image = Path(image)
+    if not image.exists():
+        raise DatalistError(f"{image}: image not found")
+    found = read_nodule_csv(nodules)
+    series = {n.seriesuid for n in found if n.seriesuid}
+    if len(series) > 1:
+        wanted = seriesuid or _scan_stem(image)
+        found = [n for n in found if n.seriesuid == wanted]
+        if not found:
+            raise NoduleListError(f"{nodules}: lists several series and none is {wanted!r}; pass --seriesuid")
+    return {
+        "image": str(image),
+        "seriesuid": seriesuid or (found[0].seriesuid or _scan_stem(image)),
+        "center_world_mm": [list(n.center_world_mm) for n in found],
+        "nodule_id": [n.nodule_id for n in found],
+    }

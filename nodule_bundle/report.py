@@ -1,0 +1,85 @@
+"""What a radiologist reads: per-nodule findings as JSON, CSV and a plain-text table.
+
+``report.json``::
+
+    {"model": {"name", "version"},
+     "scans": [{"seriesuid", "image", "nodules": [
+         {"nodule_id", "center_world_mm": [x, y, z] (LPS), "center_voxel": [i, j, k],
+          "diameter_mm", "size_band", "size_band_name", "size_band_probabilities": [4],
+          "malignancy_probability"}]}]}
+
+``report.csv`` has one row per nodule, LUNA16 columns first
+(``seriesuid,coordX,coordY,coordZ,diameter_mm``) so it can be scored with LUNA16 tools.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from nodule_bundle.io_utils import write_json_atomic, write_text_atomic
+from nodule_bundle.nodule import SIZE_BAND_NAMES
+
+BUNDLE_NAME = "lung_nodule_ct_classification"
+CSV_COLUMNS = (
+    "seriesuid", "coordX", "coordY", "coordZ", "diameter_mm",
+    "nodule_id", "voxel_i", "voxel_j", "voxel_k", "size_band", "malignancy_probability",
+)  # fmt: skip
+
+
+def _floats(value, ndigits: int) -> list[float]:
+    return [round(float(v), ndigits) for v in torch.as_tensor(value).flatten()]
+
+
+def nodule_finding(item: Mapping, output: Mapping) -> dict:
+    """One nodule's finding from a decollated batch item (its inputs) and output (named heads)."""
+    band = int(output["size_band"])
+    return {
+        "nodule_id": str(item.get("nodule_id", "")),
+        "center_world_mm": _floats(item["center_world_mm"], 2),
+        "center_voxel": _floats(item["center_voxel"], 1),
+        "diameter_mm": _floats(output["diameter_mm_pred"], 2)[0],
+        "size_band": band,
+        "size_band_name": SIZE_BAND_NAMES[band],
+        "size_band_probabilities": _floats(output["size_band_probs"], 4),
+        "malignancy_probability": _floats(output["malignancy_prob"], 4)[0],
+    }
+
+
+def write_report(out_dir: str | Path, scans: Sequence[Mapping], model_version: str | None) -> tuple[Path, Path]:
+    """Write ``report.json`` and ``report.csv`` atomically; ``scans`` as in the module docstring."""
+    out_dir = Path(out_dir)
+    json_path, csv_path = out_dir / "report.json", out_dir / "report.csv"
+    write_json_atomic(json_path, {"model": {"name": BUNDLE_NAME, "version": model_version}, "scans": list(scans)})
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for scan in scans:
+        for n in scan["nodules"]:
+            writer.writerow(
+                [scan["seriesuid"], *n["center_world_mm"], n["diameter_mm"], n["nodule_id"], *n["center_voxel"],
+                 n["size_band_name"], n["malignancy_probability"]]
+            )  # fmt: skip
+    write_text_atomic(csv_path, buf.getvalue())
+    return json_path, csv_path
+
+
+def format_table(nodules: Iterable[Mapping], truth: Mapping[str, Mapping] | None = None) -> str:
+    """A fixed-width table of findings; with ``truth`` (by nodule id) the reference values beside them."""
+    header = f"{'nodule':<12}{'centre x,y,z (mm, LPS)':>26}{'diam mm':>9}{'band':>10}{'P(malig)':>10}"
+    if truth:
+        header += f"{'| ref mm':>9}{'ref band':>10}{'ref label':>11}"
+    lines = [header, "-" * len(header)]
+    for n in nodules:
+        centre = ",".join(f"{v:.1f}" for v in n["center_world_mm"])
+        line = f"{n['nodule_id']:<12}{centre:>26}{n['diameter_mm']:>9.1f}{n['size_band_name']:>10}{n['malignancy_probability']:>10.2f}"
+        ref = (truth or {}).get(n["nodule_id"])
+        if ref:
+            label = {0: "benign", 1: "malignant"}.get(ref.get("malignancy"), "?")
+            line += f"{'| ' + format(ref['diameter_mm'], '.1f'):>9}{SIZE_BAND_NAMES[ref['size_band']]:>10}{label:>11}"
+        lines.append(line)
+    return "\n".join(lines)
