@@ -14,7 +14,6 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import (
-    GaussianSmooth,
     HistogramNormalize,
     MapTransform,
     ScaleIntensityRange,
@@ -25,12 +24,14 @@ from monai.transforms import (
 )
 from monai.utils import SpaceKeys
 
+from nodule_bundle.errors import NoduleBundleError
+from nodule_bundle.filters import gaussian_blur
 from nodule_bundle.geometry import LPS_TO_RAS, lps_to_ras, world_to_voxel
 from nodule_bundle.networks import DIAMETER, MALIGNANCY, SIZE_BAND
 from nodule_bundle.nodule import size_band
 
 
-class NoduleOutsideVolumeError(ValueError):
+class NoduleOutsideVolumeError(NoduleBundleError):
     """A nodule centre that does not lie inside the image it is said to be in."""
 
 
@@ -159,28 +160,29 @@ class CTPreprocess(Transform):
         self.equalize = HistogramNormalize(num_bins=256, min=0, max=1) if equalize else None
         self.edges = SobelGradients() if edge_channel else None
 
-    def _blur(self, sigma_mm: float, voxel_mm: np.ndarray) -> GaussianSmooth:
-        return GaussianSmooth(sigma=(sigma_mm / voxel_mm).tolist())
-
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         voxel_mm = _voxel_size(img.affine) if isinstance(img, MetaTensor) else np.ones(3)
+
+        def blur(x: torch.Tensor, sigma_mm: float) -> torch.Tensor:
+            return gaussian_blur(x, (sigma_mm / voxel_mm).tolist())
+
         x = self.window(img)
+        x = x.as_tensor() if isinstance(x, MetaTensor) else x
         if self.denoise_sigma_mm > 0:
-            x = self._blur(self.denoise_sigma_mm, voxel_mm)(x)
+            x = blur(x, self.denoise_sigma_mm)
         if self.deblur == "unsharp":
-            x = (x + self.unsharp_amount * (x - self._blur(self.deblur_sigma_mm, voxel_mm)(x))).clamp(0.0, 1.0)
-        elif self.deblur == "richardson_lucy":
-            psf = self._blur(self.deblur_sigma_mm, voxel_mm)  # symmetric PSF: its adjoint is itself
+            x = (x + self.unsharp_amount * (x - blur(x, self.deblur_sigma_mm))).clamp(0.0, 1.0)
+        elif self.deblur == "richardson_lucy":  # a symmetric Gaussian PSF is its own adjoint
             estimate = x.clone()
             for _ in range(self.rl_iterations):
-                estimate = estimate * psf(x / psf(estimate).clamp_min(1e-4))
+                estimate = estimate * blur(x / blur(estimate, self.deblur_sigma_mm).clamp_min(1e-4), self.deblur_sigma_mm)
             x = estimate.clamp(0.0, 1.0)
         if self.equalize is not None:
             x = self.equalize(x)
         if self.edges is not None:
             magnitude = torch.linalg.vector_norm(torch.as_tensor(self.edges(x)), dim=0, keepdim=True)
             x = torch.cat([x, magnitude.clamp(0.0, 1.0).to(x)], dim=0)
-        return x
+        return MetaTensor(x, meta=img.meta, applied_operations=img.applied_operations) if isinstance(img, MetaTensor) else x
 
 
 class CTPreprocessd(MapTransform):

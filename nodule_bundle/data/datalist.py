@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from monai.data import load_decathlon_datalist
 
+from nodule_bundle.errors import NoduleBundleError
 from nodule_bundle.data.nodule_csv import NoduleListError, read_nodule_csv
 from nodule_bundle.nodule import Nodule
 
@@ -54,7 +55,7 @@ def build_datalist(items_by_scan: Mapping[str, list[dict]], seed: int, **extra) 
     return datalist
 
 
-class DatalistError(ValueError):
+class DatalistError(NoduleBundleError):
     """A datalist that cannot be used; the message names the file and the problem."""
 
 

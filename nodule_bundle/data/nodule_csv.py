@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterable
 from pathlib import Path
 
+from nodule_bundle.errors import NoduleBundleError
 from nodule_bundle.io_utils import write_text_atomic
 from nodule_bundle.nodule import TEXTURES, Nodule
 
@@ -20,7 +21,7 @@ LUNA16_COLUMNS = ("seriesuid", *COORD_COLUMNS, "diameter_mm")
 EXTRA_COLUMNS = ("malignancy", "texture", "nodule_id")
 
 
-class NoduleListError(ValueError):
+class NoduleListError(NoduleBundleError):
     """A nodule list that cannot be used; the message names the file and the problem."""
 
 
@@ -82,8 +83,9 @@ def write_nodule_csv(path: str | Path, nodules: Iterable[Nodule], extra: dict[st
     writer.writerow([*LUNA16_COLUMNS, *EXTRA_COLUMNS, *extra])
     for i, n in enumerate(nodules):
         malignancy = "" if n.malignancy is None else n.malignancy
+        diameter = n.diameter_mm if math.isfinite(n.diameter_mm) else ""
         writer.writerow(
-            [n.seriesuid, *n.center_world_mm, n.diameter_mm, malignancy, n.texture or "", n.nodule_id]
+            [n.seriesuid, *n.center_world_mm, diameter, malignancy, n.texture or "", n.nodule_id]
             + [values[i] for values in extra.values()]
         )
     write_text_atomic(path, buf.getvalue())

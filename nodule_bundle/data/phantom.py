@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from monai.transforms import GaussianSmooth
 from pydicom.uid import generate_uid
 
+from nodule_bundle.filters import gaussian_blur
 from nodule_bundle.nodule import Nodule
 
 HU_AIR, HU_LUNG, HU_FAT, HU_SOFT, HU_BONE = -1000.0, -850.0, -100.0, 40.0, 600.0
@@ -33,7 +33,7 @@ class PhantomConfig:
     fov_mm: tuple[float, float, float] = (200.0, 170.0, 140.0)
     inplane_spacing_mm: tuple[float, float] = (0.6, 0.8)
     slice_thicknesses_mm: tuple[float, ...] = SLICE_THICKNESSES_MM
-    nodules_per_scan: tuple[int, int] = (5, 20)
+    nodules_per_scan: tuple[int, int] = (8, 20)
     diameter_range_mm: tuple[float, float] = (3.0, 30.0)
     noise_hu: tuple[float, float] = (15.0, 35.0)
 
@@ -112,7 +112,7 @@ def _random_unit(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def _draw_nodule_traits(rng: np.random.Generator, diameter_mm: float) -> tuple[int, str, str, bool]:
     """Malignancy from size (logistic), then margin, texture and calcification given the label."""
-    malignant = int(rng.random() < _sigmoid(np.array((diameter_mm - 11.0) / 2.5)))
+    malignant = int(rng.random() < _sigmoid(np.array((diameter_mm - 12.0) / 4.0)))
     if malignant:
         margin = rng.choice(["spiculated", "lobulated", "smooth"], p=[0.5, 0.45, 0.05])
         texture = rng.choice(["solid", "part-solid", "ground-glass"], p=[0.55, 0.3, 0.15])
@@ -130,12 +130,12 @@ def _render_nodule(canvas: _Canvas, rng: np.random.Generator, center: np.ndarray
     Occupancy is averaged over three sub-positions per slice (slice-thickness partial volume).
     """
     radius = pn.nodule.diameter_mm / 2.0
-    spikes = _random_unit(rng, int(rng.integers(6, 14))) if pn.margin == "spiculated" else np.zeros((0, 3))
-    spike_len = radius + radius * rng.uniform(0.5, 1.2, len(spikes)) + rng.uniform(2.0, 4.0, len(spikes))
-    spike_r = rng.uniform(0.5, 0.9, len(spikes))
-    lobes = _random_unit(rng, int(rng.integers(4, 8)))
-    lobe_w = rng.uniform(0.5, 1.0, len(lobes))
-    lobe_amp = rng.uniform(0.45, 0.65) if pn.margin == "lobulated" else 0.0
+    spikes = _random_unit(rng, int(rng.integers(8, 16))) if pn.margin == "spiculated" else np.zeros((0, 3))
+    spike_len = radius + radius * rng.uniform(0.6, 1.4, len(spikes)) + rng.uniform(3.0, 6.0, len(spikes))
+    spike_r = rng.uniform(0.8, 1.3, len(spikes))
+    lobes = _random_unit(rng, int(rng.integers(3, 6)))
+    lobe_w = rng.uniform(0.7, 1.0, len(lobes))
+    lobe_amp = rng.uniform(0.55, 0.75) if pn.margin == "lobulated" else 0.0
     stretch = rng.uniform(0.9, 1.1, 3)
     stretch /= np.cbrt(stretch.prod())
     extent = radius * (1.0 + lobe_amp) + (spike_len.max() if len(spikes) else 0.0) + 2.0
@@ -236,7 +236,7 @@ def _place_nodules(rng, cfg: PhantomConfig, lungs, seriesuid: str) -> list[tuple
             break
         diameter = float(np.exp(rng.uniform(np.log(lo), np.log(max_d))))
         malignancy, margin, texture, calcified = _draw_nodule_traits(rng, diameter)
-        reach = diameter / 2 * (1.6 if margin == "lobulated" else 1.0) + (diameter / 2 * 1.2 + 4 if margin == "spiculated" else 0)
+        reach = diameter / 2 * (1.8 if margin == "lobulated" else 1.0) + (diameter / 2 * 1.4 + 6 if margin == "spiculated" else 0)
         for _ in range(200):
             u = _random_unit(rng, 1)[0] * rng.random() ** (1 / 3)
             center = c_lung + u * (axes - diameter / 2 - 2.0)
@@ -257,9 +257,8 @@ def _place_nodules(rng, cfg: PhantomConfig, lungs, seriesuid: str) -> list[tuple
 def _scanner(hu: np.ndarray, spacing: np.ndarray, rng: np.random.Generator, noise_hu: float) -> np.ndarray:
     """Point-spread blur (0.6 mm in-plane, slice profile in z) and correlated noise; int16 HU."""
     psf_sigma = [0.6 / spacing[0], 0.6 / spacing[1], 0.35]
-    image = torch.from_numpy(hu)[None]
-    blurred = GaussianSmooth(sigma=psf_sigma)(image)[0]
-    noise = GaussianSmooth(sigma=0.7)(torch.from_numpy(rng.normal(0, 1, hu.shape).astype(np.float32))[None])[0]
+    blurred = gaussian_blur(torch.from_numpy(hu)[None], psf_sigma)[0]
+    noise = gaussian_blur(torch.from_numpy(rng.normal(0, 1, hu.shape).astype(np.float32))[None], 0.7)[0]
     noise *= noise_hu / float(noise.std())
     out = (blurred + noise).numpy()
     return np.clip(np.rint(out), -1024, 3071).astype(np.int16)

@@ -1,0 +1,60 @@
+"""The same phantom written as NIfTI, MHD and DICOM reads back identically through MONAI's readers."""
+
+import numpy as np
+import pydicom
+import pytest
+from monai.transforms import LoadImage
+
+from nodule_bundle.geometry import world_to_voxel
+
+FORMATS = {"nifti": "images/{}.nii.gz", "mhd": "mhd/{}.mhd", "dicom": "dicom/{}"}
+
+
+@pytest.fixture(scope="module")
+def loaded(phantom_dir, datalist):
+    uid = datalist["training"][0]["seriesuid"]
+    load = LoadImage(image_only=True, ensure_channel_first=True)
+    return uid, {fmt: load(str(phantom_dir / pattern.format(uid))) for fmt, pattern in FORMATS.items()}
+
+
+def test_voxels_and_affines_agree_across_formats(loaded):
+    _, images = loaded
+    ref = images["nifti"]
+    for fmt in ("mhd", "dicom"):
+        assert images[fmt].shape == ref.shape
+        np.testing.assert_array_equal(images[fmt].numpy(), ref.numpy())
+        np.testing.assert_allclose(images[fmt].affine.numpy(), ref.affine.numpy(), atol=1e-3)
+
+
+def test_a_nodule_lands_in_the_same_voxel_in_every_format(loaded, datalist):
+    uid, images = loaded
+    nodule = next(i for i in datalist["training"] if i["seriesuid"] == uid)
+    voxels = {fmt: np.round(world_to_voxel(nodule["center_world_mm"], im.affine, im.meta["space"])) for fmt, im in images.items()}
+    assert voxels["nifti"].tolist() == voxels["mhd"].tolist() == voxels["dicom"].tolist()
+    i, j, k = voxels["nifti"].astype(int)
+    assert images["nifti"][0, i, j, k] > -700  # the nodule is there, not lung
+
+
+def test_dicom_headers_are_those_of_a_ct_series(phantom_dir, loaded):
+    uid, images = loaded
+    files = sorted((phantom_dir / "dicom" / uid).glob("*.dcm"))
+    assert len(files) == images["dicom"].shape[-1]
+    first, second = (pydicom.dcmread(f) for f in files[:2])
+    assert first.Modality == "CT" and first.SeriesInstanceUID == uid
+    assert first.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
+    assert float(first.RescaleIntercept) == -1024 and float(first.RescaleSlope) == 1
+    dz = float(second.ImagePositionPatient[2]) - float(first.ImagePositionPatient[2])
+    assert dz == pytest.approx(float(first.SliceThickness), abs=1e-3)
+    assert len(first.PixelSpacing) == 2 and first.Rows == images["dicom"].shape[2]
+    hu = first.pixel_array.astype(float) * float(first.RescaleSlope) + float(first.RescaleIntercept)
+    np.testing.assert_array_equal(hu.T, images["dicom"][0, :, :, 0].numpy())
+
+
+def test_annotations_csv_has_luna16_columns_first(phantom_dir, datalist):
+    header = (phantom_dir / "annotations.csv").read_text().splitlines()[0].split(",")
+    assert header[:5] == ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
+    assert {"malignancy", "texture"} <= set(header)
+    n_items = sum(len(datalist[s]) for s in ("training", "validation", "test"))
+    assert len((phantom_dir / "annotations.csv").read_text().splitlines()) == n_items + 1
+    scans = {s: {i["seriesuid"] for i in datalist[s]} for s in ("training", "validation", "test")}
+    assert not (scans["training"] & scans["validation"]) and not (scans["training"] & scans["test"])

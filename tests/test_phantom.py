@@ -1,0 +1,55 @@
+import numpy as np
+
+from nodule_bundle.data.phantom import HU_LUNG, PhantomConfig, _draw_nodule_traits, make_scan
+
+CFG = PhantomConfig(fov_mm=(120.0, 100.0, 60.0), nodules_per_scan=(6, 8))
+
+
+def _voxel(scan, world):
+    return tuple(np.round((np.asarray(world) - scan.origin_mm) / scan.spacing_mm).astype(int))
+
+
+def test_deterministic_for_a_seed_and_different_across_seeds():
+    a, b, c = make_scan(3, 0, CFG), make_scan(3, 0, CFG), make_scan(4, 0, CFG)
+    np.testing.assert_array_equal(a.volume_hu, b.volume_hu)
+    assert a.nodules == b.nodules and a.seriesuid == b.seriesuid
+    assert a.seriesuid != c.seriesuid and a.nodules != c.nodules
+
+
+def test_geometry_tissues_and_nodules():
+    scan = make_scan(1, 2, CFG)
+    sx, sy, sz = scan.spacing_mm
+    assert 0.6 <= sx == sy <= 0.8 and sz in CFG.slice_thicknesses_mm
+    vol = scan.volume_hu
+    assert vol.dtype == np.int16
+    assert np.median(vol[:5, :5, :]) < -950  # air outside the body, in the corners
+    assert 6 <= len(scan.nodules) <= 8
+    for pn in scan.nodules:
+        n = pn.nodule
+        assert 3.0 <= n.diameter_mm <= 30.0 and n.malignancy in (0, 1)
+        i, j, k = _voxel(scan, n.center_world_mm)
+        assert all(0 <= v < s for v, s in zip((i, j, k), vol.shape))
+        centre_hu = float(np.median(vol[i - 1 : i + 2, j - 1 : j + 2, k]))
+        assert centre_hu > HU_LUNG + 150, (n, centre_hu)  # denser than the lung around it
+
+
+def test_lung_parenchyma_is_about_minus_850_hu():
+    scan = make_scan(1, 3, CFG)
+    centre = np.array(scan.volume_hu.shape) // 2
+    # the lungs sit either side of the mediastinum at ~22% of the field of view
+    offset = int(0.22 * CFG.fov_mm[0] / scan.spacing_mm[0])
+    values = np.concatenate([scan.volume_hu[centre[0] + s * offset, centre[1] - 5 : centre[1] + 5, :].ravel() for s in (-1, 1)])
+    assert -920 < np.median(values) < -780
+
+
+def test_label_depends_on_size_and_margin_with_overlap():
+    rng = np.random.default_rng(0)
+    diameters = np.exp(rng.uniform(np.log(3), np.log(30), 4000))
+    traits = [_draw_nodule_traits(rng, d) for d in diameters]
+    malignant = np.array([t[0] for t in traits], bool)
+    margins = np.array([t[1] for t in traits])
+    assert np.median(diameters[malignant]) > np.median(diameters[~malignant]) + 5
+    assert (margins[malignant] != "smooth").mean() > 0.9 and (margins[~malignant] == "smooth").mean() > 0.85
+    # size overlaps: small malignant and large benign nodules both exist
+    assert (malignant & (diameters < 10)).sum() > 50 and (~malignant & (diameters > 12)).sum() > 50
+    assert not any(t[3] for t, m in zip(traits, malignant) if m)  # calcification only in benign
