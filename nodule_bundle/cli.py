@@ -54,6 +54,13 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(Path(args.out), quick=args.quick, seed=args.seed, bundle_root=args.bundle_root)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nodule-bundle", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="show MONAI's log on the console")
@@ -61,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write a synthetic chest-CT phantom dataset")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--scans", type=int, default=10)
+    p.add_argument("--scans", type=_positive_int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--formats", default="nifti", help="comma-separated: nifti, mhd, dicom")
     p.add_argument("--fov-mm", type=float, nargs=3, default=(200.0, 170.0, 140.0), metavar=("X", "Y", "Z"))

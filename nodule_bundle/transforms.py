@@ -15,6 +15,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import (
     HistogramNormalize,
+    LoadImaged,
     MapTransform,
     ScaleIntensityRange,
     SobelGradients,
@@ -35,6 +36,10 @@ class NoduleOutsideVolumeError(NoduleBundleError):
     """A nodule centre that does not lie inside the image it is said to be in."""
 
 
+class UnreadableImageError(NoduleBundleError):
+    """A file that MONAI's readers cannot read as a 3D image."""
+
+
 def _filename(img: torch.Tensor) -> str:
     return str(img.meta.get("filename_or_obj", "<image>")) if isinstance(img, MetaTensor) else "<image>"
 
@@ -42,6 +47,23 @@ def _filename(img: torch.Tensor) -> str:
 def _voxel_size(affine: torch.Tensor | np.ndarray) -> np.ndarray:
     aff = np.asarray(affine, dtype=np.float64)
     return np.linalg.norm(aff[:3, :3], axis=0)
+
+
+class LoadCTImaged(LoadImaged):
+    """MONAI's ``LoadImaged`` (same arguments) that reports unreadable files and non-3D images as
+    :class:`UnreadableImageError` naming the file, instead of a reader traceback."""
+
+    def __call__(self, data, reader=None):
+        try:
+            d = super().__call__(data, reader)
+        except Exception as err:
+            paths = ", ".join(str(data[k]) for k in self.key_iterator(dict(data)))
+            reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+            raise UnreadableImageError(f"{paths}: cannot read image ({reason})") from err
+        for key in self.key_iterator(d):
+            if d[key].ndim != 4:
+                raise UnreadableImageError(f"{data[key]}: expected a 3D volume, got image shape {tuple(d[key].shape)}")
+        return d
 
 
 class NoduleCrop(Transform):

@@ -33,7 +33,7 @@ class PhantomConfig:
     fov_mm: tuple[float, float, float] = (200.0, 170.0, 140.0)
     inplane_spacing_mm: tuple[float, float] = (0.6, 0.8)
     slice_thicknesses_mm: tuple[float, ...] = SLICE_THICKNESSES_MM
-    nodules_per_scan: tuple[int, int] = (8, 20)
+    nodules_per_scan: tuple[int, int] = (10, 20)
     diameter_range_mm: tuple[float, float] = (3.0, 30.0)
     noise_hu: tuple[float, float] = (15.0, 35.0)
 
@@ -130,12 +130,13 @@ def _render_nodule(canvas: _Canvas, rng: np.random.Generator, center: np.ndarray
     Occupancy is averaged over three sub-positions per slice (slice-thickness partial volume).
     """
     radius = pn.nodule.diameter_mm / 2.0
-    spikes = _random_unit(rng, int(rng.integers(8, 16))) if pn.margin == "spiculated" else np.zeros((0, 3))
-    spike_len = radius + radius * rng.uniform(0.6, 1.4, len(spikes)) + rng.uniform(3.0, 6.0, len(spikes))
-    spike_r = rng.uniform(0.8, 1.3, len(spikes))
-    lobes = _random_unit(rng, int(rng.integers(3, 6)))
-    lobe_w = rng.uniform(0.7, 1.0, len(lobes))
-    lobe_amp = rng.uniform(0.55, 0.75) if pn.margin == "lobulated" else 0.0
+    spikes = _random_unit(rng, int(rng.integers(10, 18))) if pn.margin == "spiculated" else np.zeros((0, 3))
+    spike_len = radius * rng.uniform(0.5, 1.0, len(spikes)) + rng.uniform(4.0, 8.0, len(spikes))  # beyond the surface
+    spike_r = rng.uniform(1.0, 1.6, len(spikes))  # base radius at the surface, tapering to the tip
+    lobes = _random_unit(rng, int(rng.integers(4, 8)))
+    lobe_w = rng.uniform(0.8, 1.0, len(lobes))
+    # lobes stand out by at least ~1.5 mm, so that small lobulated nodules are still visibly lobulated
+    lobe_amp = max(rng.uniform(0.55, 0.75), 1.5 / radius) if pn.margin == "lobulated" else 0.0
     stretch = rng.uniform(0.9, 1.1, 3)
     stretch /= np.cbrt(stretch.prod())
     extent = radius * (1.0 + lobe_amp) + (spike_len.max() if len(spikes) else 0.0) + 2.0
@@ -147,13 +148,13 @@ def _render_nodule(canvas: _Canvas, rng: np.random.Generator, center: np.ndarray
         v = np.stack(np.broadcast_arrays(x - center[0], y - center[1], z + dz - center[2]), -1) / stretch
         dist = np.linalg.norm(v, axis=-1) + 1e-6
         u = v / dist[..., None]
-        bumps = (np.clip(u @ lobes.T, 0.0, None) ** 3 @ lobe_w) - lobe_w.sum() / 8.0
+        bumps = (np.clip(u @ lobes.T, 0.0, None) ** 6 @ lobe_w) - lobe_w.sum() / 14.0  # E[max(0, cos)^6] = 1/14
         body = _sigmoid((radius * (1.0 + lobe_amp * bumps) - dist) / 0.25)
         for w, length, r0 in zip(spikes, spike_len, spike_r):
             t = v @ w
             perp = np.sqrt(np.maximum(dist**2 - t**2, 0.0))
-            allowed = r0 * (1.0 - t / length)
-            body = np.maximum(body, _sigmoid((allowed - perp) / 0.25) * (t > 0) * (t < length))
+            allowed = r0 * np.clip(1.0 - (t - radius) / length, 0.0, 1.0)
+            body = np.maximum(body, _sigmoid((allowed - perp) / 0.25) * (t > 0) * (t < radius + length))
         occ += body / 3.0
         core += _sigmoid((radius * core_frac - dist) / 0.25) / 3.0
     texture = pn.nodule.texture
@@ -236,7 +237,8 @@ def _place_nodules(rng, cfg: PhantomConfig, lungs, seriesuid: str) -> list[tuple
             break
         diameter = float(np.exp(rng.uniform(np.log(lo), np.log(max_d))))
         malignancy, margin, texture, calcified = _draw_nodule_traits(rng, diameter)
-        reach = diameter / 2 * (1.8 if margin == "lobulated" else 1.0) + (diameter / 2 * 1.4 + 6 if margin == "spiculated" else 0)
+        reach = diameter / 2 * 1.8 + 1.5 if margin == "lobulated" else diameter / 2
+        reach += diameter / 2 + 8.0 if margin == "spiculated" else 0.0
         for _ in range(200):
             u = _random_unit(rng, 1)[0] * rng.random() ** (1 / 3)
             center = c_lung + u * (axes - diameter / 2 - 2.0)

@@ -1,0 +1,121 @@
+"""The bundle run the way users run it: ``python -m monai.bundle run`` on a phantom dataset."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).parents[1]
+METRICS = ("malignancy_auc", "malignancy_accuracy", "size_only_auc", "size_band_accuracy", "diameter_mae_mm")
+
+
+def monai_bundle_run(configs: list[str], **overrides) -> subprocess.CompletedProcess:
+    config_file = str([f"configs/{c}.json" for c in configs]) if len(configs) > 1 else f"configs/{configs[0]}.json"
+    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_file,
+            "--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf"]  # fmt: skip
+    for key, value in overrides.items():
+        args += [f"--{key}", str(value)]
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained(phantom_dir, tmp_path_factory) -> Path:
+    """A bundle trained for 2 epochs on the phantom; returns its output root (models/, eval/)."""
+    out = tmp_path_factory.mktemp("bundle")
+    result = monai_bundle_run(["train"], dataset_dir=phantom_dir, ckpt_dir=out / "models", output_dir=out / "eval", epochs=2, num_workers=0)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_training_writes_a_checkpoint_and_curves(trained):
+    assert (trained / "models" / "model.pt").is_file()
+    assert list((trained / "eval").glob("events.out.tfevents.*"))  # TensorBoard curves
+
+
+def test_evaluate_override_writes_metrics(trained, phantom_dir, datalist):
+    result = monai_bundle_run(
+        ["train", "evaluate"], dataset_dir=phantom_dir, ckpt_dir=trained / "models", output_dir=trained / "test", num_workers=0
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((trained / "test" / "metrics.json").read_text())
+    assert metrics["n_test_nodules"] == len(datalist["test"])
+    for name in ("malignancy_accuracy", "size_band_accuracy"):
+        assert 0.0 <= metrics[name] <= 1.0
+    assert metrics["diameter_mae_mm"] >= 0.0
+    assert set(METRICS) - {"malignancy_auc", "size_only_auc"} <= set(metrics)  # AUCs need both classes
+
+
+@pytest.fixture(scope="module")
+def test_scan(phantom_dir, datalist, tmp_path_factory):
+    items = datalist["test"]
+    uid = items[0]["seriesuid"]
+    rows = [i for i in items if i["seriesuid"] == uid]
+    csv_path = tmp_path_factory.mktemp("nodules") / "nodules.csv"
+    with open(csv_path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["seriesuid", "coordX", "coordY", "coordZ", "nodule_id"])
+        for r in rows:
+            writer.writerow([uid, *r["center_world_mm"], r["nodule_id"]])
+    return uid, rows, csv_path
+
+
+FORMATS = {"nifti": "images/{}.nii.gz", "mhd": "mhd/{}.mhd", "dicom": "dicom/{}"}
+
+
+@pytest.fixture(scope="module")
+def reports(trained, phantom_dir, test_scan, tmp_path_factory) -> dict[str, Path]:
+    """Inference on the same test scan read from NIfTI, MHD and a DICOM series; the output dirs."""
+    uid, _, csv_path = test_scan
+    before = csv_path.read_bytes()
+    outputs = {}
+    for fmt, pattern in FORMATS.items():
+        out = tmp_path_factory.mktemp(f"report_{fmt}")
+        result = monai_bundle_run(
+            ["inference"], image=phantom_dir / pattern.format(uid), nodules=csv_path,
+            ckpt_path=trained / "models" / "model.pt", output_dir=out,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs[fmt] = out
+    assert csv_path.read_bytes() == before  # inputs are read-only
+    return outputs
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_inference_report_rows_match_the_input_nodules(reports, test_scan, fmt):
+    uid, rows, _ = test_scan
+    report = json.loads((reports[fmt] / "report.json").read_text())
+    assert report["model"]["name"] == "lung_nodule_ct_classification" and report["model"]["version"]
+    (scan,) = report["scans"]
+    assert scan["seriesuid"] == uid
+    assert [n["nodule_id"] for n in scan["nodules"]] == [r["nodule_id"] for r in rows]
+    for finding, row in zip(scan["nodules"], rows):
+        np.testing.assert_allclose(finding["center_world_mm"], row["center_world_mm"], atol=0.01)
+        assert 0.0 <= finding["malignancy_probability"] <= 1.0 and finding["diameter_mm"] > 0
+        assert finding["size_band"] in (0, 1, 2, 3)
+    with open(reports[fmt] / "report.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert list(table[0])[:5] == ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
+    assert [r["nodule_id"] for r in table] == [r["nodule_id"] for r in rows]
+
+
+def test_reports_agree_across_image_formats(reports):
+    found = {
+        fmt: [(n["malignancy_probability"], n["diameter_mm"]) for n in json.loads((out / "report.json").read_text())["scans"][0]["nodules"]]
+        for fmt, out in reports.items()
+    }
+    np.testing.assert_allclose(found["mhd"], found["nifti"], atol=1e-3)
+    np.testing.assert_allclose(found["dicom"], found["nifti"], atol=1e-3)
+
+
+def test_train_and_inference_share_network_and_preprocessing():
+    train = json.loads((ROOT / "configs" / "train.json").read_text())
+    infer = json.loads((ROOT / "configs" / "inference.json").read_text())
+    keys = ("patch_size", "patch_spacing_mm", "hu_window", "denoise_sigma_mm", "deblur", "equalize", "edge_channel", "network_def")
+    assert {k: train[k] for k in keys} == {k: infer[k] for k in keys}
+    assert train["deterministic_transforms"][:3] == infer["preprocessing"]["transforms"]

@@ -1,0 +1,45 @@
+import json
+from pathlib import Path
+
+import torch
+
+from nodule_bundle.losses import MultiTaskNoduleLoss
+from nodule_bundle.networks import OUT_CHANNELS, MultiTaskNoduleNet
+
+METADATA = json.loads((Path(__file__).parents[1] / "configs" / "metadata.json").read_text())
+
+
+def test_one_output_tensor_with_the_documented_channels():
+    out_format = METADATA["network_data_format"]["outputs"]["pred"]
+    in_format = METADATA["network_data_format"]["inputs"]["image"]
+    net = MultiTaskNoduleNet().eval()
+    out = net(torch.rand(3, in_format["num_channels"], *in_format["spatial_shape"]))
+    assert out.shape == (3, OUT_CHANNELS) == (3, out_format["num_channels"])
+    assert len(out_format["channel_def"]) == OUT_CHANNELS
+
+
+def test_loss_leaves_unknown_labels_out():
+    pred = torch.randn(4, OUT_CHANNELS, requires_grad=True)
+    target = torch.tensor([[1, 2, 9.0], [-1, 0, 4.0], [0, -1, float("nan")], [-1, -1, float("nan")]])
+    MultiTaskNoduleLoss()(pred, target).backward()
+    grad = pred.grad
+    assert torch.all(grad[1, 0:2] == 0) and torch.all(grad[3, :] == 0)  # no malignancy label, nothing at all
+    assert torch.all(grad[2, 2:7] == 0) and torch.any(grad[0, 0:2] != 0) and torch.any(grad[1, 6] != 0)
+    assert MultiTaskNoduleLoss()(pred, target[3:]).item() == 0.0
+
+
+def test_training_reduces_the_loss():
+    torch.manual_seed(0)
+    net, loss_fn = MultiTaskNoduleNet(channels=(8, 16), hidden=32), MultiTaskNoduleLoss()
+    x = torch.rand(8, 1, 16, 16, 16)
+    x[4:, :, 5:11, 5:11, 5:11] += 1.0  # a "nodule" in half of the batch
+    target = torch.tensor([[0, 0, 4.0]] * 4 + [[1, 2, 12.0]] * 4)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        opt.zero_grad()
+        loss = loss_fn(net(x), target)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0]
