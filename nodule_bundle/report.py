@@ -72,7 +72,7 @@ def format_table(nodules: Iterable[Mapping], truth: Mapping[str, Mapping] | None
     """A fixed-width table of findings; with ``truth`` (by nodule id) the reference values beside them."""
     header = f"{'nodule':<12}{'centre x,y,z (mm, LPS)':>26}{'diam mm':>9}{'band':>10}{'P(malig)':>10}"
     if truth:
-        header += f"{'| ref mm':>9}{'ref band':>10}{'ref label':>11}"
+        header += f" | {'ref mm':>6}{'ref band':>10}{'ref label':>11}"
     lines = [header, "-" * len(header)]
     for n in nodules:
         centre = ",".join(f"{v:.1f}" for v in n["center_world_mm"])
@@ -80,6 +80,6 @@ def format_table(nodules: Iterable[Mapping], truth: Mapping[str, Mapping] | None
         ref = (truth or {}).get(n["nodule_id"])
         if ref:
             label = {0: "benign", 1: "malignant"}.get(ref.get("malignancy"), "?")
-            line += f"{'| ' + format(ref['diameter_mm'], '.1f'):>9}{SIZE_BAND_NAMES[ref['size_band']]:>10}{label:>11}"
+            line += f" | {ref['diameter_mm']:>6.1f}{SIZE_BAND_NAMES[ref['size_band']]:>10}{label:>11}"
         lines.append(line)
     return "\n".join(lines)

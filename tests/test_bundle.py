@@ -38,6 +38,17 @@ def test_training_writes_a_checkpoint_and_curves(trained):
     assert list((trained / "eval").glob("events.out.tfevents.*"))  # TensorBoard curves
 
 
+def test_fine_tuning_starts_from_given_weights(trained, phantom_dir, tmp_path):
+    result = monai_bundle_run(
+        ["train"], dataset_dir=phantom_dir, pretrained=trained / "models" / "model.pt",
+        ckpt_dir=tmp_path / "models", output_dir=tmp_path / "eval", epochs=1, num_workers=0,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "models" / "model.pt").is_file()
+    missing = monai_bundle_run(["train"], dataset_dir=phantom_dir, pretrained=tmp_path / "absent.pt", epochs=1)
+    assert missing.returncode != 0 and "absent.pt" in missing.stderr
+
+
 def test_evaluate_override_writes_metrics(trained, phantom_dir, datalist):
     result = monai_bundle_run(
         ["train", "evaluate"], dataset_dir=phantom_dir, ckpt_dir=trained / "models", output_dir=trained / "test", num_workers=0

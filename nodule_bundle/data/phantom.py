@@ -112,13 +112,13 @@ def _random_unit(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def _draw_nodule_traits(rng: np.random.Generator, diameter_mm: float) -> tuple[int, str, str, bool]:
     """Malignancy from size (logistic), then margin, texture and calcification given the label."""
-    malignant = int(rng.random() < _sigmoid(np.array((diameter_mm - 12.0) / 4.0)))
+    malignant = int(rng.random() < _sigmoid(np.array((diameter_mm - 12.0) / 3.0)))
     if malignant:
-        margin = rng.choice(["spiculated", "lobulated", "smooth"], p=[0.5, 0.45, 0.05])
+        margin = rng.choice(["spiculated", "lobulated", "smooth"], p=[0.75, 0.22, 0.03])
         texture = rng.choice(["solid", "part-solid", "ground-glass"], p=[0.55, 0.3, 0.15])
         calcified = False
     else:
-        margin = rng.choice(["smooth", "lobulated", "spiculated"], p=[0.9, 0.07, 0.03])
+        margin = rng.choice(["smooth", "lobulated", "spiculated"], p=[0.93, 0.05, 0.02])
         texture = rng.choice(["solid", "part-solid", "ground-glass"], p=[0.75, 0.08, 0.17])
         calcified = bool(texture == "solid" and rng.random() < 0.4)
     return malignant, str(margin), str(texture), calcified
@@ -130,38 +130,43 @@ def _render_nodule(canvas: _Canvas, rng: np.random.Generator, center: np.ndarray
     Occupancy is averaged over three sub-positions per slice (slice-thickness partial volume).
     """
     radius = pn.nodule.diameter_mm / 2.0
-    spikes = _random_unit(rng, int(rng.integers(10, 18))) if pn.margin == "spiculated" else np.zeros((0, 3))
-    spike_len = radius * rng.uniform(0.5, 1.0, len(spikes)) + rng.uniform(4.0, 8.0, len(spikes))  # beyond the surface
-    spike_r = rng.uniform(1.0, 1.6, len(spikes))  # base radius at the surface, tapering to the tip
-    lobes = _random_unit(rng, int(rng.integers(4, 8)))
-    lobe_w = rng.uniform(0.8, 1.0, len(lobes))
-    # lobes stand out by at least ~1.5 mm, so that small lobulated nodules are still visibly lobulated
-    lobe_amp = max(rng.uniform(0.55, 0.75), 1.5 / radius) if pn.margin == "lobulated" else 0.0
+    spikes = _random_unit(rng, int(rng.integers(14, 24))) if pn.margin == "spiculated" else np.zeros((0, 3))
+    spike_len = radius * rng.uniform(0.5, 1.0, len(spikes)) + rng.uniform(6.0, 11.0, len(spikes))  # beyond the surface
+    spike_r = rng.uniform(1.4, 2.0, len(spikes))  # base radius at the surface, tapering to the tip
+    # a lobulated nodule is a cluster of overlapping lobes around a smaller core, each >= ~2 mm across
+    n_lobes = int(rng.integers(3, 6)) if pn.margin == "lobulated" else 0
+    lobe_dirs = _random_unit(rng, n_lobes)
+    lobe_r = np.maximum(radius * rng.uniform(0.45, 0.65, n_lobes), 1.2)
+    lobe_offset = np.maximum(radius * rng.uniform(0.55, 0.75, n_lobes), 1.5)
+    core_r = radius * 0.7 if n_lobes else radius
     stretch = rng.uniform(0.9, 1.1, 3)
     stretch /= np.cbrt(stretch.prod())
-    extent = radius * (1.0 + lobe_amp) + (spike_len.max() if len(spikes) else 0.0) + 2.0
+    extent = max(radius, float((lobe_r + lobe_offset).max()) if n_lobes else 0.0) + (spike_len.max() if len(spikes) else 0.0) + 2.0
     sl, (x, y, z) = canvas.axes(center - extent, center + extent)
     occ = np.zeros(np.broadcast_shapes(x.shape, y.shape, z.shape), np.float32)
-    core = np.zeros_like(occ)
+    core, strands = np.zeros_like(occ), np.zeros_like(occ)
     core_frac = rng.uniform(0.35, 0.6)
     for dz in (-canvas.spacing[2] / 3, 0.0, canvas.spacing[2] / 3):
         v = np.stack(np.broadcast_arrays(x - center[0], y - center[1], z + dz - center[2]), -1) / stretch
         dist = np.linalg.norm(v, axis=-1) + 1e-6
-        u = v / dist[..., None]
-        bumps = (np.clip(u @ lobes.T, 0.0, None) ** 6 @ lobe_w) - lobe_w.sum() / 14.0  # E[max(0, cos)^6] = 1/14
-        body = _sigmoid((radius * (1.0 + lobe_amp * bumps) - dist) / 0.25)
+        body = _sigmoid((core_r - dist) / 0.25)
+        for w, r_lobe, offset in zip(lobe_dirs, lobe_r, lobe_offset):
+            body = np.maximum(body, _sigmoid((r_lobe - np.linalg.norm(v - offset * w, axis=-1)) / 0.25))
+        occ += body / 3.0
+        spikes_here = np.zeros_like(occ)
         for w, length, r0 in zip(spikes, spike_len, spike_r):
             t = v @ w
             perp = np.sqrt(np.maximum(dist**2 - t**2, 0.0))
             allowed = r0 * np.clip(1.0 - (t - radius) / length, 0.0, 1.0)
-            body = np.maximum(body, _sigmoid((allowed - perp) / 0.25) * (t > 0) * (t < radius + length))
-        occ += body / 3.0
+            spikes_here = np.maximum(spikes_here, _sigmoid((allowed - perp) / 0.25) * (t > 0) * (t < radius + length))
+        strands += spikes_here / 3.0
         core += _sigmoid((radius * core_frac - dist) / 0.25) / 3.0
     texture = pn.nodule.texture
     base_hu = {"solid": rng.normal(30, 15), "part-solid": rng.normal(-520, 50), "ground-glass": rng.normal(-580, 50)}
     canvas.blend(sl, occ, base_hu[texture] + rng.normal(0, 25 if texture == "solid" else 40, occ.shape))
     if texture == "part-solid":
         canvas.blend(sl, core * occ, rng.normal(30, 15))
+    canvas.blend(sl, strands * (1.0 - occ), rng.normal(20, 15))  # spicules are fibrotic strands: solid density
     if pn.calcified:
         canvas.blend(sl, core * occ, rng.uniform(350, 900))
 
@@ -237,8 +242,8 @@ def _place_nodules(rng, cfg: PhantomConfig, lungs, seriesuid: str) -> list[tuple
             break
         diameter = float(np.exp(rng.uniform(np.log(lo), np.log(max_d))))
         malignancy, margin, texture, calcified = _draw_nodule_traits(rng, diameter)
-        reach = diameter / 2 * 1.8 + 1.5 if margin == "lobulated" else diameter / 2
-        reach += diameter / 2 + 8.0 if margin == "spiculated" else 0.0
+        reach = diameter / 2 * 1.4 + 2.7 if margin == "lobulated" else diameter / 2
+        reach += diameter / 2 + 11.0 if margin == "spiculated" else 0.0
         for _ in range(200):
             u = _random_unit(rng, 1)[0] * rng.random() ** (1 / 3)
             center = c_lung + u * (axes - diameter / 2 - 2.0)
