@@ -35,10 +35,15 @@ def _classify(args: argparse.Namespace) -> None:
     model = Path(args.model) if args.model else root / "models" / "model.pt"
     if not model.is_file():
         raise NoduleBundleError(f"{model}: model weights not found (train first, or pass --model)")
-    run_bundle(
-        ["inference"], root, image=args.image, nodules=args.nodules, seriesuid=args.seriesuid,
-        ckpt_path=str(model), output_dir=str(args.out),
-    )  # fmt: skip
+    if not args.verbose:  # the engines log every failure with a traceback; the user gets one line
+        logging.disable(logging.CRITICAL)
+    try:
+        run_bundle(
+            ["inference"], root, image=args.image, nodules=args.nodules, seriesuid=args.seriesuid,
+            ckpt_path=str(model), output_dir=str(args.out),
+        )  # fmt: skip
+    finally:
+        logging.disable(logging.NOTSET)
     import json
 
     report = json.loads((Path(args.out) / "report.json").read_text())
