@@ -43,3 +43,18 @@ def test_training_reduces_the_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.3 * losses[0]
+
+
+def test_flip_averaging_is_the_mean_over_the_eight_flips():
+    from nodule_bundle.inferers import FlipAveragingInferer
+
+    torch.manual_seed(0)
+    net = MultiTaskNoduleNet(channels=(4, 8), hidden=8).eval()
+    x = torch.rand(2, 1, 12, 12, 12)
+    with torch.no_grad():
+        out = FlipAveragingInferer()(x, net)
+        flips = [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
+        expected = torch.stack([net(x.flip(d) if d else x) for d in flips]).mean(0)
+        assert out.shape == (2, OUT_CHANNELS) and torch.allclose(out, expected, atol=1e-6)
+        symmetric = torch.ones(1, 1, 12, 12, 12)
+        assert torch.allclose(FlipAveragingInferer()(symmetric, net), net(symmetric), atol=1e-5)
