@@ -10,6 +10,7 @@ Bad input ends with one line ``nodule-bundle: error: <file>: <problem>`` and exi
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -44,8 +45,6 @@ def _classify(args: argparse.Namespace) -> None:
         )  # fmt: skip
     finally:
         logging.disable(logging.NOTSET)
-    import json
-
     report = json.loads((Path(args.out) / "report.json").read_text())
     for scan in report["scans"]:
         print(f"scan {scan['seriesuid']}  ({len(scan['nodules'])} nodules)")
