@@ -26,7 +26,7 @@ class DemoSettings:
     phantom: PhantomConfig
 
 
-FULL = DemoSettings(scans=96, epochs=40, phantom=PhantomConfig())
+FULL = DemoSettings(scans=64, epochs=40, phantom=PhantomConfig())
 QUICK = DemoSettings(scans=6, epochs=2, phantom=PhantomConfig(fov_mm=(150.0, 130.0, 90.0), nodules_per_scan=(10, 16)))
 METRIC_NAMES = ("malignancy_auc", "malignancy_accuracy", "size_only_auc", "size_band_accuracy", "diameter_mae_mm")
 
