@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 #: Lung-RADS v2022 solid-nodule size bands (mean diameter, mm): <6, 6-<8, 8-<15, >=15.
 SIZE_BAND_EDGES_MM = (6.0, 8.0, 15.0)
@@ -40,6 +40,3 @@ class Nodule:
     def volume_mm3(self) -> float:
         """Volume of the equivalent sphere."""
         return math.pi / 6.0 * self.diameter_mm**3
-
-    def as_dict(self) -> dict:
-        return asdict(self)
