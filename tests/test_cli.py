@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
@@ -60,6 +61,7 @@ def _outside(item) -> str:
     [
         ("missing image", "coordX,coordY,coordZ\n0,0,0\n", "absent.nii.gz", r"absent\.nii\.gz: image not found"),
         ("unreadable image", "coordX,coordY,coordZ\n0,0,0\n", "garbage.nii.gz", r"garbage\.nii\.gz: cannot read image"),
+        ("2D image", "coordX,coordY,coordZ\n0,0,0\n", "slice.nii.gz", r"slice\.nii\.gz: expected a 3D volume"),
         ("csv missing columns", "x,y,z\n1,2,3\n", None, r"n\.csv: missing column\(s\) coordX, coordY, coordZ"),
         ("csv non-numeric", "coordX,coordY,coordZ\n1,abc,3\n", None, r"n\.csv: row 2: column 'coordY' is not a number"),
         ("empty nodule list", "coordX,coordY,coordZ\n", None, r"n\.csv: no nodules"),
@@ -70,6 +72,8 @@ def test_bad_input_gives_one_clear_line(case, csv_text, image_name, expected, sc
     image, item = scan
     if image_name == "garbage.nii.gz":
         (tmp_path / image_name).write_bytes(b"this is not a NIfTI file")
+    if image_name == "slice.nii.gz":
+        nib.save(nib.Nifti1Image(np.zeros((32, 32), np.int16), np.eye(4)), tmp_path / image_name)
     target = tmp_path / image_name if image_name else image
     nodules = _csv(tmp_path / "n.csv", csv_text if csv_text is not None else _outside(item))
     code = main(["classify", "--image", str(target), "--nodules", str(nodules), "--model", str(model), "--out", str(tmp_path / "out")])
