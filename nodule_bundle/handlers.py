@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from pathlib import Path
 
 from ignite.engine import Engine, Events
@@ -31,10 +30,9 @@ class NoduleReportWriter:
 
     def _collect(self, engine: Engine) -> None:
         for item, output in zip(engine.state.batch, engine.state.output):
-            uid = str(item.get("seriesuid") or Path(str(item["image"].meta["filename_or_obj"])).name)
-            scan = self._scans.setdefault(
-                uid, {"seriesuid": uid, "image": Path(str(item["image"].meta["filename_or_obj"])).name, "nodules": []}
-            )
+            image_name = Path(str(item["image"].meta["filename_or_obj"])).name
+            uid = str(item.get("seriesuid") or image_name)
+            scan = self._scans.setdefault(uid, {"seriesuid": uid, "image": image_name, "nodules": []})
             scan["nodules"].append(nodule_finding(item, output))
 
     def _write(self, engine: Engine) -> None:
