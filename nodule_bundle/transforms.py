@@ -7,6 +7,7 @@ All geometry goes through :mod:`nodule_bundle.geometry`.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -30,6 +31,7 @@ from nodule_bundle.filters import gaussian_blur
 from nodule_bundle.geometry import LPS_TO_RAS, lps_to_ras, world_to_voxel
 from nodule_bundle.networks import DIAMETER, MALIGNANCY, SIZE_BAND
 from nodule_bundle.nodule import size_band
+from nodule_bundle.readers import DicomSeriesReader
 
 
 class NoduleOutsideVolumeError(NoduleBundleError):
@@ -50,16 +52,33 @@ def _voxel_size(affine: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 class LoadCTImaged(LoadImaged):
-    """MONAI's ``LoadImaged`` (same arguments) that reports unreadable files and non-3D images as
-    :class:`UnreadableImageError` naming the file, instead of a reader traceback."""
+    """MONAI's ``LoadImaged`` (same arguments) for CT as it arrives: NIfTI, MHD/raw and NRRD through
+    MONAI's readers, DICOM directories through :class:`~nodule_bundle.readers.DicomSeriesReader`
+    (series chosen, slices ordered by position and checked).
+
+    Unreadable files and non-3D images raise :class:`UnreadableImageError` naming the file, instead
+    of a reader traceback.
+
+    Args:
+        series_uid: the DICOM series to read when a directory holds several (default: the CT
+            series with the most slices).
+    """
+
+    def __init__(self, keys: KeysCollection, *args, series_uid: str | None = None, **kwargs):
+        super().__init__(keys, *args, **kwargs)
+        self.dicom_reader = DicomSeriesReader(series_uid=series_uid)
 
     def __call__(self, data, reader=None):
+        paths = [str(data[k]) for k in self.key_iterator(dict(data))]
+        if reader is None and all(os.path.isdir(p) for p in paths):
+            reader = self.dicom_reader
         try:
             d = super().__call__(data, reader)
+        except NoduleBundleError:
+            raise
         except Exception as err:
-            paths = ", ".join(str(data[k]) for k in self.key_iterator(dict(data)))
             reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-            raise UnreadableImageError(f"{paths}: cannot read image ({reason})") from err
+            raise UnreadableImageError(f"{', '.join(paths)}: cannot read image ({reason})") from err
         for key in self.key_iterator(d):
             if d[key].ndim != 4:
                 raise UnreadableImageError(f"{data[key]}: expected a 3D volume, got image shape {tuple(d[key].shape)}")

@@ -4,6 +4,7 @@ Layout of ``out``::
 
     images/<seriesuid>.nii.gz      NIfTI (default format)
     mhd/<seriesuid>.mhd|.raw       MHD/raw, as LUNA16 ships scans
+    nrrd/<seriesuid>.nrrd          NRRD
     dicom/<seriesuid>/IM*.dcm      a DICOM CT series
     annotations.csv                LUNA16 columns + malignancy, texture, nodule_id, margin, calcified
     datalist.json                  MONAI datalist (training / validation / test, split by scan)
@@ -25,14 +26,15 @@ from tqdm import tqdm
 from nodule_bundle.data.datalist import build_datalist, nodule_item
 from nodule_bundle.data.nodule_csv import write_nodule_csv
 from nodule_bundle.data.phantom import PhantomConfig, PhantomScan, make_scan
-from nodule_bundle.data.writers import write_dicom_series, write_mhd, write_nifti
+from nodule_bundle.data.writers import write_dicom_series, write_itk_image, write_nifti
 from nodule_bundle.io_utils import write_json_atomic
 
-FORMATS = ("nifti", "mhd", "dicom")
+FORMATS = ("nifti", "mhd", "nrrd", "dicom")
 
 
 def _image_path(fmt: str, seriesuid: str) -> str:
-    return {"nifti": f"images/{seriesuid}.nii.gz", "mhd": f"mhd/{seriesuid}.mhd", "dicom": f"dicom/{seriesuid}"}[fmt]
+    paths = {"nifti": "images/{}.nii.gz", "mhd": "mhd/{}.mhd", "nrrd": "nrrd/{}.nrrd", "dicom": "dicom/{}"}
+    return paths[fmt].format(seriesuid)
 
 
 def _write_scan(task: tuple[Path, int, int, PhantomConfig, tuple[str, ...]]) -> PhantomScan:
@@ -43,7 +45,8 @@ def _write_scan(task: tuple[Path, int, int, PhantomConfig, tuple[str, ...]]) -> 
     scan = make_scan(seed, index, cfg)
     writers = {
         "nifti": lambda p: write_nifti(p, scan.volume_hu, scan.affine_lps),
-        "mhd": lambda p: write_mhd(p, scan.volume_hu, scan.affine_lps),
+        "mhd": lambda p: write_itk_image(p, scan.volume_hu, scan.affine_lps),
+        "nrrd": lambda p: write_itk_image(p, scan.volume_hu, scan.affine_lps),
         "dicom": lambda p: write_dicom_series(p, scan.volume_hu, scan.affine_lps, scan.seriesuid),
     }
     for fmt in formats:

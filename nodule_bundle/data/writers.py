@@ -1,6 +1,6 @@
-"""Write a CT volume (int16 HU, indexed [x, y, z], LPS affine) as NIfTI, MHD/raw or a DICOM series.
+"""Write a CT volume (int16 HU, indexed [x, y, z], LPS affine) as NIfTI, MHD/raw, NRRD or a DICOM series.
 
-NIfTI through nibabel (RAS affine), MHD through ITK (LPS), DICOM through pydicom with the headers a
+NIfTI through nibabel (RAS affine), MHD and NRRD through ITK (LPS), DICOM through pydicom with the headers a
 scanner writes (CT Image Storage, ImagePositionPatient per slice, unsigned pixels with
 RescaleIntercept -1024). Works with pydicom 2.4 and 3.x. Each file is written atomically.
 """
@@ -32,9 +32,9 @@ def write_nifti(path: str | Path, volume_hu: np.ndarray, affine_lps: np.ndarray)
         nib.save(image, tmp)
 
 
-def write_mhd(path: str | Path, volume_hu: np.ndarray, affine_lps: np.ndarray) -> None:
-    """MHD header + raw data (LUNA16's format); ITK stores arrays [z, y, x]."""
-    image = itk.image_from_array(np.ascontiguousarray(volume_hu.transpose(2, 1, 0)))
+def write_itk_image(path: str | Path, volume_hu: np.ndarray, affine_lps: np.ndarray) -> None:
+    """MHD header + raw data (LUNA16's format) or NRRD, by the suffix of ``path``, through ITK."""
+    image = itk.image_from_array(np.ascontiguousarray(volume_hu.transpose(2, 1, 0)))  # ITK arrays are [z, y, x]
     spacing = np.linalg.norm(affine_lps[:3, :3], axis=0)
     image.SetSpacing(spacing.tolist())
     image.SetOrigin(affine_lps[:3, 3].tolist())
@@ -42,9 +42,10 @@ def write_mhd(path: str | Path, volume_hu: np.ndarray, affine_lps: np.ndarray) -
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{path.stem}.", dir=path.parent) as tmp_dir:
-        tmp = Path(tmp_dir) / path.name  # same name, so the header's ElementDataFile is already right
+        tmp = Path(tmp_dir) / path.name  # same name, so an MHD header's ElementDataFile is already right
         itk.imwrite(image, str(tmp))
-        tmp.with_suffix(".raw").replace(path.with_suffix(".raw"))
+        if tmp.with_suffix(".raw").exists():
+            tmp.with_suffix(".raw").replace(path.with_suffix(".raw"))
         tmp.replace(path)  # header last: a reader never sees a header without its data
 
 
@@ -55,7 +56,10 @@ def write_dicom_series(
     series_uid: str,
     patient_id: str = "PHANTOM",
 ) -> None:
-    """One file per axial slice, ``directory/IM00001.dcm`` ...; the affine's direction must be axial."""
+    """One file per slice along the affine's third axis, ``directory/IM00001.dcm`` ...
+
+    Any direction cosines work (oblique, flipped); the third axis must be the slice normal up to sign.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     spacing = np.linalg.norm(affine_lps[:3, :3], axis=0)

@@ -1,0 +1,67 @@
+"""MONAI image reader for DICOM directories: choose, order and check the series, then let ITK decode it.
+
+NIfTI, MHD/raw and NRRD files go through MONAI's own readers unchanged (see
+:class:`nodule_bundle.transforms.LoadCTImaged`); only directories come here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import itk
+import numpy as np
+from monai.data import ITKReader
+
+from nodule_bundle.dicom_series import DicomSeries, DicomSeriesError, damaged_slice, find_ct_series
+
+
+class DicomSeriesReader(ITKReader):
+    """MONAI's ``ITKReader`` for a DICOM directory, reading exactly the slices
+    :func:`~nodule_bundle.dicom_series.find_ct_series` chose, in the order it checked.
+
+    GDCM applies RescaleSlope/Intercept, so voxels are HU. The affine is ITK's (LPS, converted to RAS
+    like every MONAI reader) and must agree with the one the headers imply; ``meta["series_uid"]``
+    names the series read.
+
+    Args:
+        series_uid: read this series instead of the CT series with the most slices.
+        kwargs: passed to ``ITKReader``.
+    """
+
+    def __init__(self, series_uid: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.series_uid = series_uid
+
+    def verify_suffix(self, filename: Sequence[str] | str) -> bool:
+        return all(Path(f).is_dir() for f in ([filename] if isinstance(filename, (str, Path)) else filename))
+
+    def read(self, data: Sequence[str] | str, **kwargs):
+        directories = [data] if isinstance(data, (str, Path)) else list(data)
+        if len(directories) != 1:
+            raise DicomSeriesError(f"{directories}: expected one DICOM directory")
+        series = find_ct_series(directories[0], self.series_uid)
+        kwargs_ = {**self.kwargs, **kwargs}
+        try:
+            image = itk.imread([str(f) for f in series.files], **kwargs_)
+        except RuntimeError as err:
+            damage = damaged_slice(series)
+            if damage:
+                raise DicomSeriesError(damage) from None
+            reason = " ".join(str(err).split())[:300]
+            raise DicomSeriesError(f"{directories[0]}: ITK could not decode the series ({reason})") from None
+        self._check_geometry(image, series, directories[0])
+        return image, series
+
+    def get_data(self, img) -> tuple[np.ndarray, dict]:
+        image, series = img
+        data, meta = super().get_data(image)
+        meta["series_uid"] = series.series_uid
+        return data, meta
+
+    def _check_geometry(self, image, series: DicomSeries, directory) -> None:
+        """ITK's affine must be the one the sorted headers imply; anything else is a reader defect."""
+        affine = self._get_affine(image, lps_to_ras=False)
+        if not np.allclose(affine, series.affine_lps, atol=1e-3):
+            raise DicomSeriesError(f"{directory}: ITK's geometry does not match the DICOM headers:\n{affine}\nvs\n{series.affine_lps}")
+
