@@ -58,5 +58,7 @@ class MetricsJSONWriter:
         self._count += len(engine.state.output)
 
     def _write(self, engine: Engine) -> None:
-        metrics = {k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        metrics = {  # a metric without labels to compute it on (NaN) is written as null
+            k: float(v) if math.isfinite(v) else None for k, v in engine.state.metrics.items() if isinstance(v, (int, float))
+        }
         write_json_atomic(self.path, {**metrics, self.count_key: self._count})
