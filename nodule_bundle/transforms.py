@@ -245,7 +245,8 @@ class NoduleTargetsd(MapTransform):
 
     Unknown values (``None``/missing) become -1 (classes) or NaN (diameter), which the loss masks.
     The size band is derived from the diameter (Lung-RADS edges 6, 8, 15 mm). The source keys are
-    rewritten with the same sentinels so that batches collate.
+    rewritten with the same sentinels, and other unknown fields (``texture: None``) with ``""``, so
+    that batches collate.
     """
 
     def __init__(self, malignancy_key: str = "malignancy", diameter_key: str = "diameter_mm", label_key: str = "label"):
@@ -259,6 +260,7 @@ class NoduleTargetsd(MapTransform):
         malignancy = -1 if malignancy is None else int(malignancy)
         diameter = math.nan if diameter is None else float(diameter)
         band = size_band(diameter) if math.isfinite(diameter) else -1
+        d = {k: "" if v is None else v for k, v in d.items()}
         d[self.malignancy_key], d[self.diameter_key] = malignancy, diameter
         d[self.label_key] = torch.tensor([malignancy, band, diameter], dtype=torch.float32)
         return d

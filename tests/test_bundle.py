@@ -4,24 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).parents[1]
+from bundle_run import ROOT, monai_bundle_run
+
 METRICS = ("malignancy_auc", "malignancy_accuracy", "size_only_auc", "size_band_accuracy", "diameter_mae_mm")
-
-
-def monai_bundle_run(configs: list[str], **overrides) -> subprocess.CompletedProcess:
-    config_file = str([f"configs/{c}.json" for c in configs]) if len(configs) > 1 else f"configs/{configs[0]}.json"
-    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_file,
-            "--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf"]  # fmt: skip
-    for key, value in overrides.items():
-        args += [f"--{key}", str(value)]
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import numpy as np
 from monai.data import load_decathlon_datalist
 
 from nodule_bundle.errors import NoduleBundleError
+from nodule_bundle.data.image_index import scan_stem
 from nodule_bundle.data.nodule_csv import NoduleListError, read_nodule_csv
 from nodule_bundle.nodule import Nodule
 
@@ -55,6 +56,26 @@ def build_datalist(items_by_scan: Mapping[str, list[dict]], seed: int, **extra) 
     return datalist
 
 
+def build_datalist_from_folds(
+    items_by_scan: Mapping[str, list[dict]], fold_of_scan: Mapping[str, int], val_fold: int, test_fold: int | None, **extra
+) -> dict:
+    """A datalist whose splits follow cross-validation folds: ``val_fold`` -> validation, ``test_fold``
+    -> test, every other fold -> training. Each item keeps its ``fold`` so that other splits can be drawn."""
+    if val_fold == test_fold:
+        raise ValueError(f"the validation and test folds must differ, both are {val_fold}")
+    datalist: dict = {**extra, **{s: [] for s in SPLITS}}
+    for scan_id, items in items_by_scan.items():
+        fold = fold_of_scan[scan_id]
+        split = "validation" if fold == val_fold else "test" if fold == test_fold else "training"
+        datalist[split].extend({**item, "fold": fold} for item in items)
+    return datalist
+
+
+def relative_image_path(image: Path, dataset_dir: Path) -> str:
+    """The image path a datalist stores: relative to the dataset directory (``--dataset_dir``)."""
+    return Path(os.path.relpath(image, dataset_dir)).as_posix()
+
+
 class DatalistError(NoduleBundleError):
     """A datalist that cannot be used; the message names the file and the problem."""
 
@@ -90,14 +111,6 @@ def load_nodule_datalist(datalist: str | Path, split: str, dataset_dir: str | Pa
     return items
 
 
-def _scan_stem(image: Path) -> str:
-    name = image.name
-    for suffix in (".nii.gz", ".nii", ".mhd", ".nrrd", ".dcm"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def scan_item(image: str | Path | None, nodules: str | Path | None, seriesuid: str | None = None) -> dict:
     """One inference item: a scan and all its nodules (``center_world_mm`` ``(N, 3)``, ``nodule_id`` ``N``).
 
@@ -112,13 +125,13 @@ def scan_item(image: str | Path | None, nodules: str | Path | None, seriesuid: s
     found = read_nodule_csv(nodules)
     series = {n.seriesuid for n in found if n.seriesuid}
     if len(series) > 1:
-        wanted = seriesuid or _scan_stem(image)
+        wanted = seriesuid or scan_stem(image)
         found = [n for n in found if n.seriesuid == wanted]
         if not found:
             raise NoduleListError(f"{nodules}: lists several series and none is {wanted!r}; pass --seriesuid")
     return {
         "image": str(image),
-        "seriesuid": seriesuid or (found[0].seriesuid or _scan_stem(image)),
+        "seriesuid": seriesuid or (found[0].seriesuid or scan_stem(image)),
         "center_world_mm": [list(n.center_world_mm) for n in found],
         "nodule_id": [n.nodule_id for n in found],
     }

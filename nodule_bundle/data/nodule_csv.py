@@ -35,10 +35,11 @@ def _number(path: Path, row: int, column: str, text: str | None) -> float:
     return value
 
 
-def read_nodule_csv(path: str | Path, seriesuid: str | None = None) -> list[Nodule]:
-    """Nodules of a CSV (all rows, or those of ``seriesuid``). Needs ``coordX,coordY,coordZ``.
+def read_nodule_rows(path: str | Path, seriesuid: str | None = None) -> list[tuple[Nodule, dict[str, str]]]:
+    """Each row's :class:`Nodule` with the row itself (for site-specific columns such as ``split``).
 
-    ``diameter_mm``, ``malignancy`` (0/1), ``texture``, ``seriesuid`` and ``nodule_id`` are optional.
+    Needs ``coordX,coordY,coordZ``; ``diameter_mm``, ``malignancy`` (0/1), ``texture``,
+    ``seriesuid`` and ``nodule_id`` are optional. Only rows of ``seriesuid`` when it is given.
     """
     path = Path(path)
     if not path.is_file():
@@ -49,7 +50,7 @@ def read_nodule_csv(path: str | Path, seriesuid: str | None = None) -> list[Nodu
         missing = [c for c in COORD_COLUMNS if c not in columns]
         if missing:
             raise NoduleListError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(columns) or 'none'})")
-        nodules = []
+        rows = []
         for row_no, row in enumerate(reader, start=2):
             uid = (row.get("seriesuid") or "").strip()
             if seriesuid is not None and uid and uid != seriesuid:
@@ -66,12 +67,18 @@ def read_nodule_csv(path: str | Path, seriesuid: str | None = None) -> list[Nodu
             texture = (row.get("texture") or "").strip() or None
             if texture is not None and texture not in TEXTURES:
                 raise NoduleListError(f"{path}: row {row_no}: texture must be one of {TEXTURES}, got {texture!r}")
-            nodule_id = (row.get("nodule_id") or "").strip() or f"{len(nodules) + 1}"
-            nodules.append(Nodule(nodule_id, uid, center, diameter, malignancy, texture))  # type: ignore[arg-type]
-    if not nodules:
+            nodule_id = (row.get("nodule_id") or "").strip() or f"{len(rows) + 1}"
+            nodule = Nodule(nodule_id, uid, center, diameter, malignancy, texture)  # type: ignore[arg-type]
+            rows.append((nodule, {k: (v or "").strip() for k, v in row.items() if k is not None}))
+    if not rows:
         which = f" for series {seriesuid}" if seriesuid else ""
         raise NoduleListError(f"{path}: no nodules{which}")
-    return nodules
+    return rows
+
+
+def read_nodule_csv(path: str | Path, seriesuid: str | None = None) -> list[Nodule]:
+    """Nodules of a CSV (all rows, or those of ``seriesuid``); see :func:`read_nodule_rows`."""
+    return [nodule for nodule, _ in read_nodule_rows(path, seriesuid)]
 
 
 def write_nodule_csv(path: str | Path, nodules: Iterable[Nodule], extra: dict[str, list] | None = None) -> None:
