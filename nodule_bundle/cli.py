@@ -116,7 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="NIfTI file, MHD file or DICOM series directory")
     p.add_argument("--nodules", required=True, help="CSV with coordX,coordY,coordZ in world mm (LPS)")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--seriesuid", default=None, help="rows of this series when the CSV lists several")
+    p.add_argument(
+        "--seriesuid", "--series-uid", default=None,
+        help="the series to read from a DICOM folder holding several, and its rows when the CSV lists several",
+    )  # fmt: skip
     p.add_argument("--model", default=None, help="weights (default: <bundle root>/models/model.pt)")
     p.add_argument("--bundle-root", default=None)
     p.set_defaults(func=_classify)

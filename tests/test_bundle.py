@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import pydicom
+from pydicom.uid import generate_uid
+
 from bundle_run import ROOT, monai_bundle_run
+from dicom_helpers import edit, new_instance, shift_position
 
 METRICS = ("malignancy_auc", "malignancy_accuracy", "size_only_auc", "size_band_accuracy", "diameter_mae_mm")
 
@@ -69,16 +74,31 @@ def test_scan(phantom_dir, datalist, tmp_path_factory):
 FORMATS = {"nifti": "images/{}.nii.gz", "mhd": "mhd/{}.mhd", "dicom": "dicom/{}"}
 
 
+def _study_with_a_longer_series(series: Path, study: Path) -> Path:
+    """A PACS-style folder: the scan's series beside another CT series with twice as many slices."""
+    files = sorted(series.glob("*.dcm"))
+    shutil.copytree(series, study / "target")
+    dz = abs(float(pydicom.dcmread(files[1]).ImagePositionPatient[2]) - float(pydicom.dcmread(files[0]).ImagePositionPatient[2]))
+    other_uid, extent = generate_uid(), len(files) * dz  # one contiguous series of 2N slices
+    for copy in range(2):
+        for k, path in enumerate(files):
+            edit(path, lambda ds, copy=copy: (new_instance(ds), setattr(ds, "SeriesInstanceUID", other_uid),
+                                              shift_position((0, 0, copy * extent))(ds)), study / f"other{copy}_{k}.dcm")  # fmt: skip
+    return study
+
+
 @pytest.fixture(scope="module")
 def reports(trained, phantom_dir, test_scan, tmp_path_factory) -> dict[str, Path]:
     """Inference on the same test scan read from NIfTI, MHD and a DICOM series; the output dirs."""
     uid, _, csv_path = test_scan
     before = csv_path.read_bytes()
     outputs = {}
-    for fmt, pattern in FORMATS.items():
+    images = {fmt: phantom_dir / pattern.format(uid) for fmt, pattern in FORMATS.items()}
+    images["dicom_study"] = _study_with_a_longer_series(phantom_dir / FORMATS["dicom"].format(uid), tmp_path_factory.mktemp("study"))
+    for fmt, image in images.items():
         out = tmp_path_factory.mktemp(f"report_{fmt}")
         result = monai_bundle_run(
-            ["inference"], image=phantom_dir / pattern.format(uid), nodules=csv_path,
+            ["inference"], image=image, nodules=csv_path, seriesuid=uid,
             ckpt_path=trained / "models" / "model.pt", output_dir=out,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
@@ -112,6 +132,7 @@ def test_reports_agree_across_image_formats(reports):
     }
     np.testing.assert_allclose(found["mhd"], found["nifti"], atol=1e-3)
     np.testing.assert_allclose(found["dicom"], found["nifti"], atol=1e-3)
+    np.testing.assert_allclose(found["dicom_study"], found["nifti"], atol=1e-3)  # --seriesuid chose the series
 
 
 def test_train_and_inference_share_network_and_preprocessing():
@@ -119,4 +140,6 @@ def test_train_and_inference_share_network_and_preprocessing():
     infer = json.loads((ROOT / "configs" / "inference.json").read_text())
     keys = ("patch_size", "patch_spacing_mm", "hu_window", "denoise_sigma_mm", "deblur", "equalize", "edge_channel", "network_def")
     assert {k: train[k] for k in keys} == {k: infer[k] for k in keys}
-    assert train["deterministic_transforms"][:3] == infer["preprocessing"]["transforms"]
+    infer_steps = [dict(step) for step in infer["preprocessing"]["transforms"]]
+    assert infer_steps[0].pop("series_uid") == "@seriesuid"  # inference reads the series it is told to
+    assert train["deterministic_transforms"][:3] == infer_steps
