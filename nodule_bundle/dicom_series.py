@@ -21,6 +21,7 @@ uneven spacing, deviation <= 10 %       warning (ITK uses the mean spacing)
 uneven spacing, deviation > 10 %        error
 gantry tilt (stack not along normal)    error with the tilt angle
 a single slice                          error (a 3D series is needed)
+a multi-frame (enhanced) image          error (single-frame series only, for now)
 ======================================  =========================================================
 
 Slices are sorted by ``ImagePositionPatient`` projected on the slice normal (the cross product of
@@ -63,7 +64,7 @@ DECODABLE_TRANSFER_SYNTAXES = frozenset(
 _HEADER_TAGS = [
     "SeriesInstanceUID", "Modality", "ImageType", "ImagePositionPatient", "ImageOrientationPatient",
     "PixelSpacing", "Rows", "Columns", "SeriesDescription", "BitsStored", "PixelRepresentation",
-    "RescaleSlope", "RescaleIntercept",
+    "RescaleSlope", "RescaleIntercept", "NumberOfFrames",
 ]  # fmt: skip
 _UNEVEN_TOLERANCE = 0.01  # relative deviation of a slice gap from the median that is just jitter
 _UNEVEN_LIMIT = 0.10  # above this the geometry would be wrong: refuse
@@ -157,6 +158,8 @@ def read_slice_header(path: Path) -> SliceHeader:
         sop_class = pydicom.uid.UID(str(meta.get("MediaStorageSOPClassUID", "")))
         if "Image Storage" in sop_class.name and not (rows and columns):
             raise DicomSeriesError(f"{path}: incomplete DICOM image header (truncated file?): no Rows/Columns")
+        if int(ds.get("NumberOfFrames") or 1) > 1:
+            raise DicomSeriesError(f"{path}: a multi-frame ({ds.NumberOfFrames} frames) image; only single-frame CT series are read")
         return SliceHeader(
             path=path,
             series_uid=str(ds.get("SeriesInstanceUID", "")),

@@ -170,6 +170,13 @@ def test_real_jpeg2000_series_decodes_to_the_uncompressed_values(tmp_path):
     assert uncompressed.min() < -900  # air in HU, not the stored values
 
 
+def test_a_real_multi_frame_ct_is_refused_by_name(tmp_path):
+    path = get_testdata_file("eCT_Supplemental.dcm", download=False) or pytest.skip("pydicom-data not installed")
+    shutil.copy(path, tmp_path / "enhanced.dcm")
+    with pytest.raises(DicomSeriesError, match=r"enhanced\.dcm: a multi-frame \(2 frames\) image"):
+        load(tmp_path)
+
+
 def test_a_transfer_syntax_that_cannot_be_decoded_is_named(tmp_path):
     _series_from_real_slice(tmp_path, "693_J2KR.dcm")
     for f in tmp_path.glob("*.dcm"):
