@@ -131,10 +131,22 @@ class DicomSeries:
         return aff
 
 
-def _floats(value, n: int) -> tuple[float, ...] | None:
+def _text(ds: pydicom.Dataset, keyword: str) -> str:
+    """A string-valued element (DS, IS, CS, UI, LO) as its raw text, without pydicom's per-value
+    conversion: the header scan of a 300-slice series spends most of its time there otherwise."""
+    element = ds.get_item(keyword)
+    if element is None:
+        return ""
+    value = element.value
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace").strip(" \0")
+    return "\\".join(str(v) for v in value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else str(value)
+
+
+def _floats(ds: pydicom.Dataset, keyword: str, n: int) -> tuple[float, ...] | None:
     try:
-        values = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
+        values = tuple(float(v) for v in _text(ds, keyword).split("\\"))
+    except ValueError:
         return None
     return values if len(values) == n else None
 
@@ -142,7 +154,7 @@ def _floats(value, n: int) -> tuple[float, ...] | None:
 def _rescale(ds: pydicom.Dataset) -> dict:
     """The HU range the stored bits can reach after RescaleSlope/Intercept, and whether it is integral."""
     bits, signed = int(ds.get("BitsStored") or 16), int(ds.get("PixelRepresentation") or 0) == 1
-    slope, intercept = float(ds.get("RescaleSlope") or 1.0), float(ds.get("RescaleIntercept") or 0.0)
+    slope, intercept = float(_text(ds, "RescaleSlope") or 1.0), float(_text(ds, "RescaleIntercept") or 0.0)
     low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
     ends = sorted((low * slope + intercept, high * slope + intercept))
     return {"hu_range": (ends[0], ends[1]), "integer_rescale": slope.is_integer() and intercept.is_integer()}
@@ -153,7 +165,7 @@ def read_slice_header(path: Path) -> SliceHeader:
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
         meta = ds.file_meta
-        image_type = tuple(str(v).strip().upper() for v in (ds.get("ImageType") or ()))
+        image_type = tuple(v.strip().upper() for v in _text(ds, "ImageType").split("\\") if v.strip())
         rows, columns = ds.get("Rows"), ds.get("Columns")
         sop_class = pydicom.uid.UID(str(meta.get("MediaStorageSOPClassUID", "")))
         if "Image Storage" in sop_class.name and not (rows and columns):
@@ -162,15 +174,15 @@ def read_slice_header(path: Path) -> SliceHeader:
             raise DicomSeriesError(f"{path}: a multi-frame ({ds.NumberOfFrames} frames) image; only single-frame CT series are read")
         return SliceHeader(
             path=path,
-            series_uid=str(ds.get("SeriesInstanceUID", "")),
-            modality=str(ds.get("Modality", "")),
+            series_uid=_text(ds, "SeriesInstanceUID"),
+            modality=_text(ds, "Modality"),
             image_type=image_type,
             transfer_syntax=str(meta.get("TransferSyntaxUID", "1.2.840.10008.1.2")),
-            position_mm=_floats(ds.get("ImagePositionPatient"), 3),  # type: ignore[arg-type]
-            orientation=_floats(ds.get("ImageOrientationPatient"), 6),
-            pixel_spacing_mm=_floats(ds.get("PixelSpacing"), 2),  # type: ignore[arg-type]
+            position_mm=_floats(ds, "ImagePositionPatient", 3),  # type: ignore[arg-type]
+            orientation=_floats(ds, "ImageOrientationPatient", 6),
+            pixel_spacing_mm=_floats(ds, "PixelSpacing", 2),  # type: ignore[arg-type]
             size=(int(rows), int(columns)) if rows and columns else None,
-            description=str(ds.get("SeriesDescription", "")),
+            description=_text(ds, "SeriesDescription"),
             **_rescale(ds),
         )
     except (InvalidDicomError, DicomSeriesError):

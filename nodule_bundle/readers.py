@@ -13,6 +13,7 @@ import itk
 import numpy as np
 import torch
 from monai.data import ITKReader
+from monai.utils import get_equivalent_dtype
 
 from nodule_bundle.dicom_series import DicomSeries, DicomSeriesError, damaged_slice, find_ct_series
 
@@ -28,12 +29,15 @@ class DicomSeriesReader(ITKReader):
 
     Args:
         series_uid: read this series instead of the CT series with the most slices.
+        dtype: the array's dtype (``None``: as decoded). Converting during the layout copy saves
+            ``LoadImage`` a second pass over the volume, so pass the dtype ``LoadImage`` asks for.
         kwargs: passed to ``ITKReader``.
     """
 
-    def __init__(self, series_uid: str | None = None, **kwargs):
+    def __init__(self, series_uid: str | None = None, dtype: torch.dtype | np.dtype | str | None = np.float32, **kwargs):
         super().__init__(**kwargs)
         self.series_uid = series_uid
+        self.dtype = None if dtype is None else get_equivalent_dtype(dtype, torch.Tensor)
 
     def verify_suffix(self, filename: Sequence[str] | str) -> bool:
         return all(Path(f).is_dir() for f in ([filename] if isinstance(filename, (str, Path)) else filename))
@@ -57,10 +61,12 @@ class DicomSeriesReader(ITKReader):
 
     def _get_array_data(self, img):
         """ITK's ``[slice, row, column]`` buffer as a C-ordered ``[column, row, slice]`` array (MONAI's
-        layout). Transposing each slice first, then moving the slice axis last, keeps memory access
-        local: about 5x faster than one 3D transpose on a 512x512x300 series."""
+        layout) in ``dtype``. Transposing each slice first, then moving the slice axis last, keeps
+        memory access local: about 5x faster than one 3D transpose on a 512x512x300 series."""
         view = torch.from_numpy(itk.array_view_from_image(img))
-        return view.transpose(1, 2).contiguous().permute(1, 2, 0).contiguous().numpy()
+        slices_xy = view.transpose(1, 2).contiguous()  # [slice, column, row]
+        out = torch.empty(slices_xy.shape[1:] + slices_xy.shape[:1], dtype=self.dtype or slices_xy.dtype)
+        return out.copy_(slices_xy.permute(1, 2, 0)).numpy()
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:
         image, series = img

@@ -66,7 +66,7 @@ class LoadCTImaged(LoadImaged):
 
     def __init__(self, keys: KeysCollection, *args, series_uid: str | None = None, **kwargs):
         super().__init__(keys, *args, **kwargs)
-        self.dicom_reader = DicomSeriesReader(series_uid=series_uid)
+        self.dicom_reader = DicomSeriesReader(series_uid=series_uid, dtype=kwargs.get("dtype", np.float32))
 
     def __call__(self, data, reader=None):
         paths = [str(data[k]) for k in self.key_iterator(dict(data))]
