@@ -1,0 +1,58 @@
+"""Detection scoring the LUNA16 way: candidates matched to reference nodules, FROC curve and CPM.
+
+A candidate hits a reference nodule when its centre lies within the nodule's radius (world mm). Each
+nodule counts once, with the best score among the candidates hitting it; other candidates hitting
+it are neither true nor false positives; a candidate hitting no nodule is a false positive. The
+curve and the CPM (mean sensitivity at 1/8 ... 8 false positives per scan) come from MONAI's
+``compute_froc_curve_data`` / ``compute_froc_score``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from monai.metrics import compute_froc_curve_data, compute_froc_score
+
+CPM_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def match_scan(
+    candidates_mm: np.ndarray, scores: np.ndarray, nodules_mm: np.ndarray, radii_mm: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For one scan: the score of each nodule's best hit (NaN if missed) and the false-positive scores."""
+    candidates_mm, scores = np.asarray(candidates_mm, float).reshape(-1, 3), np.asarray(scores, float)
+    nodules_mm, radii_mm = np.asarray(nodules_mm, float).reshape(-1, 3), np.asarray(radii_mm, float)
+    distance = np.linalg.norm(candidates_mm[:, None] - nodules_mm[None], axis=-1)  # [candidate, nodule]
+    hits = distance <= radii_mm[None]
+    best = np.where(hits, scores[:, None], -np.inf).max(axis=0, initial=-np.inf)
+    return np.where(np.isfinite(best), best, np.nan), scores[~hits.any(axis=1)]
+
+
+def froc(
+    scans: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], fp_rates: Sequence[float] = CPM_FP_RATES
+) -> dict:
+    """FROC over scans given as ``(candidate centres, scores, nodule centres, nodule radii)``.
+
+    Returns the curve (false positives per scan, sensitivity), the sensitivity at each rate in
+    ``fp_rates``, the CPM (their mean) and the counts.
+    """
+    tp, fp = [], []
+    for candidates, scores, nodules, radii in scans:
+        nodule_scores, fp_scores = match_scan(candidates, scores, nodules, radii)
+        tp.append(nodule_scores)
+        fp.append(fp_scores)
+    tp_all, fp_all = np.concatenate(tp) if tp else np.zeros(0), np.concatenate(fp) if fp else np.zeros(0)
+    n_nodules, found = len(tp_all), tp_all[np.isfinite(tp_all)]
+    fps, sensitivity = compute_froc_curve_data(fp_all, found, max(n_nodules, 1), len(scans))
+    at_rate = np.interp(fp_rates, fps[::-1], sensitivity[::-1])
+    return {
+        "cpm": float(compute_froc_score(fps, sensitivity, tuple(fp_rates))),
+        "sensitivity_at_fp_per_scan": {str(r): float(s) for r, s in zip(fp_rates, at_rate)},
+        "max_sensitivity": float(len(found) / max(n_nodules, 1)),
+        "fp_per_scan_curve": fps.tolist(),
+        "sensitivity_curve": sensitivity.tolist(),
+        "n_scans": len(scans),
+        "n_nodules": n_nodules,
+        "n_candidates": int(len(found) + len(fp_all)),
+    }

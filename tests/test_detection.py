@@ -1,0 +1,103 @@
+"""Whole-scan detection on volumes with known content: a chest with two lungs, then a sphere, a tube,
+a nodule on the pleura; and the FROC/CPM scoring on hand-counted cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from nodule_bundle.detection import detect_candidates, lung_mask
+from nodule_bundle.froc import froc, match_scan
+from nodule_bundle.geometry import LPS_TO_RAS, world_to_voxel
+
+SPACING = np.array([0.8, 0.8, 1.5])
+SHAPE = (150, 125, 60)  # 120 x 100 x 90 mm
+ORIGIN = np.array([-60.0, -50.0, -120.0])
+
+
+def _world_grid():
+    idx = np.indices(SHAPE, dtype=np.float64)
+    return [ORIGIN[a] + SPACING[a] * idx[a] for a in range(3)]
+
+
+def _chest(rng_seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Air, an elliptical body of soft tissue, two lung ellipsoids at -850 HU with noise."""
+    x, y, z = _world_grid()
+    rng = np.random.default_rng(rng_seed)
+    hu = np.full(SHAPE, -1000.0)
+    hu[(x / 56) ** 2 + (y / 46) ** 2 <= 1] = 40.0
+    centres = [np.array([-25.0, 0.0, -75.0]), np.array([25.0, 0.0, -75.0])]
+    for c in centres:
+        hu[((x - c[0]) / 20) ** 2 + ((y - c[1]) / 32) ** 2 + ((z - c[2]) / 38) ** 2 <= 1] = -850.0
+    return hu + rng.normal(0, 15, SHAPE), centres
+
+
+def _add_sphere(hu, center, radius_mm, value=30.0):
+    x, y, z = _world_grid()
+    hu[(x - center[0]) ** 2 + (y - center[1]) ** 2 + (z - center[2]) ** 2 <= radius_mm**2] = value
+
+
+def _image(hu) -> MetaTensor:
+    affine_lps = np.diag([*SPACING, 1.0])
+    affine_lps[:3, 3] = ORIGIN
+    return MetaTensor(torch.from_numpy(hu[None].astype(np.float32)), affine=torch.as_tensor(LPS_TO_RAS @ affine_lps))
+
+
+def _inside(mask: MetaTensor, point) -> bool:
+    index = np.round(world_to_voxel(point, mask.affine, "RAS")).astype(int)
+    return bool(mask[0][tuple(index)])
+
+
+def test_a_sphere_in_a_lung_gives_one_candidate_at_its_centre():
+    hu, (left, _) = _chest()
+    center = left + np.array([2.3, -4.1, 5.2])
+    _add_sphere(hu, center, 4.0)
+    candidates = detect_candidates(_image(hu))
+    assert len(candidates) == 1
+    (found,) = candidates
+    assert np.linalg.norm(np.array(found.center_world_mm) - center) <= 1.0
+    assert 2.5 <= found.radius_mm <= 6.0 and found.blobness > 0.5
+
+
+def test_a_vessel_like_tube_is_rejected():
+    hu, (left, _) = _chest()
+    x, y, z = _world_grid()
+    p0, p1 = left + np.array([0, -45.0, -45.0]), left + np.array([0, 45.0, 45.0])  # through the lung, as vessels run
+    seg = p1 - p0
+    t = np.clip(((x - p0[0]) * seg[0] + (y - p0[1]) * seg[1] + (z - p0[2]) * seg[2]) / (seg @ seg), 0, 1)
+    dist = np.sqrt((x - p0[0] - t * seg[0]) ** 2 + (y - p0[1] - t * seg[1]) ** 2 + (z - p0[2] - t * seg[2]) ** 2)
+    hu[dist <= 2.5] = 40.0
+    assert detect_candidates(_image(hu)) == []
+
+
+def test_a_juxta_pleural_nodule_stays_inside_the_lung_mask():
+    hu, (left, _) = _chest()
+    pleura = left + np.array([-20.0, 0.0, 0.0])  # the lateral edge of the left lung ellipsoid
+    center = pleura + np.array([5.0, 0, 0])
+    _add_sphere(hu, center, 6.0)  # attached to the chest wall over its outer millimetre
+    image = _image(hu)
+    mask = lung_mask(image)
+    for offset in ([0, 0, 0], [2.0, 0, 0], [0, 3.0, 0], [0, 0, 3.0], [0, -3.0, 0]):
+        assert _inside(mask, center + np.array(offset)), offset  # the nodule's body is in the mask
+    assert _inside(mask, left) and _inside(mask, left + np.array([50.0, 0, 0]))  # both lungs
+    assert not _inside(mask, np.array([0.0, 0.0, -75.0]))  # the mediastinum between them
+    assert not _inside(mask, np.array([-58.0, -48.0, -75.0]))  # air outside the body
+    (found,) = detect_candidates(image, mask=mask)
+    assert np.linalg.norm(np.array(found.center_world_mm) - center) <= 3.0  # a hit (<= radius), pulled off the wall
+
+
+def test_match_and_froc_on_hand_counted_detections():
+    nodules, radii = np.array([[0, 0, 0], [50, 0, 0.0]]), np.array([5.0, 3.0])
+    candidates = np.array([[1, 1, 0], [2, 0, 0], [49, 0, 2.0], [80, 0, 0], [0, 30, 0.0]])
+    scores = np.array([0.9, 0.5, 0.3, 0.8, 0.1])
+    best, fp = match_scan(candidates, scores, nodules, radii)
+    assert best.tolist() == [0.9, 0.3]  # the second candidate on nodule 0 is neither TP nor FP
+    assert sorted(fp.tolist()) == [0.1, 0.8]
+    result = froc([(candidates, scores, nodules, radii), (np.zeros((0, 3)), np.zeros(0), nodules[:1], radii[:1])])
+    assert result["n_nodules"] == 3 and result["n_scans"] == 2
+    assert result["max_sensitivity"] == pytest.approx(2 / 3)
+    # at 0.5 FP/scan (one FP over two scans, the 0.8 one) both found nodules are in: sensitivity 2/3
+    assert result["sensitivity_at_fp_per_scan"]["0.5"] == pytest.approx(2 / 3, abs=1e-6)
+    assert 0 < result["cpm"] <= 2 / 3
