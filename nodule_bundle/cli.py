@@ -1,6 +1,6 @@
 """``nodule-bundle``: the command line around the bundle.
 
-    nodule-bundle synth    --out DIR [--scans N] [--seed S] [--formats nifti,mhd,dicom]
+    nodule-bundle synth    --out DIR [--scans N] [--seed S] [--formats nifti,mhd,nrrd,dicom]
     nodule-bundle classify --image SCAN --nodules CSV --out DIR [--model model.pt]
     nodule-bundle demo     --out DIR [--quick]
     nodule-bundle convert  luna16 --root DIR --out datalist.json [--candidates candidates_V2.csv]
@@ -28,7 +28,7 @@ def _synth(args: argparse.Namespace) -> None:
     from nodule_bundle.data.synth import write_phantom_dataset
 
     cfg = PhantomConfig(fov_mm=tuple(args.fov_mm), nodules_per_scan=(args.min_nodules, args.max_nodules))
-    path = write_phantom_dataset(args.out, args.scans, args.seed, args.formats.split(","), cfg, args.workers)
+    path = write_phantom_dataset(args.out, args.scans, args.seed, args.formats.split(","), cfg, args.workers, args.negatives_per_scan)
     print(f"wrote {args.scans} phantom scans; datalist: {path}")
 
 
@@ -105,11 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--scans", type=_positive_int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--formats", default="nifti", help="comma-separated: nifti, mhd, dicom")
+    p.add_argument("--formats", default="nifti", help="comma-separated: nifti, mhd, nrrd, dicom")
     p.add_argument("--fov-mm", type=float, nargs=3, default=(200.0, 170.0, 140.0), metavar=("X", "Y", "Z"))
     p.add_argument("--min-nodules", type=int, default=5)
     p.add_argument("--max-nodules", type=int, default=20)
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
+    p.add_argument("--negatives-per-scan", type=int, default=10, help="detector false candidates kept as non-nodule items")
     p.set_defaults(func=_synth)
 
     p = sub.add_parser("classify", help="classify the nodules of a CSV in one scan and write a report")

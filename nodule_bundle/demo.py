@@ -35,7 +35,8 @@ def _held_out_scan(datalist_path: Path) -> tuple[str, list[dict]]:
     """The test scan with the most nodules, and its datalist items."""
     by_scan: dict[str, list[dict]] = {}
     for item in json.loads(datalist_path.read_text())["test"]:
-        by_scan.setdefault(item["image"], []).append(item)
+        if item.get("is_nodule", 1):  # not the detector's false candidates kept for training
+            by_scan.setdefault(item["image"], []).append(item)
     image = max(by_scan, key=lambda k: len(by_scan[k]))
     return image, by_scan[image]
 

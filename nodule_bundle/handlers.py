@@ -40,7 +40,8 @@ class NoduleReportWriter:
 
 
 class MetricsJSONWriter:
-    """Write ``engine.state.metrics`` and the number of evaluated items to a JSON file on completion."""
+    """Write ``engine.state.metrics`` and the number of evaluated nodules (items that are not false
+    candidates) to a JSON file on completion."""
 
     def __init__(self, path: str | Path, count_key: str = "n_items"):
         self.path, self.count_key = Path(path), count_key
@@ -54,8 +55,8 @@ class MetricsJSONWriter:
     def _reset(self, engine: Engine) -> None:
         self._count = 0
 
-    def _count_items(self, engine: Engine) -> None:
-        self._count += len(engine.state.output)
+    def _count_items(self, engine: Engine) -> None:  # nodules, not the false candidates (nodule_true 0)
+        self._count += sum(int(item.get("nodule_true", 1)) != 0 for item in engine.state.output)
 
     def _write(self, engine: Engine) -> None:
         metrics = {  # a metric without labels to compute it on (NaN) is written as null

@@ -1,11 +1,12 @@
-"""Multi-task 3D CNN for nodule patches: one shared encoder, three heads, one output tensor.
+"""Multi-task 3D CNN for nodule patches: one shared encoder, four heads, one output tensor.
 
-Output ``[B, 7]`` (documented in ``configs/metadata.json``):
+Output ``[B, 9]`` (documented in ``configs/metadata.json``):
 
 ====== ==========================================================
 0, 1   malignancy logits (benign, malignant)
 2..5   Lung-RADS size band logits (<6, 6-<8, 8-<15, >=15 mm)
 6      diameter in mm (regression)
+7, 8   nodule logits (not a nodule, nodule): false-positive reduction
 ====== ==========================================================
 
 A single tensor keeps ``verify_net_in_out``, TorchScript and ONNX export working; the post-transform
@@ -23,7 +24,8 @@ from torch import nn
 MALIGNANCY = slice(0, 2)
 SIZE_BAND = slice(2, 6)
 DIAMETER = slice(6, 7)
-OUT_CHANNELS = 7
+NODULE = slice(7, 9)
+OUT_CHANNELS = 9
 
 #: Diameter head scale: the layer predicts (d - 10 mm) / 10 mm, so its initial outputs are plausible.
 DIAMETER_OFFSET_MM, DIAMETER_SCALE_MM = 10.0, 10.0
@@ -56,7 +58,7 @@ class NoduleEncoder(nn.Module):
 
 
 class MultiTaskNoduleNet(nn.Module):
-    """Shared encoder + fully connected heads for malignancy, size band and diameter.
+    """Shared encoder + fully connected heads for malignancy, size band, diameter and nodule-vs-not.
 
     Args:
         in_channels: input channels (1 for CT, 2 with the optional edge-map channel).
@@ -72,8 +74,9 @@ class MultiTaskNoduleNet(nn.Module):
         self.malignancy = nn.Linear(hidden, MALIGNANCY.stop - MALIGNANCY.start)
         self.size_band = nn.Linear(hidden, SIZE_BAND.stop - SIZE_BAND.start)
         self.diameter = nn.Linear(hidden, 1)
+        self.nodule = nn.Linear(hidden, NODULE.stop - NODULE.start)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.shared(self.encoder(x))
         diameter = self.diameter(h) * DIAMETER_SCALE_MM + DIAMETER_OFFSET_MM
-        return torch.cat([self.malignancy(h), self.size_band(h), diameter], dim=1)
+        return torch.cat([self.malignancy(h), self.size_band(h), diameter, self.nodule(h)], dim=1)

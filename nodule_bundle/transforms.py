@@ -29,7 +29,7 @@ from monai.utils import SpaceKeys
 from nodule_bundle.errors import NoduleBundleError
 from nodule_bundle.filters import gaussian_blur
 from nodule_bundle.geometry import LPS_TO_RAS, lps_to_ras, world_to_voxel
-from nodule_bundle.networks import DIAMETER, MALIGNANCY, SIZE_BAND
+from nodule_bundle.networks import DIAMETER, MALIGNANCY, NODULE, SIZE_BAND
 from nodule_bundle.nodule import size_band
 from nodule_bundle.readers import DicomSeriesReader
 
@@ -241,37 +241,44 @@ class CTPreprocessd(MapTransform):
 
 
 class NoduleTargetsd(MapTransform):
-    """Build the training target ``label = [malignancy, size band, diameter mm]`` (float32, ``[3]``).
+    """Build the training target ``label = [malignancy, size band, diameter mm, is-nodule]`` (float32, ``[4]``).
 
-    Unknown values (``None``/missing) become -1 (classes) or NaN (diameter), which the loss masks.
-    The size band is derived from the diameter (Lung-RADS edges 6, 8, 15 mm). The source keys are
-    rewritten with the same sentinels, and other unknown fields (``texture: None``) with ``""``, so
-    that batches collate.
+    Unknown values (``None``) become -1 (classes) or NaN (diameter), which the loss masks. The size
+    band is derived from the diameter (Lung-RADS edges 6, 8, 15 mm). An item without an
+    ``is_nodule`` key is an annotated nodule (1); detector candidates that are not nodules carry
+    ``is_nodule: 0``. The source keys are rewritten with the same sentinels, and other unknown
+    fields (``texture: None``) with ``""``, so that batches collate.
     """
 
-    def __init__(self, malignancy_key: str = "malignancy", diameter_key: str = "diameter_mm", label_key: str = "label"):
+    def __init__(
+        self, malignancy_key: str = "malignancy", diameter_key: str = "diameter_mm", label_key: str = "label", nodule_key: str = "is_nodule"
+    ):
         super().__init__([malignancy_key, diameter_key], allow_missing_keys=True)
-        self.malignancy_key, self.diameter_key, self.label_key = malignancy_key, diameter_key, label_key
+        self.malignancy_key, self.diameter_key, self.label_key, self.nodule_key = malignancy_key, diameter_key, label_key, nodule_key
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         malignancy = d.get(self.malignancy_key)
         diameter = d.get(self.diameter_key)
+        is_nodule = d.get(self.nodule_key, 1)
         malignancy = -1 if malignancy is None else int(malignancy)
         diameter = math.nan if diameter is None else float(diameter)
+        is_nodule = -1 if is_nodule is None else int(is_nodule)
         band = size_band(diameter) if math.isfinite(diameter) else -1
         d = {k: "" if v is None else v for k, v in d.items()}
-        d[self.malignancy_key], d[self.diameter_key] = malignancy, diameter
-        d[self.label_key] = torch.tensor([malignancy, band, diameter], dtype=torch.float32)
+        d[self.malignancy_key], d[self.diameter_key], d[self.nodule_key] = malignancy, diameter, is_nodule
+        d[self.label_key] = torch.tensor([malignancy, band, diameter, is_nodule], dtype=torch.float32)
         return d
 
 
 class NoduleHeadsd(MapTransform):
     """Name the network's output channels (post-transform on one decollated item).
 
-    From ``pred`` (``[7]`` logits/mm) it adds ``malignancy_probs`` ``[2]``, ``malignancy_prob`` ``[1]``
-    (P(malignant)), ``size_band_probs`` ``[4]``, ``size_band`` (int), ``diameter_mm_pred`` ``[1]``.
-    From ``label`` when present: ``malignancy_true``, ``size_band_true`` (0-d long), ``diameter_mm_true`` ``[1]``.
+    From ``pred`` (``[9]`` logits/mm) it adds ``malignancy_probs`` ``[2]``, ``malignancy_prob`` ``[1]``
+    (P(malignant)), ``size_band_probs`` ``[4]``, ``size_band`` (int), ``diameter_mm_pred`` ``[1]``,
+    ``nodule_probs`` ``[2]``, ``nodule_prob`` ``[1]`` (P(a nodule, not a vessel or wall)).
+    From ``label`` when present: ``malignancy_true``, ``size_band_true``, ``nodule_true`` (0-d long),
+    ``diameter_mm_true`` ``[1]``.
     """
 
     def __init__(self, pred_key: str = "pred", label_key: str = "label"):
@@ -286,9 +293,12 @@ class NoduleHeadsd(MapTransform):
         d["size_band_probs"] = torch.softmax(pred[SIZE_BAND], dim=0)
         d["size_band"] = int(d["size_band_probs"].argmax())
         d["diameter_mm_pred"] = pred[DIAMETER]
+        nodule = torch.softmax(pred[NODULE], dim=0)
+        d["nodule_probs"], d["nodule_prob"] = nodule, nodule[1:]
         label = d.get(self.label_key)
         if label is not None:
             label = torch.as_tensor(label).float()
             d["malignancy_true"], d["size_band_true"] = label[0].long(), label[1].long()
             d["diameter_mm_true"] = label[2:3]
+            d["nodule_true"] = label[3].long()
         return d

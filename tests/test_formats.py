@@ -54,7 +54,7 @@ def test_annotations_csv_has_luna16_columns_first(phantom_dir, datalist):
     header = (phantom_dir / "annotations.csv").read_text().splitlines()[0].split(",")
     assert header[:5] == ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
     assert {"malignancy", "texture"} <= set(header)
-    n_items = sum(len(datalist[s]) for s in ("training", "validation", "test"))
+    n_items = sum(1 for s in ("training", "validation", "test") for i in datalist[s] if i.get("is_nodule", 1))
     assert len((phantom_dir / "annotations.csv").read_text().splitlines()) == n_items + 1
     scans = {s: {i["seriesuid"] for i in datalist[s]} for s in ("training", "validation", "test")}
     assert not (scans["training"] & scans["validation"]) and not (scans["training"] & scans["test"])

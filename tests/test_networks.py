@@ -19,13 +19,15 @@ def test_one_output_tensor_with_the_documented_channels():
 
 
 def test_loss_leaves_unknown_labels_out():
-    pred = torch.randn(4, OUT_CHANNELS, requires_grad=True)
-    target = torch.tensor([[1, 2, 9.0], [-1, 0, 4.0], [0, -1, float("nan")], [-1, -1, float("nan")]])
+    nan = float("nan")
+    target = torch.tensor([[1, 2, 9.0, 1], [-1, 0, 4.0, 1], [0, -1, nan, -1], [-1, -1, nan, -1], [-1, -1, nan, 0]])
+    pred = torch.randn(5, OUT_CHANNELS, requires_grad=True)
     MultiTaskNoduleLoss()(pred, target).backward()
     grad = pred.grad
     assert torch.all(grad[1, 0:2] == 0) and torch.all(grad[3, :] == 0)  # no malignancy label, nothing at all
-    assert torch.all(grad[2, 2:7] == 0) and torch.any(grad[0, 0:2] != 0) and torch.any(grad[1, 6] != 0)
-    assert MultiTaskNoduleLoss()(pred, target[3:]).item() == 0.0
+    assert torch.all(grad[2, 2:9] == 0) and torch.any(grad[0, 0:2] != 0) and torch.any(grad[1, 6] != 0)
+    assert torch.all(grad[4, 0:7] == 0) and torch.any(grad[4, 7:9] != 0)  # a vessel candidate: only the nodule head
+    assert MultiTaskNoduleLoss()(pred, target[3:4]).item() == 0.0
 
 
 def test_training_reduces_the_loss():
@@ -33,7 +35,7 @@ def test_training_reduces_the_loss():
     net, loss_fn = MultiTaskNoduleNet(channels=(8, 16), hidden=32), MultiTaskNoduleLoss()
     x = torch.rand(8, 1, 16, 16, 16)
     x[4:, :, 5:11, 5:11, 5:11] += 1.0  # a "nodule" in half of the batch
-    target = torch.tensor([[0, 0, 4.0]] * 4 + [[1, 2, 12.0]] * 4)
+    target = torch.tensor([[0, 0, 4.0, 0]] * 4 + [[1, 2, 12.0, 1]] * 4)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     losses = []
     for _ in range(30):

@@ -105,14 +105,16 @@ def test_preprocess_rejects_unknown_deblur():
 
 def test_targets_mark_missing_labels():
     known = NoduleTargetsd()({"malignancy": 1, "diameter_mm": 7.0})["label"]
-    assert known.tolist() == [1.0, 1.0, 7.0]  # 7 mm is band 1 (6-<8 mm)
-    unknown = NoduleTargetsd()({"malignancy": None, "diameter_mm": None})["label"]
-    assert unknown[0] == -1 and unknown[1] == -1 and math.isnan(float(unknown[2]))
+    assert known.tolist() == [1.0, 1.0, 7.0, 1.0]  # 7 mm is band 1 (6-<8 mm); an annotated nodule is a nodule
+    unknown = NoduleTargetsd()({"malignancy": None, "diameter_mm": None, "is_nodule": None})["label"]
+    assert unknown[0] == -1 and unknown[1] == -1 and math.isnan(float(unknown[2])) and unknown[3] == -1
+    assert NoduleTargetsd()({"malignancy": None, "diameter_mm": None, "is_nodule": 0})["label"][3] == 0
 
 
 def test_heads_are_named_and_normalised():
-    pred = torch.tensor([0.0, 2.0, 0.1, 3.0, 0.2, 0.3, 7.5])
-    out = NoduleHeadsd()({"pred": pred, "label": torch.tensor([1.0, 1.0, 7.0])})
+    pred = torch.tensor([0.0, 2.0, 0.1, 3.0, 0.2, 0.3, 7.5, 1.0, -1.0])
+    out = NoduleHeadsd()({"pred": pred, "label": torch.tensor([1.0, 1.0, 7.0, 0.0])})
+    assert out["nodule_prob"].item() == pytest.approx(torch.sigmoid(torch.tensor(-2.0)).item()) and int(out["nodule_true"]) == 0
     assert out["malignancy_prob"].item() == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item())
     assert out["size_band"] == 1 and out["size_band_probs"].sum().item() == pytest.approx(1.0)
     assert out["diameter_mm_pred"].item() == 7.5 and int(out["malignancy_true"]) == 1

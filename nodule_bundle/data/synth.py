@@ -7,13 +7,19 @@ Layout of ``out``::
     nrrd/<seriesuid>.nrrd          NRRD
     dicom/<seriesuid>/IM*.dcm      a DICOM CT series
     annotations.csv                LUNA16 columns + malignancy, texture, nodule_id, margin, calcified
-    datalist.json                  MONAI datalist (training / validation / test, split by scan)
+    candidates.csv                 LUNA16 candidates_V2 columns (class 1 nodules, class 0 the detector's
+                                   strongest false candidates: vessels, airway walls, pleura) + score
+    datalist.json                  MONAI datalist (training / validation / test, split by scan); the
+                                   false candidates are items with ``is_nodule: 0`` and no size or label
 
 ``datalist.json`` is written last, so a dataset without it is incomplete.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import math
 import multiprocessing
 import os
 from collections.abc import Sequence
@@ -21,13 +27,19 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+import torch
+from monai.data import MetaTensor
 from tqdm import tqdm
 
 from nodule_bundle.data.datalist import build_datalist, nodule_item
 from nodule_bundle.data.nodule_csv import write_nodule_csv
 from nodule_bundle.data.phantom import PhantomConfig, PhantomScan, make_scan
 from nodule_bundle.data.writers import write_dicom_series, write_itk_image, write_nifti
-from nodule_bundle.io_utils import write_json_atomic
+from nodule_bundle.detection import Candidate, detect_candidates
+from nodule_bundle.geometry import LPS_TO_RAS
+from nodule_bundle.io_utils import write_json_atomic, write_text_atomic
+from nodule_bundle.nodule import Nodule
 
 FORMATS = ("nifti", "mhd", "nrrd", "dicom")
 
@@ -37,10 +49,8 @@ def _image_path(fmt: str, seriesuid: str) -> str:
     return paths[fmt].format(seriesuid)
 
 
-def _write_scan(task: tuple[Path, int, int, PhantomConfig, tuple[str, ...]]) -> PhantomScan:
-    out, seed, index, cfg, formats = task
-    import torch
-
+def _write_scan(task: tuple[Path, int, int, PhantomConfig, tuple[str, ...], int]) -> tuple[PhantomScan, list[Candidate]]:
+    out, seed, index, cfg, formats, negatives_per_scan = task
     torch.set_num_threads(1)
     scan = make_scan(seed, index, cfg)
     writers = {
@@ -51,7 +61,24 @@ def _write_scan(task: tuple[Path, int, int, PhantomConfig, tuple[str, ...]]) -> 
     }
     for fmt in formats:
         writers[fmt](out / _image_path(fmt, scan.seriesuid))
-    return scan
+    return scan, false_candidates(scan, negatives_per_scan) if negatives_per_scan else []
+
+
+def false_candidates(scan: PhantomScan, limit: int) -> list[Candidate]:
+    """The detector's strongest candidates in ``scan`` farther than 2 mm beyond every nodule's radius."""
+    image = MetaTensor(torch.from_numpy(scan.volume_hu[None].astype(np.float32)), affine=torch.as_tensor(LPS_TO_RAS @ scan.affine_lps))
+    nodules = np.array([pn.nodule.center_world_mm for pn in scan.nodules]).reshape(-1, 3)
+    reach = np.array([pn.nodule.diameter_mm / 2 + 2.0 for pn in scan.nodules])
+    false = [
+        c for c in detect_candidates(image)
+        if np.all(np.linalg.norm(nodules - np.asarray(c.center_world_mm), axis=1) > reach)
+    ]  # fmt: skip
+    return false[:limit]
+
+
+def _candidate_rows(scan: PhantomScan, negatives: list[Candidate]) -> list[list]:
+    rows = [[scan.seriesuid, *pn.nodule.center_world_mm, 1, ""] for pn in scan.nodules]
+    return rows + [[scan.seriesuid, *(round(v, 3) for v in c.center_world_mm), 0, round(c.score, 2)] for c in negatives]
 
 
 def write_phantom_dataset(
@@ -61,8 +88,12 @@ def write_phantom_dataset(
     formats: Sequence[str] = ("nifti",),
     cfg: PhantomConfig = PhantomConfig(),
     workers: int | None = None,
+    negatives_per_scan: int = 10,
 ) -> Path:
-    """Generate ``scans`` phantom scans into ``out``; returns the path of ``datalist.json``."""
+    """Generate ``scans`` phantom scans into ``out``; returns the path of ``datalist.json``.
+
+    ``negatives_per_scan`` false candidates of the detector per scan become non-nodule items.
+    """
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:
         raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {list(formats)}")
@@ -70,7 +101,7 @@ def write_phantom_dataset(
         raise ValueError(f"scans must be >= 1, got {scans}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tasks = [(out, seed, i, cfg, tuple(formats)) for i in range(scans)]
+    tasks = [(out, seed, i, cfg, tuple(formats), negatives_per_scan) for i in range(scans)]
     workers = workers or min(scans, os.cpu_count() or 1)
     progress = dict(total=scans, desc="phantom scans", unit="scan", disable=None)
     if workers > 1:
@@ -79,15 +110,24 @@ def write_phantom_dataset(
     else:
         results = [_write_scan(t) for t in tqdm(tasks, **progress)]
     image_format = next(f for f in FORMATS if f in formats)
-    items = {
-        s.seriesuid: [nodule_item(_image_path(image_format, s.seriesuid), pn.nodule) for pn in s.nodules] for s in results
-    }
-    all_nodules = [pn for s in results for pn in s.nodules]
+    items = {}
+    for scan, negatives in results:
+        image = _image_path(image_format, scan.seriesuid)
+        items[scan.seriesuid] = [nodule_item(image, pn.nodule) for pn in scan.nodules] + [
+            {**nodule_item(image, Nodule(f"{scan.seriesuid[-6:]}-c{k:02d}", scan.seriesuid, c.center_world_mm, math.nan)), "is_nodule": 0}
+            for k, c in enumerate(negatives)
+        ]
+    all_nodules = [pn for scan, _ in results for pn in scan.nodules]
     write_nodule_csv(
         out / "annotations.csv",
         [pn.nodule for pn in all_nodules],
         extra={"margin": [pn.margin for pn in all_nodules], "calcified": [int(pn.calcified) for pn in all_nodules]},
     )
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["seriesuid", "coordX", "coordY", "coordZ", "class", "score"])
+    writer.writerows(row for scan, negatives in results for row in _candidate_rows(scan, negatives))
+    write_text_atomic(out / "candidates.csv", buf.getvalue())
     datalist_path = out / "datalist.json"
     write_json_atomic(
         datalist_path,
@@ -95,7 +135,7 @@ def write_phantom_dataset(
             items,
             seed,
             description="nodule-bundle synthetic chest-CT phantom",
-            phantom={"seed": seed, "scans": scans, "formats": list(formats), **asdict(cfg)},
+            phantom={"seed": seed, "scans": scans, "formats": list(formats), "negatives_per_scan": negatives_per_scan, **asdict(cfg)},
         ),
     )
     return datalist_path
