@@ -1,7 +1,7 @@
 """``nodule-bundle``: the command line around the bundle.
 
     nodule-bundle synth    --out DIR [--scans N] [--seed S] [--formats nifti,mhd,nrrd,dicom]
-    nodule-bundle classify --image SCAN --nodules CSV --out DIR [--model model.pt]
+    nodule-bundle classify --image SCAN [--nodules CSV] --out DIR [--model model.pt]
     nodule-bundle demo     --out DIR [--quick]
     nodule-bundle convert  luna16 --root DIR --out datalist.json [--candidates candidates_V2.csv]
     nodule-bundle convert  lidc   --dicom-root DIR --out datalist.json [--min-readers 3] [--drop-indeterminate]
@@ -113,9 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negatives-per-scan", type=int, default=10, help="detector false candidates kept as non-nodule items")
     p.set_defaults(func=_synth)
 
-    p = sub.add_parser("classify", help="classify the nodules of a CSV in one scan and write a report")
+    p = sub.add_parser("classify", help="find (or take from a CSV) the nodules of one scan, classify them, write a report")
     p.add_argument("--image", required=True, help="NIfTI file, MHD file or DICOM series directory")
-    p.add_argument("--nodules", required=True, help="CSV with coordX,coordY,coordZ in world mm (LPS)")
+    p.add_argument("--nodules", default=None, help="CSV with coordX,coordY,coordZ in world mm (LPS); without it the scan is searched")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument(
         "--seriesuid", "--series-uid", default=None,

@@ -17,6 +17,7 @@ classification path still crops first). Stages:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import itk
 import numpy as np
@@ -25,6 +26,7 @@ from monai.data import MetaTensor
 from monai.transforms import Orientation, Spacing
 from scipy import ndimage as ndi
 
+from nodule_bundle.data.datalist import DatalistError
 from nodule_bundle.geometry import voxel_to_world
 
 HU_AIR_MAX = -400.0  # lung parenchyma and air are below, soft tissue above
@@ -138,12 +140,14 @@ def detect_candidates(
     radii_mm: tuple[float, ...] = (1.5, 2.2, 3.2, 4.6, 6.7, 10.0, 15.0),
     min_response: float = 60.0,
     min_blobness: float = 0.2,
+    min_score: float = 0.0,
     mask: MetaTensor | None = None,
 ) -> list[Candidate]:
     """Nodule candidates in a CT (``[1, X, Y, Z]`` HU MetaTensor, any orientation), strongest first.
 
     ``min_response`` is in HU-like units of the scale-normalised LoG (a sphere of contrast C gives
-    about 0.4 C at its radius); ``mask`` defaults to :func:`lung_mask`.
+    about 0.4 C at its radius); candidates scoring below ``min_score`` are dropped; ``mask``
+    defaults to :func:`lung_mask`.
     """
     grid = isotropic(image, spacing_mm)
     hu = grid[0].numpy()
@@ -162,6 +166,8 @@ def detect_candidates(
             continue
         center = voxel_to_world(np.asarray(i, dtype=np.float64), grid.affine, grid.meta.get("space", "RAS"))
         score = float(response[i]) * shape**2  # measured on phantom scans: CPM 0.85 vs 0.56 for the response alone
+        if score < min_score:
+            continue
         found.append(Candidate(tuple(float(v) for v in center), radius, score, float(response[i]), shape))  # type: ignore[arg-type]
     return suppress_overlaps(found)
 
@@ -175,3 +181,34 @@ def suppress_overlaps(candidates: list[Candidate]) -> list[Candidate]:
         if all(np.linalg.norm(center - np.asarray(k.center_world_mm)) > max(k.radius_mm, cand.radius_mm) for k in kept):
             kept.append(cand)
     return kept
+
+
+def detect_scan_item(
+    image: str, seriesuid: str | None = None, spacing_mm: float = 1.0, min_score: float = 40.0
+) -> list[dict]:
+    """The inference item of a scan whose nodules are to be found: ``[]`` when nothing is found, else
+    one item with every candidate (``center_world_mm`` ``(N, 3)``, ``nodule_id``, ``detection_score``,
+    ``detection_radius_mm``), strongest first. ``seriesuid`` also picks the series of a DICOM folder."""
+    from nodule_bundle.data.image_index import scan_stem
+    from nodule_bundle.transforms import LoadCTImaged
+
+    if image is None:
+        raise DatalistError("inference needs an image: pass --image PATH (and --nodules CSV to skip detection)")
+    ct = LoadCTImaged("image", ensure_channel_first=True, image_only=True, series_uid=seriesuid)({"image": image})["image"]
+    found = detect_candidates(ct, spacing_mm=spacing_mm, min_score=min_score)
+    if not found:
+        return []
+    return [{
+        "image": str(image),
+        "seriesuid": seriesuid or ct.meta.get("series_uid") or scan_stem(Path(image)),
+        "center_world_mm": [list(c.center_world_mm) for c in found],
+        "nodule_id": [f"d{k + 1:02d}" for k in range(len(found))],
+        "detection_score": [round(c.score, 2) for c in found],
+        "detection_radius_mm": [c.radius_mm for c in found],
+    }]  # fmt: skip
+
+
+def detect_split_items(reference: list[dict], spacing_mm: float = 1.0, min_score: float = 40.0) -> list[dict]:
+    """:func:`detect_scan_item` for every scan of a datalist split (the scans, not their nodules)."""
+    scans = {str(item["image"]): item.get("seriesuid") for item in reference}
+    return [found for image, uid in scans.items() for found in detect_scan_item(image, uid, spacing_mm, min_score)]

@@ -6,7 +6,9 @@
      "scans": [{"seriesuid", "image", "nodules": [
          {"nodule_id", "center_world_mm": [x, y, z] (LPS), "center_voxel": [i, j, k],
           "diameter_mm", "size_band", "size_band_name", "size_band_probabilities": [4],
-          "malignancy_probability", "nodule_probability" (not a vessel, wall or scar)}]}]}
+          "malignancy_probability", "nodule_probability" (not a vessel, wall or scar),
+          "detection_score", "detection_radius_mm" (only for nodules the detector found)}],
+      "rejected_candidates": [...] (detected, nodule probability below the threshold)}]}
 
 ``report.csv`` has one row per nodule, LUNA16 columns first
 (``seriesuid,coordX,coordY,coordZ,diameter_mm``) so it can be scored with LUNA16 tools.
@@ -48,6 +50,7 @@ def nodule_finding(item: Mapping, output: Mapping) -> dict:
         "size_band_probabilities": _floats(output["size_band_probs"], 4),
         "malignancy_probability": _floats(output["malignancy_prob"], 4)[0],
         "nodule_probability": _floats(output["nodule_prob"], 4)[0],
+        **{key: float(item[key]) for key in ("detection_score", "detection_radius_mm") if key in item},
     }
 
 

@@ -126,6 +126,39 @@ def test_inference_report_rows_match_the_input_nodules(reports, test_scan, fmt):
     assert [r["nodule_id"] for r in table] == [r["nodule_id"] for r in rows]
 
 
+def test_inference_without_a_nodule_list_detects_classifies_and_reduces(trained, phantom_dir, test_scan, tmp_path):
+    uid, rows, _ = test_scan
+    result = monai_bundle_run(
+        ["inference"], image=phantom_dir / FORMATS["nifti"].format(uid), ckpt_path=trained / "models" / "model.pt", output_dir=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (scan,) = json.loads((tmp_path / "report.json").read_text())["scans"]
+    kept, rejected = scan["nodules"], scan.get("rejected_candidates", [])
+    assert all(n["nodule_probability"] >= 0.5 for n in kept) and all(n["nodule_probability"] < 0.5 for n in rejected)
+    candidates = kept + rejected
+    assert all(n["detection_score"] >= 40.0 and n["detection_radius_mm"] > 0 for n in candidates)
+    hit = [
+        any(np.linalg.norm(np.subtract(c["center_world_mm"], r["center_world_mm"])) <= r["diameter_mm"] / 2 for c in candidates)
+        for r in rows if r["diameter_mm"] >= 4.0
+    ]  # fmt: skip
+    assert sum(hit) >= 0.6 * len(hit)  # the detector finds most nodules (FROC: evaluate_detection); the 2-epoch network is no judge yet
+
+
+def test_detection_evaluation_writes_froc_and_cpm(trained, phantom_dir, datalist, tmp_path):
+    result = monai_bundle_run(
+        ["inference", "evaluate_detection"], dataset_dir=phantom_dir, ckpt_path=trained / "models" / "model.pt", output_dir=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    froc = json.loads((tmp_path / "froc.json").read_text())
+    test_nodules = [i for i in datalist["test"] if i.get("is_nodule", 1)]
+    for curve in froc["curves"].values():
+        assert curve["n_nodules"] == len(test_nodules) and curve["n_scans"] == len({i["image"] for i in test_nodules})
+        assert set(curve["sensitivity_at_fp_per_scan"]) == {"0.125", "0.25", "0.5", "1.0", "2.0", "4.0", "8.0"}
+        assert 0.0 <= curve["cpm"] <= curve["max_sensitivity"] <= 1.0
+    assert froc["curves"]["detector alone"]["max_sensitivity"] >= 0.6
+    assert (tmp_path / "froc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_reports_agree_across_image_formats(reports):
     found = {
         fmt: [(n["malignancy_probability"], n["diameter_mm"]) for n in json.loads((out / "report.json").read_text())["scans"][0]["nodules"]]
@@ -143,4 +176,5 @@ def test_train_and_inference_share_network_and_preprocessing():
     assert {k: train[k] for k in keys} == {k: infer[k] for k in keys}
     infer_steps = [dict(step) for step in infer["preprocessing"]["transforms"]]
     assert infer_steps[0].pop("series_uid") == "@seriesuid"  # inference reads the series it is told to
+    assert "detection_score" in infer_steps[1].pop("per_nodule_keys")  # and reports what the detector found
     assert train["deterministic_transforms"][:3] == infer_steps
