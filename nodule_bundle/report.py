@@ -7,6 +7,9 @@
          {"nodule_id", "center_world_mm": [x, y, z] (LPS), "center_voxel": [i, j, k],
           "diameter_mm", "size_band", "size_band_name", "size_band_probabilities": [4],
           "malignancy_probability", "nodule_probability" (not a vessel, wall or scar),
+          "measured_long_axis_mm", "measured_short_axis_mm", "measured_mean_diameter_mm" (Lung-RADS),
+          "measured_volume_mm3", "measured_solid_mean_diameter_mm" (from the nodule's mask; "diameter_mm"
+          is the network's regression, a second opinion),
           "detection_score", "detection_radius_mm" (only for nodules the detector found)}],
       "rejected_candidates": [...] (detected, nodule probability below the threshold)}]}
 
@@ -18,23 +21,32 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 
 from nodule_bundle.io_utils import write_json_atomic, write_text_atomic
+from nodule_bundle.measure import MEASUREMENT_KEYS
 from nodule_bundle.nodule import SIZE_BAND_NAMES
 
 BUNDLE_NAME = "lung_nodule_ct_classification"
 CSV_COLUMNS = (
     "seriesuid", "coordX", "coordY", "coordZ", "diameter_mm",
     "nodule_id", "voxel_i", "voxel_j", "voxel_k", "size_band", "malignancy_probability",
+    "measured_mean_diameter_mm", "nodule_probability",
 )  # fmt: skip
 
 
 def _floats(value, ndigits: int) -> list[float]:
     return [round(float(v), ndigits) for v in torch.as_tensor(value).flatten()]
+
+
+def _number(value) -> float | None:
+    """A finite float, or ``None`` for a value that could not be measured (NaN)."""
+    value = float(torch.as_tensor(value).flatten()[0])
+    return value if math.isfinite(value) else None
 
 
 def nodule_finding(item: Mapping, output: Mapping) -> dict:
@@ -50,7 +62,7 @@ def nodule_finding(item: Mapping, output: Mapping) -> dict:
         "size_band_probabilities": _floats(output["size_band_probs"], 4),
         "malignancy_probability": _floats(output["malignancy_prob"], 4)[0],
         "nodule_probability": _floats(output["nodule_prob"], 4)[0],
-        **{key: float(item[key]) for key in ("detection_score", "detection_radius_mm") if key in item},
+        **{key: _number(item[key]) for key in ("detection_score", "detection_radius_mm", *MEASUREMENT_KEYS) if key in item},
     }
 
 
@@ -66,7 +78,7 @@ def write_report(out_dir: str | Path, scans: Sequence[Mapping], model_version: s
         for n in scan["nodules"]:
             writer.writerow(
                 [scan["seriesuid"], *n["center_world_mm"], n["diameter_mm"], n["nodule_id"], *n["center_voxel"],
-                 n["size_band_name"], n["malignancy_probability"]]
+                 n["size_band_name"], n["malignancy_probability"], n.get("measured_mean_diameter_mm") or "", n["nodule_probability"]]
             )  # fmt: skip
     write_text_atomic(csv_path, buf.getvalue())
     return json_path, csv_path

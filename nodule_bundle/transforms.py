@@ -28,6 +28,7 @@ from monai.utils import SpaceKeys
 
 from nodule_bundle.errors import NoduleBundleError
 from nodule_bundle.filters import gaussian_blur
+from nodule_bundle.measure import MEASUREMENT_KEYS, measure_nodule
 from nodule_bundle.geometry import LPS_TO_RAS, lps_to_ras, world_to_voxel
 from nodule_bundle.networks import DIAMETER, MALIGNANCY, NODULE, SIZE_BAND
 from nodule_bundle.nodule import size_band
@@ -124,6 +125,31 @@ class NoduleCrop(Transform):
         if str(space).upper() != SpaceKeys.RAS.value:
             dst = LPS_TO_RAS @ dst
         return self.resample(crop, dst_affine=torch.as_tensor(dst), spatial_size=(self.patch_size,) * 3)
+
+
+class NoduleMeasured(MapTransform):
+    """Segment and measure every nodule of a scan item (:func:`nodule_bundle.measure.measure_nodule`).
+
+    For each centre in ``data[center_key]`` (``(N, 3)`` LPS world mm) a fine isotropic HU crop
+    (``patch_size`` voxels of ``spacing_mm``) is cut from ``data[key]`` and measured; the item gains
+    length-N lists ``measured_long_axis_mm``, ``measured_short_axis_mm``, ``measured_mean_diameter_mm``,
+    ``measured_volume_mm3`` and ``measured_solid_mean_diameter_mm``, which :class:`NoduleCropd` hands
+    to each nodule's sample (``per_nodule_keys``). Run it before the crop, on the whole scan.
+    """
+
+    def __init__(self, keys: KeysCollection, center_key: str = "center_world_mm", patch_size: int = 64, spacing_mm: float = 0.6):
+        super().__init__(keys)
+        self.center_key, self.spacing_mm = center_key, float(spacing_mm)
+        self.cropper = NoduleCrop(patch_size, spacing_mm)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        image = d[self.first_key(d)]
+        centers = np.asarray(d[self.center_key], dtype=np.float64).reshape(-1, 3)
+        found = [measure_nodule(self.cropper(image, c)[0].numpy(), self.spacing_mm).as_dict() for c in centers]
+        for key in MEASUREMENT_KEYS:
+            d[key] = [m[key] for m in found]
+        return d
 
 
 class NoduleCropd(MapTransform):

@@ -120,6 +120,8 @@ def test_inference_report_rows_match_the_input_nodules(reports, test_scan, fmt):
         np.testing.assert_allclose(finding["center_world_mm"], row["center_world_mm"], atol=0.01)
         assert 0.0 <= finding["malignancy_probability"] <= 1.0 and finding["diameter_mm"] > 0
         assert finding["size_band"] in (0, 1, 2, 3)
+    measured = [f for f in scan["nodules"] if f["measured_mean_diameter_mm"] is not None]
+    assert len(measured) >= 0.8 * len(rows) and all(f["measured_volume_mm3"] > 0 for f in measured)
     with open(reports[fmt] / "report.csv", newline="") as fh:
         table = list(csv.DictReader(fh))
     assert list(table[0])[:5] == ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
@@ -176,5 +178,6 @@ def test_train_and_inference_share_network_and_preprocessing():
     assert {k: train[k] for k in keys} == {k: infer[k] for k in keys}
     infer_steps = [dict(step) for step in infer["preprocessing"]["transforms"]]
     assert infer_steps[0].pop("series_uid") == "@seriesuid"  # inference reads the series it is told to
+    assert infer_steps.pop(1)["_target_"] == "nodule_bundle.transforms.NoduleMeasured"  # and measures each nodule
     assert "detection_score" in infer_steps[1].pop("per_nodule_keys")  # and reports what the detector found
     assert train["deterministic_transforms"][:3] == infer_steps

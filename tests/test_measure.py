@@ -1,0 +1,65 @@
+"""Nodule masks and Lung-RADS measurements on crops with known shapes, blurred like a scanner."""
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from nodule_bundle.measure import measure_nodule
+
+SPACING = 0.6
+N = 64
+
+
+def _grid():
+    return (np.indices((N, N, N), dtype=np.float64) - N // 2) * SPACING
+
+
+def _scan_like(hu: np.ndarray, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return ndi.gaussian_filter(hu, 0.6 / SPACING) + rng.normal(0, 20, hu.shape)
+
+
+def _ellipsoid(axes_mm, value, base=None):
+    x, y, z = _grid()
+    hu = np.full((N, N, N), -850.0) if base is None else base
+    hu[(x / axes_mm[0]) ** 2 + (y / axes_mm[1]) ** 2 + (z / axes_mm[2]) ** 2 <= 1] = value
+    return hu
+
+
+@pytest.mark.parametrize("diameter", [4.0, 8.0, 16.0])
+def test_a_solid_sphere_is_measured_within_half_a_millimetre(diameter):
+    m = measure_nodule(_scan_like(_ellipsoid([diameter / 2] * 3, 30.0)), SPACING)
+    assert m.mean_diameter_mm == pytest.approx(diameter, abs=0.5)
+    assert m.volume_mm3 == pytest.approx(np.pi / 6 * diameter**3, rel=0.25)
+    assert m.solid_mean_diameter_mm == pytest.approx(diameter, abs=0.8)
+
+
+def test_long_and_short_axes_of_an_ellipsoid():
+    m = measure_nodule(_scan_like(_ellipsoid([7.0, 4.0, 5.0], 30.0)), SPACING)
+    assert m.long_axis_mm == pytest.approx(14.0, abs=0.8) and m.short_axis_mm == pytest.approx(8.0, abs=0.8)
+    assert m.mean_diameter_mm == pytest.approx(11.0, abs=0.6)
+
+
+def test_an_attached_vessel_does_not_inflate_the_measurement():
+    hu = _ellipsoid([5.0] * 3, 30.0)
+    x, y, z = _grid()
+    hu[(np.hypot(y, z) <= 1.2) & (x > 0)] = 40.0  # a 2.4 mm vessel leaving the nodule
+    m = measure_nodule(_scan_like(hu), SPACING)
+    assert m.mean_diameter_mm == pytest.approx(10.0, abs=1.0)
+
+
+def test_a_part_solid_nodule_has_a_smaller_solid_component():
+    hu = _ellipsoid([3.0] * 3, 30.0, base=_ellipsoid([7.0] * 3, -550.0))
+    m = measure_nodule(_scan_like(hu), SPACING)
+    assert m.solid_mean_diameter_mm == pytest.approx(6.0, abs=1.0)
+    assert m.mean_diameter_mm == pytest.approx(14.0, abs=1.0)  # the whole nodule, ground glass included
+
+
+def test_a_ground_glass_nodule_is_measured_whole():
+    m = measure_nodule(_scan_like(_ellipsoid([5.0] * 3, -580.0)), SPACING)
+    assert m.mean_diameter_mm == pytest.approx(10.0, abs=0.8) and m.solid_mean_diameter_mm == 0.0
+
+
+def test_lung_without_a_nodule_measures_nothing():
+    m = measure_nodule(_scan_like(np.full((N, N, N), -850.0)), SPACING)
+    assert m.mean_diameter_mm == 0.0 and m.volume_mm3 == 0.0
