@@ -1,7 +1,9 @@
 """``nodule-bundle demo``: the main job end to end on an embedded default.
 
 phantom dataset -> ``train.json`` -> ``train.json + evaluate.json`` on the test split ->
-``inference.json`` on the held-out test scan with the most nodules -> a table and ``metrics.json``.
+``inference.json`` on the held-out test scan with the most nodules, given their coordinates and
+then without them (the whole-scan path: detect, classify, reduce) -> ``inference.json +
+evaluate_detection.json`` on the test split (FROC, CPM) -> tables, ``metrics.json``, ``froc.json``.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from pathlib import Path
 from nodule_bundle.data.nodule_csv import write_nodule_csv
 from nodule_bundle.data.phantom import PhantomConfig
 from nodule_bundle.data.synth import write_phantom_dataset
-from nodule_bundle.nodule import Nodule, size_band
-from nodule_bundle.report import format_table
+from nodule_bundle.io_utils import write_json_atomic
+from nodule_bundle.nodule import Nodule
+from nodule_bundle.report import format_table, match_findings
 from nodule_bundle.workflow import find_bundle_root, run_bundle
 
 
@@ -51,30 +54,53 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, bundle_root: str | N
     def step(text: str) -> None:
         print(f"[{time.monotonic() - start:6.0f} s] {text}", flush=True)
 
-    step(f"1/4 phantom: {settings.scans} chest CT scans -> {data_dir}")
+    step(f"1/6 phantom: {settings.scans} chest CT scans -> {data_dir}")
     datalist = write_phantom_dataset(data_dir, settings.scans, seed, cfg=settings.phantom)
-    step(f"2/4 training for up to {settings.epochs} epochs (configs/train.json)")
+    step(f"2/6 training for up to {settings.epochs} epochs (configs/train.json)")
     common = dict(dataset_dir=str(data_dir), datalist=str(datalist), ckpt_dir=str(models_dir), seed=seed)
     run_bundle(["train"], root, output_dir=str(out / "train"), epochs=settings.epochs, **common)
-    step("3/4 evaluating on the test scans (configs/evaluate.json)")
+    step("3/6 evaluating on the test scans (configs/evaluate.json)")
     run_bundle(["train", "evaluate"], root, output_dir=str(out), **common)
     metrics = json.loads((out / "metrics.json").read_text())
 
     image, items = _held_out_scan(datalist)
-    step(f"4/4 classifying held-out scan {Path(image).name} with {len(items)} nodules (configs/inference.json)")
+    step(f"4/6 classifying held-out scan {Path(image).name} with {len(items)} given nodules (configs/inference.json)")
     nodule_csv = out / "report" / "nodules.csv"
     write_nodule_csv(nodule_csv, [Nodule(i["nodule_id"], i["seriesuid"], tuple(i["center_world_mm"]), float("nan")) for i in items])
-    run_bundle(
-        ["inference"], root, image=str(data_dir / image), nodules=str(nodule_csv),
-        ckpt_path=str(models_dir / "model.pt"), output_dir=str(out / "report"),
-    )  # fmt: skip
+    model = str(models_dir / "model.pt")
+    run_bundle(["inference"], root, image=str(data_dir / image), nodules=str(nodule_csv), ckpt_path=model, output_dir=str(out / "report"))
     report = json.loads((out / "report" / "report.json").read_text())
-    truth = {i["nodule_id"]: {**i, "size_band": size_band(i["diameter_mm"])} for i in items}
+    truth = {i["nodule_id"]: i for i in items}
     print()
     print(format_table(report["scans"][0]["nodules"], truth))
+
+    step("5/6 the same scan without a nodule list: detect, classify, reduce (configs/inference.json)")
+    run_bundle(["inference"], root, image=str(data_dir / image), ckpt_path=model, output_dir=str(out / "detect"))
+    detected = json.loads((out / "detect" / "report.json").read_text())["scans"][0]
+    findings, rejected = detected["nodules"], detected.get("rejected_candidates", [])
+    matched, missed = match_findings(findings, items)
+    print()
+    print(format_table(findings, matched))
+    missed_sizes = ", ".join(f"{m['diameter_mm']:.1f} mm" for m in missed) or "none"
+    print(
+        f"found {len(items) - len(missed)} of {len(items)} nodules, {len(findings) - len(matched)} false positives; "
+        f"missed: {missed_sizes}; {len(rejected)} more candidates rejected by the network (nodule probability < 0.5)"
+    )
+
+    step("6/6 detection on every test scan: FROC and CPM (configs/evaluate_detection.json)")
+    run_bundle(["inference", "evaluate_detection"], root, ckpt_path=model, output_dir=str(out), **common)
+    detection = json.loads((out / "froc.json").read_text())
+    metrics.update(
+        cpm=detection["cpm"],
+        cpm_detector_alone=detection["curves"]["detector alone"]["cpm"],
+        sensitivity_at_4_fp=detection["curves"]["detector + network"]["sensitivity_at_fp_per_scan"]["4.0"],
+        malignancy_auc_detected=detection["malignancy_auc_detected"],
+    )
+    write_json_atomic(out / "metrics.json", metrics)
     print()
     print(f"test nodules: {metrics.get('n_test_nodules')}  (from {settings.scans} scans, split by scan)")
-    for name in METRIC_NAMES:
-        print(f"  {name:<22}{metrics.get(name, float('nan')):.3f}")
-    step(f"done: {out / 'metrics.json'}, {out / 'report' / 'report.json'}")
+    for name in (*METRIC_NAMES, "cpm", "cpm_detector_alone", "sensitivity_at_4_fp", "malignancy_auc_detected"):
+        value = metrics.get(name)
+        print(f"  {name:<24}{'n/a' if value is None else f'{value:.3f}'}")
+    step(f"done: {out / 'metrics.json'}, {out / 'report' / 'report.json'}, {out / 'detect' / 'report.json'}, {out / 'froc.png'}")
     return metrics

@@ -29,7 +29,7 @@ import torch
 
 from nodule_bundle.io_utils import write_json_atomic, write_text_atomic
 from nodule_bundle.measure import MEASUREMENT_KEYS
-from nodule_bundle.nodule import SIZE_BAND_NAMES
+from nodule_bundle.nodule import SIZE_BAND_NAMES, size_band
 
 BUNDLE_NAME = "lung_nodule_ct_classification"
 CSV_COLUMNS = (
@@ -86,16 +86,33 @@ def write_report(out_dir: str | Path, scans: Sequence[Mapping], model_version: s
 
 def format_table(nodules: Iterable[Mapping], truth: Mapping[str, Mapping] | None = None) -> str:
     """A fixed-width table of findings; with ``truth`` (by nodule id) the reference values beside them."""
-    header = f"{'nodule':<12}{'centre x,y,z (mm, LPS)':>26}{'diam mm':>9}{'band':>10}{'P(malig)':>10}"
-    if truth:
+    header = f"{'nodule':<12}{'centre x,y,z (mm, LPS)':>26}{'meas mm':>9}{'net mm':>8}{'band':>10}{'P(nod)':>8}{'P(malig)':>10}"
+    if truth is not None:
         header += f" | {'ref mm':>6}{'ref band':>10}{'ref label':>11}"
     lines = [header, "-" * len(header)]
     for n in nodules:
         centre = ",".join(f"{v:.1f}" for v in n["center_world_mm"])
-        line = f"{n['nodule_id']:<12}{centre:>26}{n['diameter_mm']:>9.1f}{n['size_band_name']:>10}{n['malignancy_probability']:>10.2f}"
+        measured = n.get("measured_mean_diameter_mm")
+        line = (
+            f"{n['nodule_id']:<12}{centre:>26}{measured if measured is None else f'{measured:.1f}':>9}{n['diameter_mm']:>8.1f}"
+            f"{n['size_band_name']:>10}{n['nodule_probability']:>8.2f}{n['malignancy_probability']:>10.2f}"
+        )
         ref = (truth or {}).get(n["nodule_id"])
         if ref:
             label = {0: "benign", 1: "malignant"}.get(ref.get("malignancy"), "?")
-            line += f" | {ref['diameter_mm']:>6.1f}{SIZE_BAND_NAMES[ref['size_band']]:>10}{label:>11}"
+            line += f" | {ref['diameter_mm']:>6.1f}{SIZE_BAND_NAMES[size_band(ref['diameter_mm'])]:>10}{label:>11}"
+        elif truth is not None:
+            line += f" | {'no nodule here (false positive)':>27}"
         lines.append(line)
     return "\n".join(lines)
+
+
+def match_findings(findings: Sequence[Mapping], reference: Sequence[Mapping]) -> tuple[dict[str, Mapping], list[Mapping]]:
+    """Each finding's reference nodule (its centre within the nodule's radius), and the nodules missed."""
+    matched: dict[str, Mapping] = {}
+    for ref in reference:
+        hits = [f for f in findings if math.dist(f["center_world_mm"], ref["center_world_mm"]) <= ref["diameter_mm"] / 2]
+        if hits:
+            matched[min(hits, key=lambda f: math.dist(f["center_world_mm"], ref["center_world_mm"]))["nodule_id"]] = ref
+    found = {id(ref) for ref in matched.values()}
+    return matched, [ref for ref in reference if id(ref) not in found]

@@ -18,3 +18,6 @@ def test_quick_demo_trains_evaluates_and_reports(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "ref label" in printed and all(name in printed for name in METRIC_NAMES[2:])
     assert (tmp_path / "models" / "model.pt").is_file()
+    assert "cpm" in printed and "false positive" in printed and "found " in printed  # the whole-scan path
+    assert 0.0 <= metrics["cpm"] <= 1.0 and (tmp_path / "froc.png").is_file()
+    assert json.loads((tmp_path / "detect" / "report.json").read_text())["scans"][0]["nodules"] is not None
