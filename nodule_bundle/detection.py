@@ -48,7 +48,7 @@ class Candidate:
 def isotropic(image: MetaTensor, spacing_mm: float) -> MetaTensor:
     """The scan in RAS axis order (MONAI ``Orientation``) on an isotropic grid (``Spacing``, trilinear):
     axis 0 runs to the patient's right-left, 1 anterior-posterior, 2 inferior-superior."""
-    ras = Orientation(axcodes="RAS")(image)
+    ras = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(image)
     return Spacing(pixdim=(spacing_mm,) * 3, mode="bilinear", padding_mode="border", dtype=torch.float32)(ras)
 
 
@@ -97,7 +97,8 @@ def lung_mask(image: MetaTensor, spacing_mm: float = 2.0, closing_mm: float = 10
     """The lung mask of a CT (``[1, X, Y, Z]`` HU MetaTensor) on an isotropic ``spacing_mm`` grid."""
     coarse = isotropic(image, spacing_mm)
     mask = lung_mask_array(coarse[0].numpy(), spacing_mm, closing_mm)
-    return MetaTensor(torch.from_numpy(mask[None].astype(np.uint8)), affine=coarse.affine, meta=dict(coarse.meta))
+    meta = {k: v for k, v in coarse.meta.items() if k != "affine"}
+    return MetaTensor(torch.from_numpy(mask[None].astype(np.uint8)), affine=coarse.affine, meta=meta)
 
 
 def _log_responses(hu: np.ndarray, radii_mm: np.ndarray, spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
