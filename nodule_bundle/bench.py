@@ -1,5 +1,8 @@
 """``nodule-bundle bench``: measurements against a baseline taken in the same run (medians, spread).
 
+``whole-scan``: the no-list inference path stage by stage (read, lung mask, candidates, measurement,
+crops, network), medians over repeats.
+
 ``read``: reading a DICOM CT series with the bundle's loader (pydicom header checks, then ITK/GDCM,
 into MONAI's ``[x, y, z]`` float32 MetaTensor) against, on the same files, ITK's plain series reader
 (``GDCMSeriesFileNames`` + ``ImageSeriesReader``, an ITK image: the floor) and MONAI's stock
@@ -16,11 +19,11 @@ from pathlib import Path
 
 import itk
 import numpy as np
+import torch
 from monai.data import ITKReader
 from monai.transforms import LoadImage
 
 from nodule_bundle.data.writers import write_dicom_series
-from nodule_bundle.io_utils import write_json_atomic
 from nodule_bundle.transforms import LoadCTImaged
 
 
@@ -88,8 +91,68 @@ def format_read_result(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run_read_benchmark(shape, repeats: int, out: Path | None) -> dict:
-    result = bench_dicom_read(tuple(shape), repeats)
-    if out is not None:
-        write_json_atomic(out, result)
-    return result
+
+
+def bench_whole_scan(shape: tuple[int, int, int] = (512, 512, 300), repeats: int = 3, spacing_mm=(0.7, 0.7, 1.0), nodules: int = 20) -> dict:
+    """Time the whole-scan path stage by stage on a phantom scan of ``shape`` voxels with ``nodules``
+    nodules: read (NIfTI), lung mask, candidates, measurement, crops + preprocessing, network (flip
+    averaging, the shipped architecture with untrained weights: the cost is the same)."""
+    from monai.data import MetaTensor
+
+    from nodule_bundle.data.phantom import PhantomConfig, make_scan
+    from nodule_bundle.data.writers import write_nifti
+    from nodule_bundle.detection import detect_candidates, lung_mask
+    from nodule_bundle.inferers import FlipAveragingInferer
+    from nodule_bundle.networks import MultiTaskNoduleNet
+    from nodule_bundle.transforms import CTPreprocessd, NoduleCropd, NoduleMeasured
+
+    fov = tuple(float(n * s) for n, s in zip(shape, spacing_mm))
+    cfg = PhantomConfig(fov_mm=fov, inplane_spacing_mm=(spacing_mm[0], spacing_mm[0]), slice_thicknesses_mm=(spacing_mm[2],), nodules_per_scan=(nodules, nodules))
+    scan = make_scan(0, 0, cfg)
+    load = LoadCTImaged("image", ensure_channel_first=True, image_only=True)
+    measure, crop = NoduleMeasured("image"), NoduleCropd("image", patch_size=40, spacing_mm=1.2)
+    preprocess = CTPreprocessd("image", denoise_sigma_mm=0.5)
+    network, inferer = MultiTaskNoduleNet().eval(), FlipAveragingInferer()
+    stages: dict[str, list[float]] = {name: [] for name in ("read", "lung_mask", "candidates", "measure", "crop_preprocess", "network")}
+    with tempfile.TemporaryDirectory(prefix="nodule-bench-") as tmp:
+        path = Path(tmp) / "scan.nii.gz"
+        write_nifti(path, scan.volume_hu, scan.affine_lps)
+        for run in range(repeats + 1):  # the first run warms ITK's and torch's lazy initialisation
+            times, t = {}, time.perf_counter()
+            image: MetaTensor = load({"image": str(path)})["image"]
+            times["read"], t = time.perf_counter() - t, time.perf_counter()
+            mask = lung_mask(image)
+            times["lung_mask"], t = time.perf_counter() - t, time.perf_counter()
+            found = detect_candidates(image, mask=mask, min_score=40.0)
+            times["candidates"], t = time.perf_counter() - t, time.perf_counter()
+            item = measure({"image": image, "center_world_mm": [c.center_world_mm for c in found]})
+            times["measure"], t = time.perf_counter() - t, time.perf_counter()
+            patches = torch.stack([preprocess(sample)["image"] for sample in crop(item)]) if found else torch.zeros(0, 1, 40, 40, 40)
+            times["crop_preprocess"], t = time.perf_counter() - t, time.perf_counter()
+            with torch.no_grad():
+                for batch in patches.split(32):
+                    inferer(batch, network)
+            times["network"] = time.perf_counter() - t
+            if run:
+                for name, seconds in times.items():
+                    stages[name].append(seconds)
+    totals = [sum(values) for values in zip(*stages.values())]
+    return {
+        "benchmark": "whole_scan",
+        "shape": list(shape),
+        "spacing_mm": list(spacing_mm),
+        "nodules": nodules,
+        "candidates": len(found),
+        "stages": {name: _summary(values) for name, values in stages.items()},
+        "total": _summary(totals),
+    }
+
+
+def format_whole_scan_result(result: dict) -> str:
+    lines = [
+        f"whole scan {'x'.join(map(str, result['shape']))}, {result['nodules']} nodules, {result['candidates']} candidates: "
+        f"median seconds over {result['total']['runs']} runs"
+    ]
+    for name, t in [*result["stages"].items(), ("total", result["total"])]:
+        lines.append(f"  {name:<16} {t['median_s']:7.2f} s  (min {t['min_s']:.2f}, max {t['max_s']:.2f})")
+    return "\n".join(lines)

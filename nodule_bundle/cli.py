@@ -7,6 +7,7 @@
     nodule-bundle convert  lidc   --dicom-root DIR --out datalist.json [--min-readers 3] [--drop-indeterminate]
     nodule-bundle convert  csv    --images DIR --annotations FILE.csv --out datalist.json
     nodule-bundle bench    read [--shape 512 512 300] [--repeats 5] [--out bench.json]
+    nodule-bundle bench    whole-scan [--shape 512 512 300] [--nodules 20] [--repeats 3] [--out bench.json]
 
 Bad input ends with one line ``nodule-bundle: error: <file>: <problem>`` and exit status 2.
 """
@@ -84,9 +85,17 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from nodule_bundle.bench import format_read_result, run_read_benchmark
+    from nodule_bundle import bench
+    from nodule_bundle.io_utils import write_json_atomic
 
-    print(format_read_result(run_read_benchmark(args.shape, args.repeats, args.out)))
+    if args.benchmark == "read":
+        result = bench.bench_dicom_read(tuple(args.shape), args.repeats)
+        print(bench.format_read_result(result))
+    else:
+        result = bench.bench_whole_scan(tuple(args.shape), args.repeats, nodules=args.nodules)
+        print(bench.format_whole_scan_result(result))
+    if args.out is not None:
+        write_json_atomic(args.out, result)
 
 
 def _positive_int(text: str) -> int:
@@ -160,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     k = kinds.add_parser("read", help="DICOM series: the bundle's loader vs ITK's plain series reader")
     k.add_argument("--shape", type=_positive_int, nargs=3, default=(512, 512, 300), metavar=("X", "Y", "SLICES"))
     k.add_argument("--repeats", type=_positive_int, default=5)
+    k.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
+    k.set_defaults(func=_bench)
+    k = kinds.add_parser("whole-scan", help="detection + measurement + classification of one scan, stage by stage")
+    k.add_argument("--shape", type=_positive_int, nargs=3, default=(512, 512, 300), metavar=("X", "Y", "SLICES"))
+    k.add_argument("--nodules", type=_positive_int, default=20)
+    k.add_argument("--repeats", type=_positive_int, default=3)
     k.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
     k.set_defaults(func=_bench)
     return parser

@@ -16,3 +16,12 @@ def test_read_benchmark_reports_medians_and_ratios(tmp_path, capsys):
     expected = result["times"]["bundle_loader"]["median_s"] / result["times"]["itk_series_reader"]["median_s"]
     assert result["ratio_bundle_to_itk"] == expected
     assert "ratio bundle / ITK series reader" in capsys.readouterr().out
+
+
+def test_whole_scan_benchmark_reports_every_stage(tmp_path, capsys):
+    out = tmp_path / "whole.json"
+    assert main(["bench", "whole-scan", "--shape", "160", "140", "60", "--nodules", "3", "--repeats", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["stages"]) == {"read", "lung_mask", "candidates", "measure", "crop_preprocess", "network"}
+    assert result["total"]["median_s"] >= sum(t["median_s"] for t in result["stages"].values()) - 1e-6
+    assert result["candidates"] >= 1 and "total" in capsys.readouterr().out
