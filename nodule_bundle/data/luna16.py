@@ -9,7 +9,7 @@ LUNA16 layout (``--root``)::
 Nodules carry ``diameter_mm`` and no malignancy (LUNA16 has none), so they train the size heads only;
 the loss masks the malignancy head for them. With ``candidates``, up to ``negatives_per_scan``
 class-0 candidates per scan (vessels, airway walls, scars) become ``is_nodule: 0`` items with no
-size and no malignancy, for a nodule-vs-not head; class-1 candidates repeat the annotated nodules
+size and no malignancy, which train the network's nodule-vs-not head; class-1 candidates repeat the annotated nodules
 and are not added twice.
 """
 
