@@ -94,12 +94,15 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, bundle_root: str | N
         cpm=detection["cpm"],
         cpm_detector_alone=detection["curves"]["detector alone"]["cpm"],
         sensitivity_at_4_fp=detection["curves"]["detector + network"]["sensitivity_at_fp_per_scan"]["4.0"],
+        cpm_min_4mm=detection["curves"]["detector + network, >= 4 mm"]["cpm"],
+        sensitivity_at_4_fp_min_4mm=detection["curves"]["detector + network, >= 4 mm"]["sensitivity_at_fp_per_scan"]["4.0"],
         malignancy_auc_detected=detection["malignancy_auc_detected"],
     )
     write_json_atomic(out / "metrics.json", metrics)
     print()
     print(f"test nodules: {metrics.get('n_test_nodules')}  (from {settings.scans} scans, split by scan)")
-    for name in (*METRIC_NAMES, "cpm", "cpm_detector_alone", "sensitivity_at_4_fp", "malignancy_auc_detected"):
+    detection_names = ("cpm", "cpm_detector_alone", "sensitivity_at_4_fp", "cpm_min_4mm", "sensitivity_at_4_fp_min_4mm", "malignancy_auc_detected")
+    for name in (*METRIC_NAMES, *detection_names):
         value = metrics.get(name)
         print(f"  {name:<24}{'n/a' if value is None else f'{value:.3f}'}")
     step(f"done: {out / 'metrics.json'}, {out / 'report' / 'report.json'}, {out / 'detect' / 'report.json'}, {out / 'froc.png'}")

@@ -20,29 +20,39 @@ from nodule_bundle.io_utils import atomic_path
 CPM_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
-def match_scan(
-    candidates_mm: np.ndarray, scores: np.ndarray, nodules_mm: np.ndarray, radii_mm: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """For one scan: the score of each nodule's best hit (NaN if missed) and the false-positive scores."""
-    candidates_mm, scores = np.asarray(candidates_mm, float).reshape(-1, 3), np.asarray(scores, float)
+def _hits(candidates_mm: np.ndarray, nodules_mm: np.ndarray, radii_mm: np.ndarray) -> np.ndarray:
+    """``[candidate, nodule]``: the candidate's centre lies within the nodule's radius."""
     nodules_mm, radii_mm = np.asarray(nodules_mm, float).reshape(-1, 3), np.asarray(radii_mm, float)
-    distance = np.linalg.norm(candidates_mm[:, None] - nodules_mm[None], axis=-1)  # [candidate, nodule]
-    hits = distance <= radii_mm[None]
+    return np.linalg.norm(candidates_mm[:, None] - nodules_mm[None], axis=-1) <= radii_mm[None]
+
+
+def match_scan(
+    candidates_mm: np.ndarray, scores: np.ndarray, nodules_mm: np.ndarray, radii_mm: np.ndarray,
+    ignored_mm: np.ndarray | None = None, ignored_radii_mm: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """For one scan: the score of each nodule's best hit (NaN if missed) and the false-positive scores.
+
+    Candidates on ``ignored`` nodules (e.g. those below the size evaluated) count neither way.
+    """  # fmt: skip
+    candidates_mm, scores = np.asarray(candidates_mm, float).reshape(-1, 3), np.asarray(scores, float)
+    hits = _hits(candidates_mm, nodules_mm, radii_mm)
     best = np.where(hits, scores[:, None], -np.inf).max(axis=0, initial=-np.inf)
-    return np.where(np.isfinite(best), best, np.nan), scores[~hits.any(axis=1)]
+    neutral = np.zeros(len(candidates_mm), bool)
+    if ignored_mm is not None:
+        neutral = _hits(candidates_mm, ignored_mm, ignored_radii_mm).any(axis=1)
+    return np.where(np.isfinite(best), best, np.nan), scores[~hits.any(axis=1) & ~neutral]
 
 
-def froc(
-    scans: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], fp_rates: Sequence[float] = CPM_FP_RATES
-) -> dict:
-    """FROC over scans given as ``(candidate centres, scores, nodule centres, nodule radii)``.
+def froc(scans: Sequence[tuple], fp_rates: Sequence[float] = CPM_FP_RATES) -> dict:
+    """FROC over scans given as ``(candidate centres, scores, nodule centres, nodule radii)``, each
+    optionally followed by ``(ignored nodule centres, ignored radii)`` (see :func:`match_scan`).
 
     Returns the curve (false positives per scan, sensitivity), the sensitivity at each rate in
     ``fp_rates``, the CPM (their mean) and the counts.
     """
     tp, fp = [], []
-    for candidates, scores, nodules, radii in scans:
-        nodule_scores, fp_scores = match_scan(candidates, scores, nodules, radii)
+    for scan in scans:
+        nodule_scores, fp_scores = match_scan(*scan)
         tp.append(nodule_scores)
         fp.append(fp_scores)
     tp_all, fp_all = np.concatenate(tp) if tp else np.zeros(0), np.concatenate(fp) if fp else np.zeros(0)

@@ -97,11 +97,13 @@ class DetectionFROCWriter:
     them to ``reference`` (datalist items with ``center_world_mm`` and ``diameter_mm``; items with
     ``is_nodule: 0`` are not nodules) and writes ``froc.json`` and ``froc.png``: FROC curve and CPM of
     the whole system (score = nodule probability) and of the detector alone, plus the malignancy
-    AUC on the detected true nodules (best-matching candidate) beside the size-only AUC.
+    AUC on the detected true nodules (best-matching candidate) beside the size-only AUC. The curves
+    are given for all reference nodules and for those of at least ``min_diameter_mm`` (smaller ones
+    then count neither as hits nor as false positives).
     """
 
-    def __init__(self, reference: list[dict], output_dir: str | Path):
-        self.output_dir = Path(output_dir)
+    def __init__(self, reference: list[dict], output_dir: str | Path, min_diameter_mm: float = 4.0):
+        self.output_dir, self.min_diameter_mm = Path(output_dir), float(min_diameter_mm)
         self.reference: dict[str, list[dict]] = {}
         for item in reference:
             if item.get("is_nodule", 1) and item.get("diameter_mm"):
@@ -128,10 +130,12 @@ class DetectionFROCWriter:
                 np.array([n["diameter_mm"] / 2 for n in nodules]),
                 found, nodules,
             ))  # fmt: skip
-        curves = {
-            name: froc([(c, s[key], n, r) for c, s, n, r, _, _ in scans])
-            for name, key in (("detector + network", "nodule_probability"), ("detector alone", "detection_score"))
-        }
+        curves = {}
+        for name, key in (("detector + network", "nodule_probability"), ("detector alone", "detection_score")):
+            curves[name] = froc([(c, s[key], n, r) for c, s, n, r, _, _ in scans])
+            large = [(c, s[key], n[r * 2 >= self.min_diameter_mm], r[r * 2 >= self.min_diameter_mm], n[r * 2 < self.min_diameter_mm],
+                      r[r * 2 < self.min_diameter_mm]) for c, s, n, r, _, _ in scans]  # fmt: skip
+            curves[f"{name}, >= {self.min_diameter_mm:g} mm"] = froc(large)
         result = {"curves": curves, "cpm": curves["detector + network"]["cpm"], **self._malignancy_on_detected(scans)}
         write_json_atomic(self.output_dir / "froc.json", result)
         plot_froc(result, self.output_dir / "froc.png", title=f"FROC on {len(scans)} scans, {curves['detector alone']['n_nodules']} nodules")

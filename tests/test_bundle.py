@@ -153,8 +153,10 @@ def test_detection_evaluation_writes_froc_and_cpm(trained, phantom_dir, datalist
     assert result.returncode == 0, result.stderr[-3000:]
     froc = json.loads((tmp_path / "froc.json").read_text())
     test_nodules = [i for i in datalist["test"] if i.get("is_nodule", 1)]
-    for curve in froc["curves"].values():
-        assert curve["n_nodules"] == len(test_nodules) and curve["n_scans"] == len({i["image"] for i in test_nodules})
+    assert set(froc["curves"]) == {"detector + network", "detector alone", "detector + network, >= 4 mm", "detector alone, >= 4 mm"}
+    for name, curve in froc["curves"].items():
+        counted = [i for i in test_nodules if i["diameter_mm"] >= 4.0] if ">= 4 mm" in name else test_nodules
+        assert curve["n_nodules"] == len(counted) and curve["n_scans"] == len({i["image"] for i in test_nodules})
         assert set(curve["sensitivity_at_fp_per_scan"]) == {"0.125", "0.25", "0.5", "1.0", "2.0", "4.0", "8.0"}
         assert 0.0 <= curve["cpm"] <= curve["max_sensitivity"] <= 1.0
     assert froc["curves"]["detector alone"]["max_sensitivity"] >= 0.6

@@ -101,3 +101,6 @@ def test_match_and_froc_on_hand_counted_detections():
     # at 0.5 FP/scan (one FP over two scans, the 0.8 one) both found nodules are in: sensitivity 2/3
     assert result["sensitivity_at_fp_per_scan"]["0.5"] == pytest.approx(2 / 3, abs=1e-6)
     assert 0 < result["cpm"] <= 2 / 3
+    # the same with nodule 1 below the size evaluated: its candidate is neither a hit nor a false positive
+    best, fp = match_scan(candidates, scores, nodules[:1], radii[:1], nodules[1:], radii[1:])
+    assert best.tolist() == [0.9] and sorted(fp.tolist()) == [0.1, 0.8]
