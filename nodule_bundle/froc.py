@@ -20,8 +20,9 @@ from nodule_bundle.io_utils import atomic_path
 CPM_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
-def _hits(candidates_mm: np.ndarray, nodules_mm: np.ndarray, radii_mm: np.ndarray) -> np.ndarray:
-    """``[candidate, nodule]``: the candidate's centre lies within the nodule's radius."""
+def hit_matrix(candidates_mm, nodules_mm, radii_mm) -> np.ndarray:
+    """``[candidate, nodule]``: the candidate's centre lies within the nodule's radius (the LUNA16 hit)."""
+    candidates_mm = np.asarray(candidates_mm, float).reshape(-1, 3)
     nodules_mm, radii_mm = np.asarray(nodules_mm, float).reshape(-1, 3), np.asarray(radii_mm, float)
     return np.linalg.norm(candidates_mm[:, None] - nodules_mm[None], axis=-1) <= radii_mm[None]
 
@@ -35,11 +36,11 @@ def match_scan(
     Candidates on ``ignored`` nodules (e.g. those below the size evaluated) count neither way.
     """  # fmt: skip
     candidates_mm, scores = np.asarray(candidates_mm, float).reshape(-1, 3), np.asarray(scores, float)
-    hits = _hits(candidates_mm, nodules_mm, radii_mm)
+    hits = hit_matrix(candidates_mm, nodules_mm, radii_mm)
     best = np.where(hits, scores[:, None], -np.inf).max(axis=0, initial=-np.inf)
     neutral = np.zeros(len(candidates_mm), bool)
     if ignored_mm is not None:
-        neutral = _hits(candidates_mm, ignored_mm, ignored_radii_mm).any(axis=1)
+        neutral = hit_matrix(candidates_mm, ignored_mm, ignored_radii_mm).any(axis=1)
     return np.where(np.isfinite(best), best, np.nan), scores[~hits.any(axis=1) & ~neutral]
 
 

@@ -12,7 +12,7 @@ from ignite.engine import Engine, Events
 from monai.metrics import compute_roc_auc
 
 from nodule_bundle.data.image_index import scan_stem
-from nodule_bundle.froc import froc, plot_froc
+from nodule_bundle.froc import froc, hit_matrix, plot_froc
 from nodule_bundle.io_utils import write_json_atomic
 from nodule_bundle.report import nodule_finding, write_report
 
@@ -145,8 +145,9 @@ class DetectionFROCWriter:
         """Malignancy AUC over the labelled nodules the detector hit, with their size-only AUC."""
         probs, sizes, labels = [], [], []
         for centres, _, nodule_centres, radii, found, nodules in scans:
-            for nodule, centre, radius in zip(nodules, nodule_centres, radii):
-                hits = [f for f, c in zip(found, centres) if np.linalg.norm(c - centre) <= radius]
+            hits_of = hit_matrix(centres, nodule_centres, radii)
+            for k, nodule in enumerate(nodules):
+                hits = [f for f, hit in zip(found, hits_of[:, k]) if hit]
                 if hits and nodule.get("malignancy") is not None:
                     best = max(hits, key=lambda f: f["nodule_probability"])
                     probs.append(best["malignancy_probability"])

@@ -25,8 +25,10 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from nodule_bundle.froc import hit_matrix
 from nodule_bundle.io_utils import write_json_atomic, write_text_atomic
 from nodule_bundle.measure import MEASUREMENT_KEYS
 from nodule_bundle.nodule import SIZE_BAND_NAMES, size_band
@@ -109,10 +111,12 @@ def format_table(nodules: Iterable[Mapping], truth: Mapping[str, Mapping] | None
 
 def match_findings(findings: Sequence[Mapping], reference: Sequence[Mapping]) -> tuple[dict[str, Mapping], list[Mapping]]:
     """Each finding's reference nodule (its centre within the nodule's radius), and the nodules missed."""
+    centres = [f["center_world_mm"] for f in findings]
+    hits = hit_matrix(centres, [r["center_world_mm"] for r in reference], [r["diameter_mm"] / 2 for r in reference])
     matched: dict[str, Mapping] = {}
-    for ref in reference:
-        hits = [f for f in findings if math.dist(f["center_world_mm"], ref["center_world_mm"]) <= ref["diameter_mm"] / 2]
-        if hits:
-            matched[min(hits, key=lambda f: math.dist(f["center_world_mm"], ref["center_world_mm"]))["nodule_id"]] = ref
+    for k, ref in enumerate(reference):
+        if hits[:, k].any():
+            nearest = min(np.flatnonzero(hits[:, k]), key=lambda i: math.dist(centres[i], ref["center_world_mm"]))
+            matched[findings[nearest]["nodule_id"]] = ref
     found = {id(ref) for ref in matched.values()}
     return matched, [ref for ref in reference if id(ref) not in found]
