@@ -97,7 +97,8 @@ class DetectionFROCWriter:
     them to ``reference`` (datalist items with ``center_world_mm`` and ``diameter_mm``; items with
     ``is_nodule: 0`` are not nodules) and writes ``froc.json`` and ``froc.png``: FROC curve and CPM of
     the whole system (score = nodule probability) and of the detector alone, plus the malignancy
-    AUC on the detected true nodules (best-matching candidate) beside the size-only AUC. The curves
+    AUC on the detected true nodules (best-matching candidate) beside the size-only AUC, and
+    ``detections.json``: every candidate's finding per scan, for analysis beyond the FROC. The curves
     are given for all reference nodules and for those of at least ``min_diameter_mm`` (smaller ones
     then count neither as hits nor as false positives).
     """
@@ -138,6 +139,7 @@ class DetectionFROCWriter:
             curves[f"{name}, >= {self.min_diameter_mm:g} mm"] = froc(large)
         result = {"curves": curves, "cpm": curves["detector + network"]["cpm"], **self._malignancy_on_detected(scans)}
         write_json_atomic(self.output_dir / "froc.json", result)
+        write_json_atomic(self.output_dir / "detections.json", {"scans": [{"image": image, "candidates": self._found.get(image, [])} for image in self.reference]})
         plot_froc(result, self.output_dir / "froc.png", title=f"FROC on {len(scans)} scans, {curves['detector alone']['n_nodules']} nodules")
 
     @staticmethod

@@ -65,18 +65,32 @@ class MultiTaskNoduleNet(nn.Module):
         channels: encoder widths per stage.
         hidden: width of the shared fully connected layer.
         dropout: dropout before the heads.
+        frozen_encoder: fine-tuning at a site: the encoder's weights get no gradient and its batch-norm
+            statistics stay those of the shipped model (the encoder stays in eval mode).
     """
 
-    def __init__(self, in_channels: int = 1, channels: Sequence[int] = (16, 32, 64, 128), hidden: int = 128, dropout: float = 0.2):
+    def __init__(
+        self, in_channels: int = 1, channels: Sequence[int] = (16, 32, 64, 128), hidden: int = 128, dropout: float = 0.2,
+        frozen_encoder: bool = False,
+    ):  # fmt: skip
         super().__init__()
         self.encoder = NoduleEncoder(in_channels, channels)
+        self.frozen_encoder = frozen_encoder
+        self.diameter_scale_mm, self.diameter_offset_mm = DIAMETER_SCALE_MM, DIAMETER_OFFSET_MM  # attributes for TorchScript
+        self.encoder.requires_grad_(not frozen_encoder)
         self.shared = nn.Sequential(nn.Linear(self.encoder.out_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
         self.malignancy = nn.Linear(hidden, MALIGNANCY.stop - MALIGNANCY.start)
         self.size_band = nn.Linear(hidden, SIZE_BAND.stop - SIZE_BAND.start)
         self.diameter = nn.Linear(hidden, 1)
         self.nodule = nn.Linear(hidden, NODULE.stop - NODULE.start)
 
+    def train(self, mode: bool = True) -> "MultiTaskNoduleNet":
+        super().train(mode)
+        if self.frozen_encoder:
+            self.encoder.eval()
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.shared(self.encoder(x))
-        diameter = self.diameter(h) * DIAMETER_SCALE_MM + DIAMETER_OFFSET_MM
+        diameter = self.diameter(h) * self.diameter_scale_mm + self.diameter_offset_mm
         return torch.cat([self.malignancy(h), self.size_band(h), diameter, self.nodule(h)], dim=1)

@@ -1,12 +1,15 @@
-"""Shared fixtures: a small phantom dataset written once per test session."""
+"""Shared fixtures, made once per test session: a small phantom dataset, a bundle trained on it briefly,
+and one test scan with its nodule list."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import pytest
 
+from bundle_run import monai_bundle_run
 from nodule_bundle.data.phantom import PhantomConfig
 from nodule_bundle.data.synth import write_phantom_dataset
 
@@ -24,3 +27,26 @@ def phantom_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def datalist(phantom_dir) -> dict:
     return json.loads((phantom_dir / "datalist.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def trained(phantom_dir, tmp_path_factory) -> Path:
+    """A bundle trained for 2 epochs on the phantom; returns its output root (models/, eval/)."""
+    out = tmp_path_factory.mktemp("bundle")
+    result = monai_bundle_run(["train"], dataset_dir=phantom_dir, ckpt_dir=out / "models", output_dir=out / "eval", epochs=2, num_workers=0)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def test_scan(phantom_dir, datalist, tmp_path_factory):
+    items = datalist["test"]
+    uid = items[0]["seriesuid"]
+    rows = [i for i in items if i["seriesuid"] == uid and i.get("is_nodule", 1)]
+    csv_path = tmp_path_factory.mktemp("nodules") / "nodules.csv"
+    with open(csv_path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["seriesuid", "coordX", "coordY", "coordZ", "nodule_id"])
+        for r in rows:
+            writer.writerow([uid, *r["center_world_mm"], r["nodule_id"]])
+    return uid, rows, csv_path

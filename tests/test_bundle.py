@@ -19,15 +19,6 @@ from dicom_helpers import edit, new_instance, shift_position
 METRICS = ("malignancy_auc", "malignancy_accuracy", "size_only_auc", "size_band_accuracy", "diameter_mae_mm")
 
 
-@pytest.fixture(scope="module")
-def trained(phantom_dir, tmp_path_factory) -> Path:
-    """A bundle trained for 2 epochs on the phantom; returns its output root (models/, eval/)."""
-    out = tmp_path_factory.mktemp("bundle")
-    result = monai_bundle_run(["train"], dataset_dir=phantom_dir, ckpt_dir=out / "models", output_dir=out / "eval", epochs=2, num_workers=0)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
-
-
 def test_training_writes_a_checkpoint_and_curves(trained):
     assert (trained / "models" / "model.pt").is_file()
     assert list((trained / "eval").glob("events.out.tfevents.*"))  # TensorBoard curves
@@ -56,20 +47,6 @@ def test_evaluate_override_writes_metrics(trained, phantom_dir, datalist):
         assert 0.0 <= metrics[name] <= 1.0
     assert metrics["diameter_mae_mm"] >= 0.0
     assert set(METRICS) - {"malignancy_auc", "size_only_auc"} <= set(metrics)  # AUCs need both classes
-
-
-@pytest.fixture(scope="module")
-def test_scan(phantom_dir, datalist, tmp_path_factory):
-    items = datalist["test"]
-    uid = items[0]["seriesuid"]
-    rows = [i for i in items if i["seriesuid"] == uid and i.get("is_nodule", 1)]
-    csv_path = tmp_path_factory.mktemp("nodules") / "nodules.csv"
-    with open(csv_path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["seriesuid", "coordX", "coordY", "coordZ", "nodule_id"])
-        for r in rows:
-            writer.writerow([uid, *r["center_world_mm"], r["nodule_id"]])
-    return uid, rows, csv_path
 
 
 FORMATS = {"nifti": "images/{}.nii.gz", "mhd": "mhd/{}.mhd", "dicom": "dicom/{}"}
@@ -160,6 +137,8 @@ def test_detection_evaluation_writes_froc_and_cpm(trained, phantom_dir, datalist
         assert set(curve["sensitivity_at_fp_per_scan"]) == {"0.125", "0.25", "0.5", "1.0", "2.0", "4.0", "8.0"}
         assert 0.0 <= curve["cpm"] <= curve["max_sensitivity"] <= 1.0
     assert froc["curves"]["detector alone"]["max_sensitivity"] >= 0.6
+    detections = json.loads((tmp_path / "detections.json").read_text())["scans"]
+    assert sum(len(s["candidates"]) for s in detections) >= froc["curves"]["detector alone"]["n_candidates"] > 0  # + second hits
     assert (tmp_path / "froc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

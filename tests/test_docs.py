@@ -18,3 +18,12 @@ def test_every_config_named_in_the_readme_exists():
     readme = (ROOT / "README.md").read_text()
     for name in set(re.findall(r"configs/[\w.]+\.json", readme)):
         assert (ROOT / name).is_file(), name
+
+
+def test_every_command_is_in_the_readme():
+    from nodule_bundle.cli import build_parser
+
+    readme = (ROOT / "README.md").read_text()
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    for name in commands:
+        assert f"`nodule-bundle {name} " in readme, name

@@ -1,6 +1,7 @@
 import numpy as np
+import pytest
 
-from nodule_bundle.data.phantom import HU_LUNG, PhantomConfig, _draw_nodule_traits, make_scan
+from nodule_bundle.data.phantom import HU_LUNG, PhantomConfig, _draw_nodule_traits, _reference_diameter, make_scan
 
 CFG = PhantomConfig(fov_mm=(120.0, 100.0, 60.0), nodules_per_scan=(6, 8))
 
@@ -26,7 +27,7 @@ def test_geometry_tissues_and_nodules():
     assert 6 <= len(scan.nodules) <= 8
     for pn in scan.nodules:
         n = pn.nodule
-        assert 3.0 <= n.diameter_mm <= 30.0 and n.malignancy in (0, 1)
+        assert 2.5 <= n.diameter_mm <= 40.0 and n.malignancy in (0, 1)  # drawn 3-30 mm; lobes and stretch move it
         i, j, k = _voxel(scan, n.center_world_mm)
         assert all(0 <= v < s for v, s in zip((i, j, k), vol.shape))
         centre_hu = float(np.median(vol[i - 1 : i + 2, j - 1 : j + 2, k]))
@@ -53,3 +54,11 @@ def test_label_depends_on_size_and_margin_with_overlap():
     # size overlaps: small malignant and large benign nodules both exist
     assert (malignant & (diameters < 10)).sum() > 50 and (~malignant & (diameters > 12)).sum() > 50
     assert not any(t[3] for t, m in zip(traits, malignant) if m)  # calcification only in benign
+
+
+def test_reference_diameter_is_the_lung_rads_mean_of_the_drawn_body():
+    assert _reference_diameter(5.0, [], np.ones(3)) == pytest.approx(10.0, abs=0.2)
+    stretched = np.array([1.2, 0.9, 1 / 1.08])
+    assert _reference_diameter(5.0, [], stretched) == pytest.approx(5.0 * (1.2 + 0.9), abs=0.2)  # mean of long, short
+    lobe = [(np.array([5.0, 0.0, 0.0]), 2.0)]  # a lobe reaching 7 mm out along x
+    assert _reference_diameter(5.0, lobe, np.ones(3)) == pytest.approx((12.0 + 10.0) / 2, abs=0.3)

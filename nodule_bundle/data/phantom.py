@@ -13,13 +13,14 @@ sometimes calcified.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from pydicom.uid import generate_uid
 
 from nodule_bundle.filters import gaussian_blur
+from nodule_bundle.measure import axial_diameters
 from nodule_bundle.nodule import Nodule
 
 HU_AIR, HU_LUNG, HU_FAT, HU_SOFT, HU_BONE = -1000.0, -850.0, -100.0, 40.0, 600.0
@@ -124,15 +125,16 @@ def _draw_nodule_traits(rng: np.random.Generator, diameter_mm: float) -> tuple[i
     return malignant, str(margin), str(texture), calcified
 
 
-def _render_nodule(canvas: _Canvas, rng: np.random.Generator, center: np.ndarray, pn: PhantomNodule) -> None:
+def _render_nodule(canvas: _Canvas, rng: np.random.Generator, center: np.ndarray, pn: PhantomNodule) -> float:
     """Draw one nodule: smooth / lobulated / spiculated body, texture, optional calcification.
 
     Occupancy is averaged over three sub-positions per slice (slice-thickness partial volume).
+    Returns the body's reference diameter (:func:`_reference_diameter`).
     """
     radius = pn.nodule.diameter_mm / 2.0
     spikes = _random_unit(rng, int(rng.integers(14, 24))) if pn.margin == "spiculated" else np.zeros((0, 3))
     spike_len = radius * rng.uniform(0.5, 1.0, len(spikes)) + rng.uniform(6.0, 11.0, len(spikes))  # beyond the surface
-    spike_r = rng.uniform(1.4, 2.0, len(spikes))  # base radius at the surface, tapering to the tip
+    spike_r = rng.uniform(0.7, 1.2, len(spikes))  # base radius at the surface (strands 1.4-2.4 mm thick), tapering to the tip
     # a lobulated nodule is a cluster of overlapping lobes around a smaller core, each >= ~2 mm across
     n_lobes = int(rng.integers(3, 6)) if pn.margin == "lobulated" else 0
     lobe_dirs = _random_unit(rng, n_lobes)
@@ -169,6 +171,25 @@ def _render_nodule(canvas: _Canvas, rng: np.random.Generator, center: np.ndarray
     canvas.blend(sl, strands * (1.0 - occ), rng.normal(20, 15))  # spicules are fibrotic strands: solid density
     if pn.calcified:
         canvas.blend(sl, core * occ, rng.uniform(350, 900))
+    lobes = [(offset * w, r_lobe) for w, r_lobe, offset in zip(lobe_dirs, lobe_r, lobe_offset)]
+    return _reference_diameter(core_r, lobes, stretch)
+
+
+def _reference_diameter(core_r: float, lobes: list[tuple[np.ndarray, float]], stretch: np.ndarray) -> float:
+    """Lung-RADS mean axial diameter of the drawn body, spicules excluded (as radiologists measure).
+
+    The body (core sphere and lobes, stretched) is rasterised without blur or noise on a fine grid
+    and measured with the same calipers as the CT (:func:`~nodule_bundle.measure.axial_diameters`).
+    """
+    reach = max([core_r] + [float(np.linalg.norm(o)) + r for o, r in lobes]) * float(stretch.max()) + 0.5
+    step = max(reach / 60.0, 0.05)
+    axis = np.arange(-reach, reach + step / 2, step)
+    v = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1) / stretch
+    body = np.linalg.norm(v, axis=-1) <= core_r
+    for offset, r_lobe in lobes:
+        body |= np.linalg.norm(v - offset, axis=-1) <= r_lobe
+    long_axis, short_axis = axial_diameters(body, step)
+    return (long_axis + short_axis) / 2.0
 
 
 def _draw_anatomy(canvas: _Canvas, rng: np.random.Generator, fov: np.ndarray, centre: np.ndarray):
@@ -284,13 +305,15 @@ def make_scan(seed: int, index: int, cfg: PhantomConfig = PhantomConfig()) -> Ph
     canvas = _Canvas(shape, spacing, origin)
     lungs = _draw_anatomy(canvas, rng, fov, centre)
     placed = _place_nodules(rng, cfg, lungs, seriesuid)
+    nodules = []
     for center, pn in placed:
-        _render_nodule(canvas, rng, center, pn)
+        reference = _render_nodule(canvas, rng, center, pn)
+        nodules.append(replace(pn, nodule=replace(pn.nodule, diameter_mm=round(float(reference), 3))))
     volume = _scanner(canvas.hu, spacing, rng, float(rng.uniform(*cfg.noise_hu)))
     return PhantomScan(
         seriesuid=seriesuid,
         volume_hu=volume,
         spacing_mm=tuple(float(s) for s in spacing),
         origin_mm=tuple(float(o) for o in origin),
-        nodules=tuple(pn for _, pn in placed),
+        nodules=tuple(nodules),
     )

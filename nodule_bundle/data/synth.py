@@ -88,7 +88,7 @@ def write_phantom_dataset(
     formats: Sequence[str] = ("nifti",),
     cfg: PhantomConfig = PhantomConfig(),
     workers: int | None = None,
-    negatives_per_scan: int = 10,
+    negatives_per_scan: int = 20,
 ) -> Path:
     """Generate ``scans`` phantom scans into ``out``; returns the path of ``datalist.json``.
 

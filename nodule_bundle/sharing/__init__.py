@@ -1,0 +1,1 @@
+"""Sharing the bundle between sites: export one self-contained bundle, verify and unpack a received one."""
