@@ -8,8 +8,11 @@
     nodule-bundle convert  csv    --images DIR --annotations FILE.csv --out datalist.json
     nodule-bundle bench    read [--shape 512 512 300] [--repeats 5] [--out bench.json]
     nodule-bundle bench    whole-scan [--shape 512 512 300] [--nodules 20] [--repeats 3] [--out bench.json]
+    nodule-bundle export   --out DIR|FILE.zip [--ckpt models/model.pt] [--weights-url URL]
+    nodule-bundle verify   DIR|FILE.zip
 
-Bad input ends with one line ``nodule-bundle: error: <file>: <problem>`` and exit status 2.
+Bad input ends with one line ``nodule-bundle: error: <file>: <problem>`` and exit status 2; a bundle
+that fails ``verify`` exits with status 1 after the table.
 """
 
 from __future__ import annotations
@@ -105,6 +108,21 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _export(args: argparse.Namespace) -> None:
+    from nodule_bundle.sharing.export import export_bundle
+
+    out = export_bundle(args.out, args.ckpt, args.bundle_root, args.weights_url)
+    print(f"exported {out}; check it (here or at the receiving site) with: nodule-bundle verify {out}")
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from nodule_bundle.sharing.verify import format_checks, verify_bundle
+
+    checks = verify_bundle(args.path)
+    print(format_checks(checks))
+    return 0 if all(c.ok for c in checks) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nodule-bundle", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="show MONAI's log on the console")
@@ -119,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-nodules", type=int, default=5)
     p.add_argument("--max-nodules", type=int, default=20)
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
-    p.add_argument("--negatives-per-scan", type=int, default=10, help="detector false candidates kept as non-nodule items")
+    p.add_argument("--negatives-per-scan", type=int, default=20, help="detector false candidates kept as non-nodule items")
     p.set_defaults(func=_synth)
 
     p = sub.add_parser("classify", help="find (or take from a CSV) the nodules of one scan, classify them, write a report")
@@ -177,6 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--repeats", type=_positive_int, default=3)
     k.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
     k.set_defaults(func=_bench)
+
+    p = sub.add_parser("export", help="one self-contained bundle (directory or .zip) for another site")
+    p.add_argument("--out", required=True, type=Path, help="new directory, or a path ending in .zip")
+    p.add_argument("--ckpt", default=None, help="weights to ship (default: <bundle root>/models/model.pt)")
+    p.add_argument("--weights-url", default="", help="where large_files.yml says the weights can be downloaded")
+    p.add_argument("--bundle-root", default=None)
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("verify", help="check a received bundle (directory or .zip) before running it")
+    p.add_argument("path", type=Path)
+    p.set_defaults(func=_verify)
     return parser
 
 
@@ -184,14 +213,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     try:
-        args.func(args)
+        status = args.func(args)
     except Exception as exc:  # one line for the user's mistakes, a traceback for ours
         user_error = find_user_error(exc)
         if user_error is None:
             raise
         print(f"nodule-bundle: error: {user_error}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":
