@@ -156,3 +156,67 @@ def format_whole_scan_result(result: dict) -> str:
     for name, t in [*result["stages"].items(), ("total", result["total"])]:
         lines.append(f"  {name:<16} {t['median_s']:7.2f} s  (min {t['min_s']:.2f}, max {t['max_s']:.2f})")
     return "\n".join(lines)
+
+
+def bench_label(venv: str | Path, shape: tuple[int, int, int] = (512, 512, 300), repeats: int = 5, spacing_mm=(0.7, 0.7, 1.0), nodules: int = 20) -> dict:
+    """Point-prompt answers of a real MONAI Label server (``venv``: its environment) on a phantom study
+    of ``shape`` voxels: the first request (reads the study, warms up), then ``repeats`` clicks on
+    other nodules; beside them, the HTTP floor (``GET /info/``) measured in the same run."""
+    import json
+    import urllib.parse
+    import urllib.request
+
+    from nodule_bundle.data.phantom import PhantomConfig, make_scan
+    from nodule_bundle.data.writers import write_nifti
+    from nodule_bundle.geometry import LPS_TO_RAS, world_to_voxel
+    from nodule_bundle.label_app.server import MODEL, start_server, stop_server
+    from nodule_bundle.networks import MultiTaskNoduleNet
+    from nodule_bundle.workflow import find_bundle_root
+
+    fov = tuple(float(n * s) for n, s in zip(shape, spacing_mm))
+    cfg = PhantomConfig(fov_mm=fov, inplane_spacing_mm=(spacing_mm[0], spacing_mm[0]), slice_thicknesses_mm=(spacing_mm[2],), nodules_per_scan=(nodules, nodules))
+    scan = make_scan(0, 0, cfg)
+    points = [np.rint(world_to_voxel(pn.nodule.center_world_mm, LPS_TO_RAS @ scan.affine_lps)).astype(int).tolist() for pn in scan.nodules]
+    with tempfile.TemporaryDirectory(prefix="nodule-bench-") as tmp:
+        studies = Path(tmp) / "studies"
+        write_nifti(studies / "study.nii.gz", scan.volume_hu, scan.affine_lps)
+        torch.save(MultiTaskNoduleNet().state_dict(), Path(tmp) / "model.pt")  # untrained: the cost is the same
+        proc, url = start_server(venv, studies, find_bundle_root(), Path(tmp) / "server.log", model_path=Path(tmp) / "model.pt")
+
+        def click(point) -> float:
+            body = urllib.parse.urlencode({"params": json.dumps({"foreground": [point]})}).encode()
+            start = time.perf_counter()
+            with urllib.request.urlopen(f"{url}/infer/{MODEL}?image=study&output=json", data=body, timeout=600) as response:
+                json.load(response)
+            return time.perf_counter() - start
+
+        def info() -> float:
+            start = time.perf_counter()
+            with urllib.request.urlopen(f"{url}/info/", timeout=60) as response:
+                json.load(response)
+            return time.perf_counter() - start
+
+        try:
+            first = click(points[0])
+            clicks = [click(points[(k + 1) % len(points)]) for k in range(repeats)]
+            floor = [info() for _ in range(repeats)]
+        finally:
+            stop_server(proc)
+    return {
+        "benchmark": "label_point_prompt",
+        "shape": list(shape),
+        "spacing_mm": list(spacing_mm),
+        "first_request_s": first,
+        "point_prompt": _summary(clicks),
+        "http_floor_info": _summary(floor),
+    }
+
+
+def format_label_result(result: dict) -> str:
+    click, floor = result["point_prompt"], result["http_floor_info"]
+    return "\n".join([
+        f"MONAI Label point prompt on a {'x'.join(map(str, result['shape']))} study, {click['runs']} clicks after the first",
+        f"  first request    {result['first_request_s']:7.2f} s  (reads the study, warms up)",
+        f"  point prompt     {click['median_s']:7.2f} s  median (min {click['min_s']:.2f}, max {click['max_s']:.2f})",
+        f"  HTTP floor       {floor['median_s']:7.3f} s  median of GET /info/",
+    ])  # fmt: skip

@@ -8,6 +8,7 @@
     nodule-bundle convert  csv    --images DIR --annotations FILE.csv --out datalist.json
     nodule-bundle bench    read [--shape 512 512 300] [--repeats 5] [--out bench.json]
     nodule-bundle bench    whole-scan [--shape 512 512 300] [--nodules 20] [--repeats 3] [--out bench.json]
+    nodule-bundle bench    label [--label-venv .venv-label] [--shape 512 512 300] [--repeats 5] [--out bench.json]
     nodule-bundle export   --out DIR|FILE.zip [--ckpt models/model.pt] [--weights-url URL]
     nodule-bundle verify   DIR|FILE.zip
 
@@ -94,6 +95,9 @@ def _bench(args: argparse.Namespace) -> None:
     if args.benchmark == "read":
         result = bench.bench_dicom_read(tuple(args.shape), args.repeats)
         print(bench.format_read_result(result))
+    elif args.benchmark == "label":
+        result = bench.bench_label(args.label_venv, tuple(args.shape), args.repeats)
+        print(bench.format_label_result(result))
     else:
         result = bench.bench_whole_scan(tuple(args.shape), args.repeats, nodules=args.nodules)
         print(bench.format_whole_scan_result(result))
@@ -193,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--shape", type=_positive_int, nargs=3, default=(512, 512, 300), metavar=("X", "Y", "SLICES"))
     k.add_argument("--nodules", type=_positive_int, default=20)
     k.add_argument("--repeats", type=_positive_int, default=3)
+    k.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
+    k.set_defaults(func=_bench)
+    k = kinds.add_parser("label", help="a real MONAI Label server: point-prompt answer time on one study")
+    k.add_argument("--label-venv", type=Path, default=Path(".venv-label"), help="MONAI Label's environment (.ci/label-venv)")
+    k.add_argument("--shape", type=_positive_int, nargs=3, default=(512, 512, 300), metavar=("X", "Y", "SLICES"))
+    k.add_argument("--repeats", type=_positive_int, default=5)
     k.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
     k.set_defaults(func=_bench)
 

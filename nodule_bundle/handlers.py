@@ -14,7 +14,7 @@ from monai.metrics import compute_roc_auc
 from nodule_bundle.data.image_index import scan_stem
 from nodule_bundle.froc import froc, hit_matrix, plot_froc
 from nodule_bundle.io_utils import write_json_atomic
-from nodule_bundle.report import nodule_finding, write_report
+from nodule_bundle.report import is_rejected_candidate, nodule_finding, write_report
 
 
 class NoduleReportWriter:
@@ -52,7 +52,7 @@ class NoduleReportWriter:
             uid = str(item.get("seriesuid") or image_name)
             scan = self._scans.setdefault(uid, {"seriesuid": uid, "image": image_name, "nodules": []})
             finding = nodule_finding(item, output)
-            if "detection_score" in finding and finding["nodule_probability"] < self.min_nodule_probability:
+            if is_rejected_candidate(finding, self.min_nodule_probability):
                 scan.setdefault("rejected_candidates", []).append(finding)
             else:
                 scan["nodules"].append(finding)

@@ -119,7 +119,11 @@ def axial_diameters(mask: np.ndarray, spacing_mm: float) -> tuple[float, float]:
 
 def measure_nodule(crop_hu: np.ndarray, spacing_mm: float, solid_hu: float = -300.0) -> NoduleMeasurement:
     """Segment and measure the nodule at the centre of an isotropic HU crop."""
-    mask = nodule_mask(crop_hu, spacing_mm)
+    return measure_mask(nodule_mask(crop_hu, spacing_mm), crop_hu, spacing_mm, solid_hu)
+
+
+def measure_mask(mask: np.ndarray, crop_hu: np.ndarray, spacing_mm: float, solid_hu: float = -300.0) -> NoduleMeasurement:
+    """The Lung-RADS measurements of a nodule mask (:func:`nodule_mask`) in its isotropic HU crop."""
     long_axis, short_axis = axial_diameters(mask, spacing_mm)
     solid = mask & (crop_hu > solid_hu)
     solid_long, solid_short = axial_diameters(solid, spacing_mm) if solid.any() else (0.0, 0.0)

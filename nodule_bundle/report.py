@@ -51,6 +51,11 @@ def _number(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def is_rejected_candidate(finding: Mapping, min_nodule_probability: float) -> bool:
+    """False-positive reduction: a *detected* candidate the network finds unlikely to be a nodule."""
+    return "detection_score" in finding and finding["nodule_probability"] < min_nodule_probability
+
+
 def nodule_finding(item: Mapping, output: Mapping) -> dict:
     """One nodule's finding from a decollated batch item (its inputs) and output (named heads)."""
     band = int(output["size_band"])

@@ -28,7 +28,7 @@ from monai.utils import SpaceKeys
 
 from nodule_bundle.errors import NoduleBundleError
 from nodule_bundle.filters import gaussian_blur
-from nodule_bundle.measure import MEASUREMENT_KEYS, measure_nodule
+from nodule_bundle.measure import MEASUREMENT_KEYS, measure_mask, nodule_mask
 from nodule_bundle.geometry import LPS_TO_RAS, lps_to_ras, world_to_voxel
 from nodule_bundle.networks import DIAMETER, MALIGNANCY, NODULE, SIZE_BAND
 from nodule_bundle.nodule import size_band
@@ -52,13 +52,17 @@ def _voxel_size(affine: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.linalg.norm(aff[:3, :3], axis=0)
 
 
+MAX_AIR_HU = -500.0  # every chest CT holds air (lungs, outside the body) far below this
+
+
 class LoadCTImaged(LoadImaged):
     """MONAI's ``LoadImaged`` (same arguments) for CT as it arrives: NIfTI, MHD/raw and NRRD through
     MONAI's readers, DICOM directories through :class:`~nodule_bundle.readers.DicomSeriesReader`
     (series chosen, slices ordered by position and checked).
 
-    Unreadable files and non-3D images raise :class:`UnreadableImageError` naming the file, instead
-    of a reader traceback.
+    Unreadable files, non-3D images and images that are not CT in Hounsfield units (NaN/infinite
+    voxels; nothing as dark as air, below :data:`MAX_AIR_HU`: an MR, or data without its rescale) raise
+    :class:`UnreadableImageError` naming the file, instead of a reader traceback or a silent misread.
 
     Args:
         series_uid: the DICOM series to read when a directory holds several (default: the CT
@@ -83,6 +87,14 @@ class LoadCTImaged(LoadImaged):
         for key in self.key_iterator(d):
             if d[key].ndim != 4:
                 raise UnreadableImageError(f"{data[key]}: expected a 3D volume, got image shape {tuple(d[key].shape)}")
+            if d[key].is_floating_point() and not bool(torch.isfinite(d[key]).all()):
+                raise UnreadableImageError(f"{data[key]}: NaN or infinite voxel values")
+            darkest = float(d[key].min())
+            if darkest > MAX_AIR_HU:
+                raise UnreadableImageError(
+                    f"{data[key]}: not a CT in Hounsfield units: darkest voxel {darkest:.0f}, but air is about -1000 HU "
+                    "(an MR image, or stored values without their rescale slope/intercept?)"
+                )
         return d
 
 
@@ -105,6 +117,16 @@ class NoduleCrop(Transform):
         self.resample = SpatialResample(mode=mode, padding_mode="border", dtype=torch.float32)
 
     def __call__(self, img: MetaTensor, center_world_mm: Sequence[float]) -> MetaTensor:
+        box = self.source_box(img, center_world_mm)
+        center, space = np.asarray(center_world_mm, dtype=np.float64), img.meta.get("space", SpaceKeys.RAS)
+        dst = np.diag([self.spacing_mm] * 3 + [1.0])  # RAS-aligned patch axes, centre on the point
+        dst[:3, 3] = lps_to_ras(center) - self.spacing_mm * (self.patch_size - 1) / 2.0
+        if str(space).upper() != SpaceKeys.RAS.value:
+            dst = LPS_TO_RAS @ dst
+        return self.resample(box, dst_affine=torch.as_tensor(dst), spatial_size=(self.patch_size,) * 3)
+
+    def source_box(self, img: MetaTensor, center_world_mm: Sequence[float]) -> MetaTensor:
+        """The part of ``img`` (its own grid) that the patch around ``center_world_mm`` covers."""
         space = img.meta.get("space", SpaceKeys.RAS)
         center = np.asarray(center_world_mm, dtype=np.float64)
         shape = np.array(img.shape[1:])
@@ -119,37 +141,56 @@ class NoduleCrop(Transform):
         corner_voxels = world_to_voxel(corners, img.affine, space)
         start = np.clip(np.floor(corner_voxels.min(0)) - 1, 0, shape).astype(int)
         end = np.clip(np.ceil(corner_voxels.max(0)) + 2, 0, shape).astype(int)
-        crop = SpatialCrop(roi_start=start, roi_end=end)(img)
-        dst = np.diag([self.spacing_mm] * 3 + [1.0])  # RAS-aligned patch axes, centre on the point
-        dst[:3, 3] = lps_to_ras(center) - self.spacing_mm * (self.patch_size - 1) / 2.0
-        if str(space).upper() != SpaceKeys.RAS.value:
-            dst = LPS_TO_RAS @ dst
-        return self.resample(crop, dst_affine=torch.as_tensor(dst), spatial_size=(self.patch_size,) * 3)
+        return SpatialCrop(roi_start=start, roi_end=end)(img)
 
 
 class NoduleMeasured(MapTransform):
-    """Segment and measure every nodule of a scan item (:func:`nodule_bundle.measure.measure_nodule`).
+    """Segment and measure every nodule of a scan item (:mod:`nodule_bundle.measure`).
 
     For each centre in ``data[center_key]`` (``(N, 3)`` LPS world mm) a fine isotropic HU crop
     (``patch_size`` voxels of ``spacing_mm``) is cut from ``data[key]`` and measured; the item gains
     length-N lists ``measured_long_axis_mm``, ``measured_short_axis_mm``, ``measured_mean_diameter_mm``,
     ``measured_volume_mm3`` and ``measured_solid_mean_diameter_mm``, which :class:`NoduleCropd` hands
     to each nodule's sample (``per_nodule_keys``). Run it before the crop, on the whole scan.
+    With ``label_key``, the item also gains the nodule masks as a label map on the scan's own grid
+    (``[1, X, Y, Z]`` uint8 MetaTensor, nodule ``i`` labelled ``i + 1``; a later nodule wins overlaps).
     """
 
-    def __init__(self, keys: KeysCollection, center_key: str = "center_world_mm", patch_size: int = 64, spacing_mm: float = 0.6):
+    def __init__(
+        self, keys: KeysCollection, center_key: str = "center_world_mm", patch_size: int = 64, spacing_mm: float = 0.6,
+        label_key: str | None = None,
+    ):  # fmt: skip
         super().__init__(keys)
-        self.center_key, self.spacing_mm = center_key, float(spacing_mm)
+        self.center_key, self.spacing_mm, self.label_key = center_key, float(spacing_mm), label_key
         self.cropper = NoduleCrop(patch_size, spacing_mm)
+        self.to_source = SpatialResample(mode="nearest", padding_mode="zeros", dtype=torch.float32)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         image = d[self.first_key(d)]
         centers = np.asarray(d[self.center_key], dtype=np.float64).reshape(-1, 3)
-        found = [measure_nodule(self.cropper(image, c)[0].numpy(), self.spacing_mm).as_dict() for c in centers]
+        label = torch.zeros(image.shape[1:], dtype=torch.uint8) if self.label_key else None
+        found = []
+        for i, center in enumerate(centers):
+            crop = self.cropper(image, center)
+            hu = crop[0].numpy()
+            mask = nodule_mask(hu, self.spacing_mm)
+            found.append(measure_mask(mask, hu, self.spacing_mm).as_dict())
+            if label is not None and mask.any():
+                self._paste(label, image, center, MetaTensor(torch.from_numpy(mask[None].astype(np.float32)), affine=crop.affine), i + 1)
         for key in MEASUREMENT_KEYS:
             d[key] = [m[key] for m in found]
+        if label is not None:
+            d[self.label_key] = MetaTensor(label[None], affine=image.affine, meta={"space": image.meta.get("space", SpaceKeys.RAS)})
         return d
+
+    def _paste(self, label: torch.Tensor, image: MetaTensor, center: np.ndarray, mask: MetaTensor, value: int) -> None:
+        """Resample ``mask`` (nearest) onto the scan voxels its crop came from and label them ``value``."""
+        box = self.cropper.source_box(image, center)
+        start = np.rint(np.linalg.solve(image.affine.numpy(), box.affine.numpy())[:3, 3]).astype(int)
+        back = self.to_source(mask, dst_affine=box.affine, spatial_size=box.shape[1:])[0] > 0.5
+        region = tuple(slice(a, a + n) for a, n in zip(start, back.shape))
+        label[region][back] = value
 
 
 class NoduleCropd(MapTransform):

@@ -58,3 +58,22 @@ def test_annotations_csv_has_luna16_columns_first(phantom_dir, datalist):
     assert len((phantom_dir / "annotations.csv").read_text().splitlines()) == n_items + 1
     scans = {s: {i["seriesuid"] for i in datalist[s]} for s in ("training", "validation", "test")}
     assert not (scans["training"] & scans["validation"]) and not (scans["training"] & scans["test"])
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (np.random.default_rng(0).uniform(0, 900, (24, 24, 12)), "not a CT in Hounsfield units: darkest voxel"),  # an MR
+        (np.where(np.arange(24 * 24 * 12).reshape(24, 24, 12) == 7, np.nan, -1000.0), "NaN or infinite voxel values"),
+    ],
+)
+def test_images_that_are_not_ct_in_hounsfield_units_are_refused(tmp_path, values, message):
+    import nibabel as nib
+
+    from nodule_bundle.transforms import LoadCTImaged, UnreadableImageError
+
+    path = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(values.astype(np.float32), np.eye(4)), path)
+    with pytest.raises(UnreadableImageError, match=message) as err:
+        LoadCTImaged("image", ensure_channel_first=True, image_only=True)({"image": str(path)})
+    assert str(path) in str(err.value)

@@ -11,6 +11,7 @@ from nodule_bundle.transforms import (
     NoduleCrop,
     NoduleCropd,
     NoduleHeadsd,
+    NoduleMeasured,
     NoduleOutsideVolumeError,
     NoduleTargetsd,
 )
@@ -118,3 +119,25 @@ def test_heads_are_named_and_normalised():
     assert out["malignancy_prob"].item() == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item())
     assert out["size_band"] == 1 and out["size_band_probs"].sum().item() == pytest.approx(1.0)
     assert out["diameter_mm_pred"].item() == 7.5 and int(out["malignancy_true"]) == 1
+
+
+def test_the_nodule_label_map_lies_on_the_scan_grid_over_each_nodule():
+    """Two spheres in an oblique, anisotropic scan: each labelled where it is, with about its volume."""
+    a = np.deg2rad(15)
+    aff_lps = np.eye(4)
+    aff_lps[:3, :3] = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]]) @ np.diag([0.7, 0.7, 1.5])
+    aff_lps[:3, 3] = [-40.0, 25.0, -200.0]
+    img = MetaTensor(torch.full((1, 90, 90, 40), -850.0), affine=torch.as_tensor(LPS_TO_RAS @ aff_lps), meta={"space": "RAS"})
+    grid = np.stack(np.indices(img.shape[1:]), -1).reshape(-1, 3)
+    world = voxel_to_world(grid, img.affine).reshape(*img.shape[1:], 3)
+    centres, radii = [voxel_to_world((30, 35, 15), img.affine), voxel_to_world((60, 55, 25), img.affine)], [4.0, 6.0]
+    for c, r in zip(centres, radii):
+        img[0][torch.from_numpy(np.linalg.norm(world - c, axis=-1) <= r)] = 30.0
+    d = NoduleMeasured(keys="image", label_key="nodule_label")({"image": img, "center_world_mm": centres})
+    label = d["nodule_label"]
+    assert label.shape == img.shape and torch.equal(label.affine, img.affine)
+    assert label[0, 30, 35, 15] == 1 and label[0, 60, 55, 25] == 2 and label[0, 5, 5, 5] == 0
+    for value, r in ((1, 4.0), (2, 6.0)):
+        volume = float((label == value).sum()) * 0.7 * 0.7 * 1.5
+        assert volume == pytest.approx(4 / 3 * math.pi * r**3, rel=0.25)
+    assert d["measured_mean_diameter_mm"] == pytest.approx([8.0, 12.0], abs=1.0)

@@ -134,7 +134,7 @@ def _render_nodule(canvas: _Canvas, rng: np.random.Generator, center: np.ndarray
     radius = pn.nodule.diameter_mm / 2.0
     spikes = _random_unit(rng, int(rng.integers(14, 24))) if pn.margin == "spiculated" else np.zeros((0, 3))
     spike_len = radius * rng.uniform(0.5, 1.0, len(spikes)) + rng.uniform(6.0, 11.0, len(spikes))  # beyond the surface
-    spike_r = rng.uniform(0.7, 1.2, len(spikes))  # base radius at the surface (strands 1.4-2.4 mm thick), tapering to the tip
+    spike_r = rng.uniform(1.0, 1.6, len(spikes))  # base radius at the surface (strands 2-3.2 mm thick), tapering to the tip
     # a lobulated nodule is a cluster of overlapping lobes around a smaller core, each >= ~2 mm across
     n_lobes = int(rng.integers(3, 6)) if pn.margin == "lobulated" else 0
     lobe_dirs = _random_unit(rng, n_lobes)

@@ -129,7 +129,7 @@ def _read_json(path: Path) -> dict | None:
 def _schema_problems(metadata: dict | None) -> list[str]:
     if metadata is None:
         return ["configs/metadata.json: missing or not JSON"]
-    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
+    validator = jsonschema.Draft7Validator(json.loads(SCHEMA_PATH.read_text()))
     return [
         f"metadata.json: {'/'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}"
         for e in sorted(validator.iter_errors(metadata), key=lambda e: list(map(str, e.absolute_path)))

@@ -1,0 +1,158 @@
+"""A real MONAI Label server on the app, driven over HTTP as 3D Slicer drives it.
+
+MONAI Label lives in its own environment (``.ci/label-venv`` builds ``.venv-label``; or set
+``NODULE_LABEL_VENV``). Without it these tests are skipped, except under CI, where they fail.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bundle_run import ROOT
+from nodule_bundle.geometry import world_to_voxel
+from nodule_bundle.label_app.server import MODEL, start_server, stop_server
+from nodule_bundle.sharing.export import export_bundle
+
+LABEL_VENV = Path(os.environ.get("NODULE_LABEL_VENV", ROOT / ".venv-label"))
+
+if not (LABEL_VENV / "bin" / "monailabel").is_file():
+    if os.environ.get("CI"):
+        raise RuntimeError(f"{LABEL_VENV}: MONAI Label environment missing (.ci/label-venv builds it)")
+    pytest.skip(f"no MONAI Label environment at {LABEL_VENV} (run .ci/label-venv)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def server(trained, phantom_dir, datalist, tmp_path_factory):
+    """The server on two phantom studies and a non-CT image, serving an exported bundle."""
+    root = tmp_path_factory.mktemp("label")
+    bundle = export_bundle(root / "bundle", ckpt=trained / "models" / "model.pt")
+    studies = root / "studies"
+    studies.mkdir()
+    scans = sorted({i["image"] for i in datalist["test"]})[:1] + sorted({i["image"] for i in datalist["training"]})[:1]
+    for image in scans:
+        shutil.copy(phantom_dir / image, studies)
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).uniform(0, 900, (40, 40, 20)).astype(np.float32), np.eye(4)), studies / "mr.nii.gz")
+    proc, url = start_server(LABEL_VENV, studies, bundle, root / "server.log")
+    yield {"url": url, "studies": studies, "bundle": bundle, "scans": [Path(s).name[: -len(".nii.gz")] for s in scans]}
+    stop_server(proc)
+    assert proc.poll() is not None
+
+
+def _annotations(phantom_dir: Path, uid: str) -> list[dict]:
+    return [r for r in csv.DictReader(open(phantom_dir / "annotations.csv")) if r["seriesuid"] == uid]
+
+
+def _voxel(studies: Path, uid: str, row: dict) -> list[int]:
+    affine = nib.load(studies / f"{uid}.nii.gz").affine
+    return np.rint(world_to_voxel([float(row[k]) for k in ("coordX", "coordY", "coordZ")], affine)).astype(int).tolist()
+
+
+def _infer(server, points, image=None, model=MODEL, output="json") -> httpx.Response:
+    image = image or server["scans"][0]
+    return httpx.post(
+        f"{server['url']}/infer/{model}", params={"image": image, "output": output},
+        data={"params": json.dumps({"foreground": points})}, timeout=300,
+    )  # fmt: skip
+
+
+def test_info_lists_the_bundle_and_its_models(server):
+    info = httpx.get(f"{server['url']}/info/", timeout=30).json()
+    metadata = json.loads((ROOT / "configs" / "metadata.json").read_text())
+    assert info["name"] == MODEL and info["version"] == metadata["version"] and info["labels"] == ["nodule"]
+    assert set(info["models"]) == {MODEL, f"{MODEL}_scan"}
+    for model in info["models"].values():
+        assert model["labels"] == ["nodule"] and model["description"].startswith(metadata["description"])
+    assert MODEL in info["trainers"]
+
+
+def test_a_clicked_nodule_gets_its_size_and_malignancy_and_mask(server, phantom_dir):
+    uid, studies = server["scans"][0], server["studies"]
+    rows = _annotations(phantom_dir, uid)
+    clicked = max((r for r in rows if r["margin"] == "smooth" and r["texture"] == "solid"), key=lambda r: float(r["diameter_mm"]))
+    point = _voxel(studies, uid, clicked)
+    answer = _infer(server, [point])
+    assert answer.status_code == 200, answer.text
+    (nodule,) = answer.json()["nodules"]
+    assert nodule["measured_mean_diameter_mm"] == pytest.approx(float(clicked["diameter_mm"]), abs=1.5)
+    assert 0.0 <= nodule["malignancy_probability"] <= 1.0 and nodule["size_band_name"] and nodule["diameter_mm"] > 0
+    label = httpx.post(f"{server['url']}/infer/{MODEL}", params={"image": uid, "output": "image"},
+                       data={"params": json.dumps({"foreground": [point]})}, timeout=300)  # fmt: skip
+    assert label.status_code == 200
+    mask = nib.Nifti1Image.from_bytes(gzip.decompress(label.content))
+    np.testing.assert_allclose(mask.affine, nib.load(studies / f"{uid}.nii.gz").affine, atol=1e-4)  # aligned with the scan
+    assert int(np.asarray(mask.dataobj)[tuple(point)]) == nodule["label_value"] == 1
+    several = _infer(server, [_voxel(studies, uid, r) for r in rows])  # every nodule in one request
+    assert [n["nodule_id"] for n in several.json()["nodules"]] == [f"p{k + 1:02d}" for k in range(len(rows))]
+
+
+def test_the_whole_scan_model_detects_nodules(server, phantom_dir):
+    uid = server["scans"][0]
+    answer = _infer(server, [], model=f"{MODEL}_scan")
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    found = result["nodules"] + result["rejected_candidates"]
+    rows = [r for r in _annotations(phantom_dir, uid) if float(r["diameter_mm"]) >= 4.0]
+    hit = [any(np.linalg.norm(np.subtract(f["center_world_mm"], [float(r[k]) for k in ("coordX", "coordY", "coordZ")]))
+               <= float(r["diameter_mm"]) / 2 for f in found) for r in rows]  # fmt: skip
+    assert sum(hit) >= 0.6 * len(rows)
+    assert all(f["nodule_probability"] >= 0.5 for f in result["nodules"])
+    assert all(f["nodule_probability"] < 0.5 for f in result["rejected_candidates"])
+
+
+@pytest.mark.parametrize(
+    "image, points, status, message",
+    [
+        (None, [[9999, 1, 1]], 422, "outside the image"),
+        ("no-such-study", [[10, 10, 10]], 404, "unknown image id"),
+        ("/etc/passwd", [[10, 10, 10]], 403, "outside the studies folder"),
+        ("mr", [[10, 10, 10]], 422, "not a CT in Hounsfield units"),
+        (None, [], 422, "no point given"),
+    ],
+)
+def test_a_bad_request_gets_a_4xx_and_the_server_keeps_serving(server, image, points, status, message):
+    answer = _infer(server, points, image=image)
+    assert answer.status_code == status and message in answer.json()["detail"]
+    assert httpx.get(f"{server['url']}/info/", timeout=30).status_code == 200
+
+
+def test_training_on_annotated_studies_makes_new_weights_live(server, phantom_dir):
+    weights = server["bundle"] / "models" / "model.pt"
+    before = hashlib.sha256(weights.read_bytes()).hexdigest()
+    uid = server["scans"][0]
+    point = _voxel(server["studies"], uid, _annotations(phantom_dir, uid)[0])
+    old = _infer(server, [point]).json()["nodules"][0]
+    for scan in server["scans"]:
+        nodules = [{"center_world_mm": [float(r[k]) for k in ("coordX", "coordY", "coordZ")], "diameter_mm": float(r["diameter_mm"]),
+                    "malignancy": int(r["malignancy"]), "texture": r["texture"]} for r in _annotations(phantom_dir, scan)]  # fmt: skip
+        saved = httpx.put(f"{server['url']}/datastore/label", params={"image": scan, "tag": "final"}, timeout=60,
+                          files={"label": (f"{scan}.json", io.BytesIO(json.dumps({"nodules": nodules}).encode()), "application/json")})  # fmt: skip
+        assert saved.status_code == 200, saved.text
+    trained = httpx.post(f"{server['url']}/train/{MODEL}", params={"run_sync": "true"}, json={"max_epochs": 1}, timeout=900)
+    assert trained.status_code == 200, trained.text
+    run = Path(trained.json()["run"])
+    assert (run / "models" / "model.pt").is_file() and (run / "previous_model.pt").is_file()
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() != before  # the served weights were replaced
+    new = _infer(server, [point])
+    assert new.status_code == 200
+    assert new.json()["nodules"][0]["malignancy_probability"] != old["malignancy_probability"]  # and are the ones used
+
+
+def test_the_point_prompt_benchmark_runs_a_real_server():
+    from nodule_bundle.bench import bench_label, format_label_result
+
+    result = bench_label(LABEL_VENV, shape=(128, 128, 60), repeats=2, nodules=4)
+    assert result["point_prompt"]["runs"] == 2 and 0 < result["point_prompt"]["median_s"] < result["first_request_s"] + 60
+    assert result["http_floor_info"]["median_s"] < result["point_prompt"]["median_s"]
+    assert "point prompt" in format_label_result(result)
