@@ -90,6 +90,25 @@ class MetricsJSONWriter:
         write_json_atomic(self.path, {**metrics, self.count_key: self._count})
 
 
+class TrainedItemsWriter:
+    """Record the items (``key``, e.g. ``nodule_id``) this process trained on, and write them to
+    ``<output_dir>/trained_items_rank<r>.json`` when training completes: which rank of a distributed
+    run saw which data (an audit of the sampler)."""
+
+    def __init__(self, output_dir: str | Path, key: str = "nodule_id"):
+        self.output_dir, self.key = Path(output_dir), key
+        self._seen: list[str] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda _: self._seen.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: self._seen.extend(str(i[self.key]) for i in e.state.batch))
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _write(self, engine: Engine) -> None:
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        write_json_atomic(self.output_dir / f"trained_items_rank{rank}.json", {"rank": rank, "items": self._seen})
+
+
 class DetectionFROCWriter:
     """Score whole-scan detection against reference nodules when an evaluator run completes.
 
