@@ -8,6 +8,7 @@
     nodule-bundle convert  csv    --images DIR --annotations FILE.csv --out datalist.json
     nodule-bundle bench    read [--shape 512 512 300] [--repeats 5] [--out bench.json]
     nodule-bundle bench    whole-scan [--shape 512 512 300] [--nodules 20] [--repeats 3] [--out bench.json]
+    nodule-bundle bench    scan [--shape 512 512 300] [--nodules 20] [--repeats 3] [--out bench.json]
     nodule-bundle bench    label [--label-venv .venv-label] [--shape 512 512 300] [--repeats 5] [--out bench.json]
     nodule-bundle export   --out DIR|FILE.zip [--ckpt models/model.pt] [--weights-url URL]
     nodule-bundle verify   DIR|FILE.zip
@@ -95,6 +96,9 @@ def _bench(args: argparse.Namespace) -> None:
     if args.benchmark == "read":
         result = bench.bench_dicom_read(tuple(args.shape), args.repeats)
         print(bench.format_read_result(result))
+    elif args.benchmark == "scan":
+        result = bench.bench_scan_to_report(tuple(args.shape), args.repeats, nodules=args.nodules)
+        print(bench.format_scan_to_report_result(result))
     elif args.benchmark == "label":
         result = bench.bench_label(args.label_venv, tuple(args.shape), args.repeats)
         print(bench.format_label_result(result))
@@ -188,23 +192,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure against a baseline in the same run (medians)")
     kinds = p.add_subparsers(dest="benchmark", required=True)
-    k = kinds.add_parser("read", help="DICOM series: the bundle's loader vs ITK's plain series reader")
-    k.add_argument("--shape", type=_positive_int, nargs=3, default=(512, 512, 300), metavar=("X", "Y", "SLICES"))
-    k.add_argument("--repeats", type=_positive_int, default=5)
-    k.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
-    k.set_defaults(func=_bench)
-    k = kinds.add_parser("whole-scan", help="detection + measurement + classification of one scan, stage by stage")
-    k.add_argument("--shape", type=_positive_int, nargs=3, default=(512, 512, 300), metavar=("X", "Y", "SLICES"))
-    k.add_argument("--nodules", type=_positive_int, default=20)
-    k.add_argument("--repeats", type=_positive_int, default=3)
-    k.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
-    k.set_defaults(func=_bench)
-    k = kinds.add_parser("label", help="a real MONAI Label server: point-prompt answer time on one study")
-    k.add_argument("--label-venv", type=Path, default=Path(".venv-label"), help="MONAI Label's environment (.ci/label-venv)")
-    k.add_argument("--shape", type=_positive_int, nargs=3, default=(512, 512, 300), metavar=("X", "Y", "SLICES"))
-    k.add_argument("--repeats", type=_positive_int, default=5)
-    k.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
-    k.set_defaults(func=_bench)
+    benchmarks = {  # name: (help, repeats, has --nodules)
+        "read": ("DICOM series: the bundle's loader vs ITK's plain series reader", 5, False),
+        "whole-scan": ("detection + measurement + classification of one scan, stage by stage", 3, True),
+        "scan": ("scan to report for given nodules, stage by stage, against the plain read and whole-volume resampling", 3, True),
+        "label": ("a real MONAI Label server: point-prompt answer time on one study", 5, False),
+    }
+    for name, (text, repeats, with_nodules) in benchmarks.items():
+        k = kinds.add_parser(name, help=text)
+        k.add_argument("--shape", type=_positive_int, nargs=3, default=(512, 512, 300), metavar=("X", "Y", "SLICES"))
+        k.add_argument("--repeats", type=_positive_int, default=repeats)
+        if with_nodules:
+            k.add_argument("--nodules", type=_positive_int, default=20)
+        k.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
+        k.set_defaults(func=_bench)
+    kinds.choices["label"].add_argument("--label-venv", type=Path, default=Path(".venv-label"), help="MONAI Label's environment (.ci/label-venv)")
 
     p = sub.add_parser("export", help="one self-contained bundle (directory or .zip) for another site")
     p.add_argument("--out", required=True, type=Path, help="new directory, or a path ending in .zip")

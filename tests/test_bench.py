@@ -25,3 +25,15 @@ def test_whole_scan_benchmark_reports_every_stage(tmp_path, capsys):
     assert set(result["stages"]) == {"read", "lung_mask", "candidates", "measure", "crop_preprocess", "network"}
     assert result["total"]["median_s"] >= sum(t["median_s"] for t in result["stages"].values()) - 1e-6
     assert result["candidates"] >= 1 and "total" in capsys.readouterr().out
+
+
+def test_scan_to_report_benchmark_compares_both_baselines(tmp_path, capsys):
+    out = tmp_path / "scan.json"
+    assert main(["bench", "scan", "--shape", "128", "112", "50", "--nodules", "3", "--repeats", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["stages"]) == {"read", "measure", "crop_resample", "preprocess", "network", "report"}
+    total = result["total"]["median_s"]
+    assert result["ratio_to_floor"] == total / result["plain_read_floor"]["median_s"]
+    assert result["speedup_over_whole_volume"] == result["whole_volume_baseline"]["median_s"] / total
+    assert 1 <= result["nodules"] <= 3 and 0 <= result["max_patch_difference"] < 1  # as many as the phantom fits
+    assert "faster than whole-volume resampling" in capsys.readouterr().out
