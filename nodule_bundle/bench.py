@@ -316,3 +316,44 @@ def format_scan_to_report_result(result: dict) -> str:
     lines.append(f"  {result['ratio_to_floor']:.2f}x the plain read; {result['speedup_over_whole_volume']:.1f}x faster than whole-volume resampling;"
                  f" patches differ by at most {result['max_patch_difference']:.3f} (normalised)")  # fmt: skip
     return "\n".join(lines)
+
+
+def bench_backbones(repeats: int = 3, batch_sizes: tuple[int, ...] = (1, 32)) -> dict:
+    """Classifier throughput (patches/s, eval mode, no gradients) of the default network and of every
+    ``configs/backbone_*.json`` override behind the same heads, with their parameter counts, beside
+    MONAI's stock 3D ``resnet18`` (a 2-class classifier) measured in the same run."""
+    from monai.bundle import ConfigParser
+    from monai.networks.nets import resnet18
+
+    from nodule_bundle.workflow import find_bundle_root
+
+    configs = find_bundle_root() / "configs"
+    patch_size = int(ConfigParser.load_config_file(str(configs / "train.json"))["patch_size"])
+    networks: dict[str, torch.nn.Module] = {}
+    for override in [None, *sorted(configs.glob("backbone_*.json"))]:
+        parser = ConfigParser()
+        parser.read_config([str(configs / "train.json"), *([str(override)] if override else [])])
+        networks[override.stem if override else "default"] = parser.get_parsed_content("network_def")
+    networks["monai_resnet18_stock"] = resnet18(spatial_dims=3, n_input_channels=1, num_classes=2)
+    result: dict = {"benchmark": "backbones", "patch_size": patch_size, "networks": {}}
+    for name, network in networks.items():
+        network.eval()
+        entry = {"parameters": sum(p.numel() for p in network.parameters())}
+        for batch in batch_sizes:
+            x = torch.rand(batch, 1, patch_size, patch_size, patch_size)
+            with torch.no_grad():
+                times = time_alternating({name: lambda: network(x)}, repeats)[name]
+            entry[f"patches_per_s_batch{batch}"] = batch / times["median_s"]
+        result["networks"][name] = entry
+    stock = result["networks"]["monai_resnet18_stock"]
+    for entry in result["networks"].values():
+        entry["speed_vs_stock_resnet18_batch32"] = entry.get("patches_per_s_batch32", 0) / stock.get("patches_per_s_batch32", 1)
+    return result
+
+
+def format_backbones_result(result: dict) -> str:
+    lines = [f"classifier throughput, {result['patch_size']}^3 patches, patches/s (median)"]
+    for name, e in result["networks"].items():
+        rates = "  ".join(f"batch {k.removeprefix('patches_per_s_batch')}: {v:8.1f}" for k, v in e.items() if k.startswith("patches_per_s"))
+        lines.append(f"  {name:<22} {e['parameters']:>11,} params  {rates}  ({e['speed_vs_stock_resnet18_batch32']:.1f}x stock resnet18)")
+    return "\n".join(lines)

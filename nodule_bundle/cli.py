@@ -9,6 +9,7 @@
     nodule-bundle bench    read [--shape 512 512 300] [--repeats 5] [--out bench.json]
     nodule-bundle bench    whole-scan [--shape 512 512 300] [--nodules 20] [--repeats 3] [--out bench.json]
     nodule-bundle bench    scan [--shape 512 512 300] [--nodules 20] [--repeats 3] [--out bench.json]
+    nodule-bundle bench    backbones [--repeats 3] [--out bench.json]
     nodule-bundle bench    label [--label-venv .venv-label] [--shape 512 512 300] [--repeats 5] [--out bench.json]
     nodule-bundle export   --out DIR|FILE.zip [--ckpt models/model.pt] [--weights-url URL]
     nodule-bundle verify   DIR|FILE.zip
@@ -99,6 +100,9 @@ def _bench(args: argparse.Namespace) -> None:
     elif args.benchmark == "scan":
         result = bench.bench_scan_to_report(tuple(args.shape), args.repeats, nodules=args.nodules)
         print(bench.format_scan_to_report_result(result))
+    elif args.benchmark == "backbones":
+        result = bench.bench_backbones(args.repeats)
+        print(bench.format_backbones_result(result))
     elif args.benchmark == "label":
         result = bench.bench_label(args.label_venv, tuple(args.shape), args.repeats)
         print(bench.format_label_result(result))
@@ -192,15 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure against a baseline in the same run (medians)")
     kinds = p.add_subparsers(dest="benchmark", required=True)
-    benchmarks = {  # name: (help, repeats, has --nodules)
-        "read": ("DICOM series: the bundle's loader vs ITK's plain series reader", 5, False),
-        "whole-scan": ("detection + measurement + classification of one scan, stage by stage", 3, True),
-        "scan": ("scan to report for given nodules, stage by stage, against the plain read and whole-volume resampling", 3, True),
-        "label": ("a real MONAI Label server: point-prompt answer time on one study", 5, False),
+    benchmarks = {  # name: (help, repeats, has --shape, has --nodules)
+        "read": ("DICOM series: the bundle's loader vs ITK's plain series reader", 5, True, False),
+        "whole-scan": ("detection + measurement + classification of one scan, stage by stage", 3, True, True),
+        "scan": ("scan to report for given nodules, stage by stage, against the plain read and whole-volume resampling", 3, True, True),
+        "label": ("a real MONAI Label server: point-prompt answer time on one study", 5, True, False),
+        "backbones": ("classifier throughput and size of each backbone beside MONAI's stock resnet18", 3, False, False),
     }
-    for name, (text, repeats, with_nodules) in benchmarks.items():
+    for name, (text, repeats, with_shape, with_nodules) in benchmarks.items():
         k = kinds.add_parser(name, help=text)
-        k.add_argument("--shape", type=_positive_int, nargs=3, default=(512, 512, 300), metavar=("X", "Y", "SLICES"))
+        if with_shape:
+            k.add_argument("--shape", type=_positive_int, nargs=3, default=(512, 512, 300), metavar=("X", "Y", "SLICES"))
         k.add_argument("--repeats", type=_positive_int, default=repeats)
         if with_nodules:
             k.add_argument("--nodules", type=_positive_int, default=20)

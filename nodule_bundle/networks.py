@@ -10,7 +10,9 @@ Output ``[B, 9]`` (documented in ``configs/metadata.json``):
 ====== ==========================================================
 
 A single tensor keeps ``verify_net_in_out``, TorchScript and ONNX export working; the post-transform
-:class:`nodule_bundle.transforms.NoduleHeadsd` gives the channels their names.
+:class:`nodule_bundle.transforms.NoduleHeadsd` gives the channels their names. The encoder is the
+small :class:`NoduleEncoder` by default, or any backbone that maps a patch to a feature vector
+(``configs/backbone_*.json``: MONAI's ResNet, DenseNet, ViT).
 """
 
 from __future__ import annotations
@@ -57,28 +59,44 @@ class NoduleEncoder(nn.Module):
         return self.features(x)
 
 
+class FirstOutput(nn.Module):
+    """The first element of a module's tuple output (MONAI's ``ViT`` returns ``(x, hidden_states)``)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)[0]
+
+
 class MultiTaskNoduleNet(nn.Module):
     """Shared encoder + fully connected heads for malignancy, size band, diameter and nodule-vs-not.
 
     Args:
         in_channels: input channels (1 for CT, 2 with the optional edge-map channel).
-        channels: encoder widths per stage.
+        channels: encoder widths per stage (the default :class:`NoduleEncoder`).
         hidden: width of the shared fully connected layer.
         dropout: dropout before the heads.
         frozen_encoder: fine-tuning at a site: the encoder's weights get no gradient and its batch-norm
             statistics stay those of the shipped model (the encoder stays in eval mode).
+        backbone: another encoder, ``[B, C, X, Y, Z] -> [B, backbone_features]``, instead of the default.
+        backbone_features: the width of ``backbone``'s output.
     """
 
     def __init__(
         self, in_channels: int = 1, channels: Sequence[int] = (16, 32, 64, 128), hidden: int = 128, dropout: float = 0.2,
-        frozen_encoder: bool = False,
+        frozen_encoder: bool = False, backbone: nn.Module | None = None, backbone_features: int | None = None,
     ):  # fmt: skip
         super().__init__()
-        self.encoder = NoduleEncoder(in_channels, channels)
+        if (backbone is None) != (backbone_features is None):
+            raise ValueError("a backbone needs its backbone_features (the width of its output), and only then")
+        self.encoder = backbone if backbone is not None else NoduleEncoder(in_channels, channels)
+        features = backbone_features if backbone_features is not None else self.encoder.out_features
         self.frozen_encoder = frozen_encoder
         self.diameter_scale_mm, self.diameter_offset_mm = DIAMETER_SCALE_MM, DIAMETER_OFFSET_MM  # attributes for TorchScript
         self.encoder.requires_grad_(not frozen_encoder)
-        self.shared = nn.Sequential(nn.Linear(self.encoder.out_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        self.shared = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
         self.malignancy = nn.Linear(hidden, MALIGNANCY.stop - MALIGNANCY.start)
         self.size_band = nn.Linear(hidden, SIZE_BAND.stop - SIZE_BAND.start)
         self.diameter = nn.Linear(hidden, 1)

@@ -37,3 +37,18 @@ def test_scan_to_report_benchmark_compares_both_baselines(tmp_path, capsys):
     assert result["speedup_over_whole_volume"] == result["whole_volume_baseline"]["median_s"] / total
     assert 1 <= result["nodules"] <= 3 and 0 <= result["max_patch_difference"] < 1  # as many as the phantom fits
     assert "faster than whole-volume resampling" in capsys.readouterr().out
+
+
+def test_backbone_benchmark_covers_every_backbone_config_and_the_stock_resnet(monkeypatch):
+    from nodule_bundle import bench
+
+    def one_pass_each(candidates, repeats):  # a real forward pass of every network, a fixed time
+        for run in candidates.values():
+            run()
+        return {name: {"median_s": 0.5} for name in candidates}
+
+    monkeypatch.setattr(bench, "time_alternating", one_pass_each)
+    result = bench.bench_backbones(repeats=1, batch_sizes=(2,))
+    assert set(result["networks"]) == {"default", "backbone_resnet", "backbone_densenet", "backbone_vit", "monai_resnet18_stock"}
+    assert result["networks"]["default"]["parameters"] < result["networks"]["monai_resnet18_stock"]["parameters"]
+    assert all(e["patches_per_s_batch2"] == 4.0 for e in result["networks"].values())

@@ -1,10 +1,11 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from nodule_bundle.losses import MultiTaskNoduleLoss
-from nodule_bundle.networks import OUT_CHANNELS, MultiTaskNoduleNet
+from nodule_bundle.networks import OUT_CHANNELS, MultiTaskNoduleNet, NoduleEncoder
 
 METADATA = json.loads((Path(__file__).parents[1] / "configs" / "metadata.json").read_text())
 
@@ -60,3 +61,19 @@ def test_flip_averaging_is_the_mean_over_the_eight_flips():
         assert out.shape == (2, OUT_CHANNELS) and torch.allclose(out, expected, atol=1e-6)
         symmetric = torch.ones(1, 1, 12, 12, 12)
         assert torch.allclose(FlipAveragingInferer()(symmetric, net), net(symmetric), atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["resnet", "densenet", "vit"])
+def test_each_backbone_override_sits_behind_the_same_heads(backbone):
+    from monai.bundle import ConfigParser
+
+    from bundle_run import ROOT
+
+    parser = ConfigParser()
+    parser.read_config([str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / f"backbone_{backbone}.json")])
+    net = parser.get_parsed_content("network_def").eval()
+    with torch.no_grad():
+        out = net(torch.rand(2, 1, 40, 40, 40))
+    assert out.shape == (2, 9) and torch.isfinite(out).all()
+    assert type(net.encoder).__module__.startswith(("monai.networks.nets", "nodule_bundle.networks"))
+    assert not isinstance(net.encoder, NoduleEncoder)
