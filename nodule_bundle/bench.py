@@ -20,7 +20,7 @@ from pathlib import Path
 import itk
 import numpy as np
 import torch
-from monai.data import ITKReader
+from monai.data import ITKReader, MetaTensor
 from monai.transforms import LoadImage
 
 from nodule_bundle.data.writers import write_dicom_series
@@ -98,7 +98,6 @@ def bench_whole_scan(shape: tuple[int, int, int] = (512, 512, 300), repeats: int
     """Time the whole-scan path stage by stage on a phantom scan of ``shape`` voxels with ``nodules``
     nodules: read (NIfTI), lung mask, candidates, measurement, crops + preprocessing, network (flip
     averaging, the shipped architecture with untrained weights: the cost is the same)."""
-    from monai.data import MetaTensor
 
     from nodule_bundle.data.phantom import PhantomConfig, make_scan
     from nodule_bundle.data.writers import write_nifti
@@ -356,4 +355,45 @@ def format_backbones_result(result: dict) -> str:
     for name, e in result["networks"].items():
         rates = "  ".join(f"batch {k.removeprefix('patches_per_s_batch')}: {v:8.1f}" for k, v in e.items() if k.startswith("patches_per_s"))
         lines.append(f"  {name:<22} {e['parameters']:>11,} params  {rates}  ({e['speed_vs_stock_resnet18_batch32']:.1f}x stock resnet18)")
+    return "\n".join(lines)
+
+
+def bench_measure(scans: int = 8, seed: int = 0, first_index: int = 70) -> dict:
+    """Measured mean diameter (:mod:`nodule_bundle.measure`, 0.6 mm crops) against each phantom
+    nodule's reference diameter, over ``scans`` phantom scans not used by the demo's dataset
+    (indices from ``first_index``): MAE and bias per texture and margin, and the time per nodule."""
+    from nodule_bundle.data.phantom import make_scan
+    from nodule_bundle.geometry import LPS_TO_RAS
+    from nodule_bundle.measure import measure_nodule
+    from nodule_bundle.transforms import NoduleCrop
+
+    crop, errors, seconds = NoduleCrop(patch_size=64, spacing_mm=0.6), {}, []
+    for index in range(first_index, first_index + scans):
+        scan = make_scan(seed, index)
+        image = MetaTensor(torch.from_numpy(scan.volume_hu[None].astype(np.float32)), affine=torch.as_tensor(LPS_TO_RAS @ scan.affine_lps))
+        for pn in scan.nodules:
+            start = time.perf_counter()
+            measured = measure_nodule(crop(image, pn.nodule.center_world_mm)[0].numpy(), 0.6).mean_diameter_mm
+            seconds.append(time.perf_counter() - start)
+            errors.setdefault(f"{pn.nodule.texture} {pn.margin}", []).append(measured - pn.nodule.diameter_mm)
+    solid = [e for key, values in errors.items() if key.startswith("solid ") for e in values]
+
+    def stats(values: list[float]) -> dict:
+        return {"n": len(values), "mae_mm": float(np.mean(np.abs(values))), "bias_mm": float(np.mean(values))}
+
+    return {
+        "benchmark": "measure",
+        "scans": scans,
+        "groups": {key: stats(values) for key, values in sorted(errors.items())},
+        "solid": stats(solid),
+        "all": stats([e for values in errors.values() for e in values]),
+        "seconds_per_nodule": _summary(seconds),
+    }
+
+
+def format_measure_result(result: dict) -> str:
+    lines = [f"measured mean diameter vs reference, {result['all']['n']} nodules of {result['scans']} phantom scans"]
+    for name, g in [*result["groups"].items(), ("all solid", result["solid"]), ("all", result["all"])]:
+        lines.append(f"  {name:<26} n={g['n']:<4} MAE {g['mae_mm']:.2f} mm  bias {g['bias_mm']:+.2f} mm")
+    lines.append(f"  {result['seconds_per_nodule']['median_s']:.3f} s per nodule (median)")
     return "\n".join(lines)

@@ -9,6 +9,7 @@
     nodule-bundle bench    read [--shape 512 512 300] [--repeats 5] [--out bench.json]
     nodule-bundle bench    whole-scan [--shape 512 512 300] [--nodules 20] [--repeats 3] [--out bench.json]
     nodule-bundle bench    scan [--shape 512 512 300] [--nodules 20] [--repeats 3] [--out bench.json]
+    nodule-bundle bench    measure [--scans 8] [--out bench.json]
     nodule-bundle bench    backbones [--repeats 3] [--out bench.json]
     nodule-bundle bench    label [--label-venv .venv-label] [--shape 512 512 300] [--repeats 5] [--out bench.json]
     nodule-bundle export   --out DIR|FILE.zip [--ckpt models/model.pt] [--weights-url URL]
@@ -100,6 +101,9 @@ def _bench(args: argparse.Namespace) -> None:
     elif args.benchmark == "scan":
         result = bench.bench_scan_to_report(tuple(args.shape), args.repeats, nodules=args.nodules)
         print(bench.format_scan_to_report_result(result))
+    elif args.benchmark == "measure":
+        result = bench.bench_measure(args.scans)
+        print(bench.format_measure_result(result))
     elif args.benchmark == "backbones":
         result = bench.bench_backbones(args.repeats)
         print(bench.format_backbones_result(result))
@@ -212,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
             k.add_argument("--nodules", type=_positive_int, default=20)
         k.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
         k.set_defaults(func=_bench)
+    measure = kinds.add_parser("measure", help="measured nodule diameters against the phantom's reference diameters")
+    measure.add_argument("--scans", type=_positive_int, default=8)
+    measure.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
+    measure.set_defaults(func=_bench)
     kinds.choices["label"].add_argument("--label-venv", type=Path, default=Path(".venv-label"), help="MONAI Label's environment (.ci/label-venv)")
 
     p = sub.add_parser("export", help="one self-contained bundle (directory or .zip) for another site")

@@ -52,3 +52,12 @@ def test_backbone_benchmark_covers_every_backbone_config_and_the_stock_resnet(mo
     assert set(result["networks"]) == {"default", "backbone_resnet", "backbone_densenet", "backbone_vit", "monai_resnet18_stock"}
     assert result["networks"]["default"]["parameters"] < result["networks"]["monai_resnet18_stock"]["parameters"]
     assert all(e["patches_per_s_batch2"] == 4.0 for e in result["networks"].values())
+
+
+def test_measurement_benchmark_groups_errors_by_texture_and_margin(tmp_path, capsys):
+    out = tmp_path / "measure.json"
+    assert main(["bench", "measure", "--scans", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["all"]["n"] == sum(g["n"] for g in result["groups"].values()) >= 5
+    assert result["solid"]["mae_mm"] < 2.0  # a broken segmentation is off by many millimetres
+    assert "all solid" in capsys.readouterr().out

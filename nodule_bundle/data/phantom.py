@@ -8,7 +8,9 @@ int16 HU. Everything is drawn from ``numpy.random.default_rng([seed, scan_index]
 
 Malignancy depends on size *and* on margin/content, so a size-only classifier is good but not perfect:
 malignant nodules are larger and mostly lobulated or spiculated; benign ones smaller, mostly smooth and
-sometimes calcified.
+sometimes calcified. Each nodule's recorded ``diameter_mm`` is what a radiologist would measure on
+the drawn body: the Lung-RADS mean of its long and short axial axes, spicules excluded
+(:func:`_reference_diameter`); the size drawn for it (3-30 mm) sets only its shape and label.
 """
 
 from __future__ import annotations
