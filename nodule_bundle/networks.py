@@ -112,3 +112,4 @@ class MultiTaskNoduleNet(nn.Module):
         h = self.shared(self.encoder(x))
         diameter = self.diameter(h) * self.diameter_scale_mm + self.diameter_offset_mm
         return torch.cat([self.malignancy(h), self.size_band(h), diameter, self.nodule(h)], dim=1)
+

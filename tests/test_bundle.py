@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import pydicom
 from pydicom.uid import generate_uid
 
 from bundle_run import ROOT, monai_bundle_run
+from nodule_bundle.networks import MultiTaskNoduleNet
 from dicom_helpers import edit, new_instance, shift_position
 
 METRICS = ("malignancy_auc", "malignancy_accuracy", "size_only_auc", "size_band_accuracy", "diameter_mae_mm")
@@ -162,3 +164,21 @@ def test_train_and_inference_share_network_and_preprocessing():
     assert infer_steps.pop(1)["_target_"] == "nodule_bundle.transforms.NoduleMeasured"  # and measures each nodule
     assert "detection_score" in infer_steps[1].pop("per_nodule_keys")  # and reports what the detector found
     assert train["deterministic_transforms"][:3] == infer_steps
+
+
+def test_gpu_options_are_harmless_on_cpu(trained, phantom_dir, test_scan, tmp_path):
+    """configs/gpu_train.json (AMP, channels_last_3d, ThreadDataLoader, cache on the device) trains on
+    CPU too, and inference with --amp / --channels_last gives the same report as without."""
+    result = monai_bundle_run(
+        ["train", "gpu_train"], dataset_dir=phantom_dir, ckpt_dir=tmp_path / "models", output_dir=tmp_path / "eval", epochs=1, num_workers=0,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    MultiTaskNoduleNet().load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True), strict=True)
+    uid, _, csv_path = test_scan
+    image, weights = phantom_dir / "images" / f"{uid}.nii.gz", trained / "models" / "model.pt"
+    reports = {}
+    for name, options in {"plain": {}, "gpu options": {"amp": True, "channels_last": True}}.items():
+        run = monai_bundle_run(["inference"], image=image, nodules=csv_path, ckpt_path=weights, output_dir=tmp_path / name, **options)
+        assert run.returncode == 0, run.stderr[-3000:]
+        reports[name] = [n["malignancy_probability"] for n in json.loads((tmp_path / name / "report.json").read_text())["scans"][0]["nodules"]]
+    np.testing.assert_allclose(reports["gpu options"], reports["plain"], atol=1e-3)
