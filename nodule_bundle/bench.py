@@ -32,6 +32,18 @@ def _summary(seconds: list[float]) -> dict:
     return {"median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds), "runs": len(seconds)}
 
 
+def _phantom_scan(path: Path, shape: tuple[int, int, int], spacing_mm, nodules: int):
+    """A phantom scan of ``shape`` voxels at ``spacing_mm`` with ``nodules`` nodules, written as NIfTI to ``path``."""
+    from nodule_bundle.data.phantom import PhantomConfig, make_scan
+    from nodule_bundle.data.writers import write_nifti
+
+    fov = tuple(float(n * s) for n, s in zip(shape, spacing_mm))
+    cfg = PhantomConfig(fov_mm=fov, inplane_spacing_mm=(spacing_mm[0], spacing_mm[0]), slice_thicknesses_mm=(spacing_mm[2],), nodules_per_scan=(nodules, nodules))
+    scan = make_scan(0, 0, cfg)
+    write_nifti(path, scan.volume_hu, scan.affine_lps)
+    return scan
+
+
 def time_alternating(candidates: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict]:
     """Run every candidate once to warm caches, then ``repeats`` rounds in turn; seconds per candidate."""
     for run in candidates.values():
@@ -98,17 +110,11 @@ def bench_whole_scan(shape: tuple[int, int, int] = (512, 512, 300), repeats: int
     """Time the whole-scan path stage by stage on a phantom scan of ``shape`` voxels with ``nodules``
     nodules: read (NIfTI), lung mask, candidates, measurement, crops + preprocessing, network (flip
     averaging, the shipped architecture with untrained weights: the cost is the same)."""
-
-    from nodule_bundle.data.phantom import PhantomConfig, make_scan
-    from nodule_bundle.data.writers import write_nifti
     from nodule_bundle.detection import detect_candidates, lung_mask
     from nodule_bundle.inferers import FlipAveragingInferer
     from nodule_bundle.networks import MultiTaskNoduleNet
     from nodule_bundle.transforms import CTPreprocessd, NoduleCropd, NoduleMeasured
 
-    fov = tuple(float(n * s) for n, s in zip(shape, spacing_mm))
-    cfg = PhantomConfig(fov_mm=fov, inplane_spacing_mm=(spacing_mm[0], spacing_mm[0]), slice_thicknesses_mm=(spacing_mm[2],), nodules_per_scan=(nodules, nodules))
-    scan = make_scan(0, 0, cfg)
     load = LoadCTImaged("image", ensure_channel_first=True, image_only=True)
     measure, crop = NoduleMeasured("image"), NoduleCropd("image", patch_size=40, spacing_mm=1.2)
     preprocess = CTPreprocessd("image", denoise_sigma_mm=0.5)
@@ -116,7 +122,7 @@ def bench_whole_scan(shape: tuple[int, int, int] = (512, 512, 300), repeats: int
     stages: dict[str, list[float]] = {name: [] for name in ("read", "lung_mask", "candidates", "measure", "crop_preprocess", "network")}
     with tempfile.TemporaryDirectory(prefix="nodule-bench-") as tmp:
         path = Path(tmp) / "scan.nii.gz"
-        write_nifti(path, scan.volume_hu, scan.affine_lps)
+        _phantom_scan(path, shape, spacing_mm, nodules)
         for run in range(repeats + 1):  # the first run warms ITK's and torch's lazy initialisation
             times, t = {}, time.perf_counter()
             image: MetaTensor = load({"image": str(path)})["image"]
@@ -166,20 +172,16 @@ def bench_label(venv: str | Path, shape: tuple[int, int, int] = (512, 512, 300),
     import urllib.parse
     import urllib.request
 
-    from nodule_bundle.data.phantom import PhantomConfig, make_scan
-    from nodule_bundle.data.writers import write_nifti
     from nodule_bundle.geometry import LPS_TO_RAS, world_to_voxel
     from nodule_bundle.label_app.server import MODEL, start_server, stop_server
     from nodule_bundle.networks import MultiTaskNoduleNet
     from nodule_bundle.workflow import find_bundle_root
 
-    fov = tuple(float(n * s) for n, s in zip(shape, spacing_mm))
-    cfg = PhantomConfig(fov_mm=fov, inplane_spacing_mm=(spacing_mm[0], spacing_mm[0]), slice_thicknesses_mm=(spacing_mm[2],), nodules_per_scan=(nodules, nodules))
-    scan = make_scan(0, 0, cfg)
-    points = [np.rint(world_to_voxel(pn.nodule.center_world_mm, LPS_TO_RAS @ scan.affine_lps)).astype(int).tolist() for pn in scan.nodules]
     with tempfile.TemporaryDirectory(prefix="nodule-bench-") as tmp:
         studies = Path(tmp) / "studies"
-        write_nifti(studies / "study.nii.gz", scan.volume_hu, scan.affine_lps)
+        studies.mkdir()
+        scan = _phantom_scan(studies / "study.nii.gz", shape, spacing_mm, nodules)
+        points = [np.rint(world_to_voxel(pn.nodule.center_world_mm, LPS_TO_RAS @ scan.affine_lps)).astype(int).tolist() for pn in scan.nodules]
         torch.save(MultiTaskNoduleNet().state_dict(), Path(tmp) / "model.pt")  # untrained: the cost is the same
         proc, url = start_server(venv, studies, find_bundle_root(), Path(tmp) / "server.log", model_path=Path(tmp) / "model.pt")
 
@@ -232,17 +234,11 @@ def bench_scan_to_report(shape: tuple[int, int, int] = (512, 512, 300), repeats:
     import nibabel as nib
     from monai.transforms import Orientation, Spacing
 
-    from nodule_bundle.data.phantom import PhantomConfig, make_scan
-    from nodule_bundle.data.writers import write_nifti
     from nodule_bundle.inferers import FlipAveragingInferer
     from nodule_bundle.networks import MultiTaskNoduleNet
     from nodule_bundle.report import nodule_finding, write_report
     from nodule_bundle.transforms import CTPreprocessd, NoduleCrop, NoduleCropd, NoduleHeadsd, NoduleMeasured
 
-    fov = tuple(float(n * s) for n, s in zip(shape, spacing_mm))
-    cfg = PhantomConfig(fov_mm=fov, inplane_spacing_mm=(spacing_mm[0], spacing_mm[0]), slice_thicknesses_mm=(spacing_mm[2],), nodules_per_scan=(nodules, nodules))
-    scan = make_scan(0, 0, cfg)
-    centres = [list(pn.nodule.center_world_mm) for pn in scan.nodules]
     load = LoadCTImaged("image", ensure_channel_first=True, image_only=True)
     measure = NoduleMeasured("image")
     crop = NoduleCropd("image", per_nodule_keys=("nodule_id", *MEASUREMENT_KEYS), patch_size=40, spacing_mm=1.2)
@@ -254,7 +250,8 @@ def bench_scan_to_report(shape: tuple[int, int, int] = (512, 512, 300), repeats:
     floor, baseline = [], []
     with tempfile.TemporaryDirectory(prefix="nodule-bench-") as tmp:
         path = Path(tmp) / "scan.nii.gz"
-        write_nifti(path, scan.volume_hu, scan.affine_lps)
+        scan = _phantom_scan(path, shape, spacing_mm, nodules)
+        centres = [list(pn.nodule.center_world_mm) for pn in scan.nodules]
         for run in range(repeats + 1):  # the first run warms lazy initialisation
             t = time.perf_counter()
             np.asanyarray(nib.load(path).dataobj)
@@ -397,3 +394,37 @@ def format_measure_result(result: dict) -> str:
         lines.append(f"  {name:<26} n={g['n']:<4} MAE {g['mae_mm']:.2f} mm  bias {g['bias_mm']:+.2f} mm")
     lines.append(f"  {result['seconds_per_nodule']['median_s']:.3f} s per nodule (median)")
     return "\n".join(lines)
+
+
+def bench_memory(shape: tuple[int, int, int] = (512, 512, 300), spacing_mm=(0.7, 0.7, 1.0), nodules: int = 20) -> dict:
+    """Peak resident memory of ``python -m monai.bundle run`` with ``configs/inference.json`` on one
+    phantom scan with its nodule list (a fresh process; the untrained network costs the same), beside
+    a process that only imports the bundle's modules (the interpreter, torch and MONAI: the floor)."""
+    import subprocess
+    import sys
+
+    from nodule_bundle.data.nodule_csv import write_nodule_csv
+    from nodule_bundle.networks import MultiTaskNoduleNet
+    from nodule_bundle.workflow import find_bundle_root
+
+    def peak_mb(command: list[str]) -> float:
+        """The command's peak RSS, through a small fresh parent (a forked child would start with ours)."""
+        probe = "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+        out = subprocess.run([sys.executable, "-c", probe, *command], check=True, capture_output=True, text=True, cwd=find_bundle_root())
+        return int(out.stdout.split()[-1]) / 1024.0  # kB on Linux
+
+    with tempfile.TemporaryDirectory(prefix="nodule-bench-") as tmp:
+        path = Path(tmp) / "scan.nii.gz"
+        scan = _phantom_scan(path, shape, spacing_mm, nodules)
+        csv_path, weights = Path(tmp) / "nodules.csv", Path(tmp) / "model.pt"
+        write_nodule_csv(csv_path, [pn.nodule for pn in scan.nodules])
+        torch.save(MultiTaskNoduleNet().state_dict(), weights)
+        floor = peak_mb([sys.executable, "-c", "import monai, torch, nodule_bundle.transforms, nodule_bundle.handlers"])
+        inference = peak_mb([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--meta_file", "configs/metadata.json",
+                             "--image", str(path), "--nodules", str(csv_path), "--ckpt_path", str(weights), "--output_dir", str(Path(tmp) / "out")])  # fmt: skip
+    return {"benchmark": "memory", "shape": list(shape), "nodules": len(scan.nodules), "peak_rss_mb_inference": inference, "peak_rss_mb_imports": floor}
+
+
+def format_memory_result(result: dict) -> str:
+    return (f"peak resident memory, inference on a {'x'.join(map(str, result['shape']))} scan with {result['nodules']} nodules: "
+            f"{result['peak_rss_mb_inference']:.0f} MB (imports alone {result['peak_rss_mb_imports']:.0f} MB)")  # fmt: skip

@@ -10,6 +10,7 @@
     nodule-bundle bench    whole-scan [--shape 512 512 300] [--nodules 20] [--repeats 3] [--out bench.json]
     nodule-bundle bench    scan [--shape 512 512 300] [--nodules 20] [--repeats 3] [--out bench.json]
     nodule-bundle bench    measure [--scans 8] [--out bench.json]
+    nodule-bundle bench    memory [--shape 512 512 300] [--nodules 20] [--out bench.json]
     nodule-bundle bench    backbones [--repeats 3] [--out bench.json]
     nodule-bundle bench    label [--label-venv .venv-label] [--shape 512 512 300] [--repeats 5] [--out bench.json]
     nodule-bundle export   --out DIR|FILE.zip [--ckpt models/model.pt] [--weights-url URL]
@@ -104,6 +105,9 @@ def _bench(args: argparse.Namespace) -> None:
     elif args.benchmark == "measure":
         result = bench.bench_measure(args.scans)
         print(bench.format_measure_result(result))
+    elif args.benchmark == "memory":
+        result = bench.bench_memory(tuple(args.shape), nodules=args.nodules)
+        print(bench.format_memory_result(result))
     elif args.benchmark == "backbones":
         result = bench.bench_backbones(args.repeats)
         print(bench.format_backbones_result(result))
@@ -206,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         "scan": ("scan to report for given nodules, stage by stage, against the plain read and whole-volume resampling", 3, True, True),
         "label": ("a real MONAI Label server: point-prompt answer time on one study", 5, True, False),
         "backbones": ("classifier throughput and size of each backbone beside MONAI's stock resnet18", 3, False, False),
+        "memory": ("peak resident memory of inference on one scan (a fresh process)", 1, True, True),
     }
     for name, (text, repeats, with_shape, with_nodules) in benchmarks.items():
         k = kinds.add_parser(name, help=text)

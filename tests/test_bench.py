@@ -61,3 +61,10 @@ def test_measurement_benchmark_groups_errors_by_texture_and_margin(tmp_path, cap
     assert result["all"]["n"] == sum(g["n"] for g in result["groups"].values()) >= 5
     assert result["solid"]["mae_mm"] < 2.0  # a broken segmentation is off by many millimetres
     assert "all solid" in capsys.readouterr().out
+
+
+def test_memory_benchmark_measures_a_real_inference_process(tmp_path):
+    out = tmp_path / "memory.json"
+    assert main(["bench", "memory", "--shape", "128", "112", "50", "--nodules", "3", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["peak_rss_mb_inference"] > result["peak_rss_mb_imports"] > 50  # the scan and network come on top
