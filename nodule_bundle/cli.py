@@ -10,6 +10,7 @@
     nodule-bundle bench    whole-scan [--shape 512 512 300] [--nodules 20] [--repeats 3] [--out bench.json]
     nodule-bundle bench    scan [--shape 512 512 300] [--nodules 20] [--repeats 3] [--out bench.json]
     nodule-bundle bench    measure [--scans 8] [--out bench.json]
+    nodule-bundle bench    train [--scans 4] [--out bench.json]
     nodule-bundle bench    memory [--shape 512 512 300] [--nodules 20] [--out bench.json]
     nodule-bundle bench    backbones [--repeats 3] [--out bench.json]
     nodule-bundle bench    label [--label-venv .venv-label] [--shape 512 512 300] [--repeats 5] [--out bench.json]
@@ -105,6 +106,9 @@ def _bench(args: argparse.Namespace) -> None:
     elif args.benchmark == "measure":
         result = bench.bench_measure(args.scans)
         print(bench.format_measure_result(result))
+    elif args.benchmark == "train":
+        result = bench.bench_train(args.scans)
+        print(bench.format_train_result(result))
     elif args.benchmark == "memory":
         result = bench.bench_memory(tuple(args.shape), nodules=args.nodules)
         print(bench.format_memory_result(result))
@@ -225,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--scans", type=_positive_int, default=8)
     measure.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
     measure.set_defaults(func=_bench)
+    train = kinds.add_parser("train", help="training samples/s and data wait, CacheDataset against a plain Dataset")
+    train.add_argument("--scans", type=_positive_int, default=4)
+    train.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
+    train.set_defaults(func=_bench)
     kinds.choices["label"].add_argument("--label-venv", type=Path, default=Path(".venv-label"), help="MONAI Label's environment (.ci/label-venv)")
 
     p = sub.add_parser("export", help="one self-contained bundle (directory or .zip) for another site")

@@ -68,3 +68,13 @@ def test_memory_benchmark_measures_a_real_inference_process(tmp_path):
     assert main(["bench", "memory", "--shape", "128", "112", "50", "--nodules", "3", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["peak_rss_mb_inference"] > result["peak_rss_mb_imports"] > 50  # the scan and network come on top
+
+
+def test_training_benchmark_compares_the_cached_and_plain_pipelines(tmp_path):
+    out = tmp_path / "train.json"
+    assert main(["bench", "train", "--scans", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["pipelines"]) == {"cached", "uncached"} and result["samples"] > 0
+    for p in result["pipelines"].values():
+        assert p["samples_per_s"] > 0 and 0 <= p["data_wait_share"] <= 1
+    assert result["cached_speedup"] == result["pipelines"]["cached"]["samples_per_s"] / result["pipelines"]["uncached"]["samples_per_s"]
