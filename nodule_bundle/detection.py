@@ -210,6 +210,17 @@ def suppress_overlaps(candidates: list[Candidate]) -> list[Candidate]:
     return kept
 
 
+def candidate_fields(found: list[Candidate]) -> dict:
+    """The per-nodule lists of an inference item for detected candidates: centres, ids ``d01``...,
+    detection scores and radii."""
+    return {
+        "center_world_mm": [list(c.center_world_mm) for c in found],
+        "nodule_id": [f"d{k + 1:02d}" for k in range(len(found))],
+        "detection_score": [round(c.score, 2) for c in found],
+        "detection_radius_mm": [c.radius_mm for c in found],
+    }
+
+
 def detect_scan_item(
     image: str, seriesuid: str | None = None, spacing_mm: float = 1.0, min_score: float = 40.0
 ) -> list[dict]:
@@ -225,14 +236,8 @@ def detect_scan_item(
     found = detect_candidates(ct, spacing_mm=spacing_mm, min_score=min_score)
     if not found:
         return []
-    return [{
-        "image": str(image),
-        "seriesuid": seriesuid or ct.meta.get("series_uid") or scan_stem(Path(image)),
-        "center_world_mm": [list(c.center_world_mm) for c in found],
-        "nodule_id": [f"d{k + 1:02d}" for k in range(len(found))],
-        "detection_score": [round(c.score, 2) for c in found],
-        "detection_radius_mm": [c.radius_mm for c in found],
-    }]  # fmt: skip
+    uid = seriesuid or ct.meta.get("series_uid") or scan_stem(Path(image))
+    return [{"image": str(image), "seriesuid": uid, **candidate_fields(found)}]
 
 
 def detect_split_items(reference: list[dict], spacing_mm: float = 1.0, min_score: float = 40.0) -> list[dict]:

@@ -22,7 +22,7 @@ from monai.transforms import Compose
 from monai.utils import SpaceKeys
 
 from nodule_bundle.data.image_index import scan_stem
-from nodule_bundle.detection import detect_candidates
+from nodule_bundle.detection import candidate_fields, detect_candidates
 from nodule_bundle.errors import NoduleBundleError
 from nodule_bundle.geometry import voxel_to_world
 from nodule_bundle.report import is_rejected_candidate, nodule_finding
@@ -81,8 +81,7 @@ class NoduleService:
                 "center_world_mm": voxel_to_world(points, ct.affine, ct.meta.get("space", SpaceKeys.RAS)).tolist(),
                 "nodule_id": [f"p{k + 1:02d}" for k in range(len(points))],
             }
-            findings, label = self._run(ct, item)
-            return findings, label
+            return self._run(ct, item)
 
     def detect(self, image: str | os.PathLike) -> tuple[list[dict], list[dict], MetaTensor]:
         """Findings of the whole-scan path (detect, classify, reduce): the nodules, the rejected
@@ -92,13 +91,7 @@ class NoduleService:
             found = detect_candidates(ct, spacing_mm=self.config["detection_spacing_mm"], min_score=self.config["detection_min_score"])
             if not found:
                 return [], [], MetaTensor(torch.zeros((1, *ct.shape[1:]), dtype=torch.uint8), affine=ct.affine, meta=dict(ct.meta))
-            item = {
-                "center_world_mm": [list(c.center_world_mm) for c in found],
-                "nodule_id": [f"d{k + 1:02d}" for k in range(len(found))],
-                "detection_score": [round(c.score, 2) for c in found],
-                "detection_radius_mm": [c.radius_mm for c in found],
-            }
-            findings, label = self._run(ct, item)
+            findings, label = self._run(ct, candidate_fields(found))
         threshold = float(self.config["min_nodule_probability"])
         kept = [f for f in findings if not is_rejected_candidate(f, threshold)]
         rejected = [f for f in findings if is_rejected_candidate(f, threshold)]
@@ -113,7 +106,6 @@ class NoduleService:
             raise NoduleBundleError(f"{path}: image not found")
         key = (str(path.resolve()), path.stat().st_mtime_ns)
         if key != self._scan_key:
-            self._scan_key, self._scan = None, None
             self._scan, self._scan_key = self.load({"image": str(path)})["image"], key
         return self._scan
 
