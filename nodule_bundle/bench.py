@@ -363,17 +363,20 @@ def bench_measure(scans: int = 8, seed: int = 0, first_index: int = 70) -> dict:
     from nodule_bundle.data.phantom import make_scan
     from nodule_bundle.geometry import LPS_TO_RAS
     from nodule_bundle.measure import measure_nodule
+    from nodule_bundle.nodule import texture_from_measurement
     from nodule_bundle.transforms import NoduleCrop
 
-    crop, errors, seconds = NoduleCrop(patch_size=64, spacing_mm=0.6), {}, []
+    crop, errors, seconds, textures = NoduleCrop(patch_size=64, spacing_mm=0.6), {}, [], {}
     for index in range(first_index, first_index + scans):
         scan = make_scan(seed, index)
         image = MetaTensor(torch.from_numpy(scan.volume_hu[None].astype(np.float32)), affine=torch.as_tensor(LPS_TO_RAS @ scan.affine_lps))
         for pn in scan.nodules:
             start = time.perf_counter()
-            measured = measure_nodule(crop(image, pn.nodule.center_world_mm)[0].numpy(), 0.6).mean_diameter_mm
+            measured = measure_nodule(crop(image, pn.nodule.center_world_mm)[0].numpy(), 0.6)
             seconds.append(time.perf_counter() - start)
-            errors.setdefault(f"{pn.nodule.texture} {pn.margin}", []).append(measured - pn.nodule.diameter_mm)
+            errors.setdefault(f"{pn.nodule.texture} {pn.margin}", []).append(measured.mean_diameter_mm - pn.nodule.diameter_mm)
+            estimate = texture_from_measurement(measured.mean_diameter_mm, measured.solid_mean_diameter_mm)
+            textures.setdefault(pn.nodule.texture, []).append(estimate == pn.nodule.texture)
     solid = [e for key, values in errors.items() if key.startswith("solid ") for e in values]
 
     def stats(values: list[float]) -> dict:
@@ -385,6 +388,7 @@ def bench_measure(scans: int = 8, seed: int = 0, first_index: int = 70) -> dict:
         "groups": {key: stats(values) for key, values in sorted(errors.items())},
         "solid": stats(solid),
         "all": stats([e for values in errors.values() for e in values]),
+        "texture_agreement": {texture: {"n": len(v), "agreement": float(np.mean(v))} for texture, v in sorted(textures.items())},
         "seconds_per_nodule": _summary(seconds),
     }
 
@@ -393,6 +397,8 @@ def format_measure_result(result: dict) -> str:
     lines = [f"measured mean diameter vs reference, {result['all']['n']} nodules of {result['scans']} phantom scans"]
     for name, g in [*result["groups"].items(), ("all solid", result["solid"]), ("all", result["all"])]:
         lines.append(f"  {name:<26} n={g['n']:<4} MAE {g['mae_mm']:.2f} mm  bias {g['bias_mm']:+.2f} mm")
+    for texture, t in result["texture_agreement"].items():
+        lines.append(f"  texture from the mask, {texture:<14} n={t['n']:<4} agrees {t['agreement']:.0%}")
     lines.append(f"  {result['seconds_per_nodule']['median_s']:.3f} s per nodule (median)")
     return "\n".join(lines)
 

@@ -1,7 +1,8 @@
 """``nodule-bundle``: the command line around the bundle.
 
     nodule-bundle synth    --out DIR [--scans N] [--seed S] [--formats nifti,mhd,nrrd,dicom]
-    nodule-bundle classify --image SCAN [--nodules CSV] --out DIR [--model model.pt]
+    nodule-bundle classify --image SCAN [--nodules CSV] --out DIR [--model model.pt] [--include-phi]
+    nodule-bundle report   --images DIR|LIST --out DIR [--nodules CSV] [--model model.pt] [--include-phi]
     nodule-bundle demo     --out DIR [--quick]
     nodule-bundle convert  luna16 --root DIR --out datalist.json [--candidates candidates_V2.csv]
     nodule-bundle convert  lidc   --dicom-root DIR --out datalist.json [--min-readers 3] [--drop-indeterminate]
@@ -55,7 +56,7 @@ def _classify(args: argparse.Namespace) -> None:
     try:
         run_bundle(
             ["inference"], root, image=args.image, nodules=args.nodules, seriesuid=args.seriesuid,
-            ckpt_path=str(model), output_dir=str(args.out),
+            ckpt_path=str(model), output_dir=str(args.out), include_phi=args.include_phi,
         )  # fmt: skip
     finally:
         logging.disable(logging.NOTSET)
@@ -63,7 +64,23 @@ def _classify(args: argparse.Namespace) -> None:
     for scan in report["scans"]:
         print(f"scan {scan['seriesuid']}  ({len(scan['nodules'])} nodules)")
         print(format_table(scan["nodules"]))
-    print(f"report: {Path(args.out) / 'report.json'}, {Path(args.out) / 'report.csv'}")
+    written = [Path(args.out) / name for name in ("report.json", "report.csv", "report.html", "nodules.png", "nodule_labels.nii.gz")]
+    print(f"report: {', '.join(str(p) for p in written if p.exists())}")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from nodule_bundle.batch import report_scans
+
+    rows = report_scans(
+        args.images, args.out, args.nodules, args.model, args.bundle_root, args.include_phi,
+        min_nodule_probability=args.min_nodule_probability,
+    )  # fmt: skip
+    failed = [r for r in rows if r["status"] == "failed"]
+    earlier = sum(r["status"] == "done earlier" for r in rows)
+    for r in failed:
+        print(f"failed: {r['scan']}: {r['error']}", file=sys.stderr)
+    print(f"{len(rows)} scans: {len(rows) - len(failed)} reported ({earlier} by an earlier run), {len(failed)} failed; summary: {Path(args.out) / 'summary.csv'}")
+    return 1 if failed else 0
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -173,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the series to read from a DICOM folder holding several, and its rows when the CSV lists several",
     )  # fmt: skip
     p.add_argument("--model", default=None, help="weights (default: <bundle root>/models/model.pt)")
+    p.add_argument("--include-phi", action="store_true", help="put the patient's name, id and birth date in the report")
     p.add_argument("--bundle-root", default=None)
     p.set_defaults(func=_classify)
 
@@ -182,6 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bundle-root", default=None)
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("report", help="reports for many scans, one folder each, with a summary; resumes where it stopped")
+    p.add_argument("--images", required=True, type=Path, help="a folder of scans (files, DICOM series folders) or a text file of paths")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--nodules", type=Path, default=None, help="CSV with seriesuid,coordX,coordY,coordZ; without it nodules are detected")
+    p.add_argument("--model", default=None, help="weights (default: <bundle root>/models/model.pt)")
+    p.add_argument("--include-phi", action="store_true", help="put the patient's name, id and birth date in the reports")
+    p.add_argument("--min-nodule-probability", type=float, default=0.5, help="detected candidates below this are rejected")
+    p.add_argument("--bundle-root", default=None)
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("convert", help="turn a dataset (LUNA16, LIDC-IDRI, a site's CSV) into a bundle datalist")
     kinds = p.add_subparsers(dest="source", required=True)

@@ -1,6 +1,7 @@
 """``nodule-bundle demo``: the main job end to end on an embedded default.
 
-phantom dataset -> ``train.json`` -> ``train.json + evaluate.json`` on the test split ->
+phantom dataset -> ``train.json`` -> temperature scaling on the validation split (``calibrate.json``)
+-> ``train.json + evaluate.json`` on the test split (metrics and figures) ->
 ``inference.json`` on the held-out test scan with the most nodules, given their coordinates and
 then without them (the whole-scan path: detect, classify, reduce) -> ``inference.json +
 evaluate_detection.json`` on the test split (FROC, CPM) -> tables, ``metrics.json``, ``froc.json``.
@@ -54,17 +55,19 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, bundle_root: str | N
     def step(text: str) -> None:
         print(f"[{time.monotonic() - start:6.0f} s] {text}", flush=True)
 
-    step(f"1/6 phantom: {settings.scans} chest CT scans -> {data_dir}")
+    step(f"1/7 phantom: {settings.scans} chest CT scans -> {data_dir}")
     datalist = write_phantom_dataset(data_dir, settings.scans, seed, cfg=settings.phantom)
-    step(f"2/6 training for up to {settings.epochs} epochs (configs/train.json)")
+    step(f"2/7 training for up to {settings.epochs} epochs (configs/train.json)")
     common = dict(dataset_dir=str(data_dir), datalist=str(datalist), ckpt_dir=str(models_dir), seed=seed)
     run_bundle(["train"], root, output_dir=str(out / "train"), epochs=settings.epochs, **common)
-    step("3/6 evaluating on the test scans (configs/evaluate.json)")
+    step("3/7 temperature scaling on the validation scans (configs/calibrate.json)")
+    run_bundle(["train", "evaluate", "calibrate"], root, output_dir=str(out / "calibration"), **common)
+    step("4/7 evaluating on the test scans (configs/evaluate.json): metrics, ROC, calibration, Bland-Altman")
     run_bundle(["train", "evaluate"], root, output_dir=str(out), **common)
     metrics = json.loads((out / "metrics.json").read_text())
 
     image, items = _held_out_scan(datalist)
-    step(f"4/6 classifying held-out scan {Path(image).name} with {len(items)} given nodules (configs/inference.json)")
+    step(f"5/7 classifying held-out scan {Path(image).name} with {len(items)} given nodules (configs/inference.json)")
     nodule_csv = out / "report" / "nodules.csv"
     write_nodule_csv(nodule_csv, [Nodule(i["nodule_id"], i["seriesuid"], tuple(i["center_world_mm"]), float("nan")) for i in items])
     model = str(models_dir / "model.pt")
@@ -74,7 +77,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, bundle_root: str | N
     print()
     print(format_table(report["scans"][0]["nodules"], truth))
 
-    step("5/6 the same scan without a nodule list: detect, classify, reduce (configs/inference.json)")
+    step("6/7 the same scan without a nodule list: detect, classify, reduce (configs/inference.json)")
     run_bundle(["inference"], root, image=str(data_dir / image), ckpt_path=model, output_dir=str(out / "detect"))
     detected = json.loads((out / "detect" / "report.json").read_text())["scans"][0]
     findings, rejected = detected["nodules"], detected.get("rejected_candidates", [])
@@ -87,7 +90,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, bundle_root: str | N
         f"missed: {missed_sizes}; {len(rejected)} more candidates rejected by the network (nodule probability < 0.5)"
     )
 
-    step("6/6 detection on every test scan: FROC and CPM (configs/evaluate_detection.json)")
+    step("7/7 detection on every test scan: FROC and CPM (configs/evaluate_detection.json)")
     run_bundle(["inference", "evaluate_detection"], root, ckpt_path=model, output_dir=str(out), **common)
     detection = json.loads((out / "froc.json").read_text())
     metrics.update(
@@ -101,7 +104,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, bundle_root: str | N
     write_json_atomic(out / "metrics.json", metrics)
     print()
     print(f"test nodules: {metrics.get('n_test_nodules')}  (from {settings.scans} scans, split by scan)")
-    detection_names = ("cpm", "cpm_detector_alone", "sensitivity_at_4_fp", "cpm_min_4mm", "sensitivity_at_4_fp_min_4mm", "malignancy_auc_detected")
+    detection_names = ("ece_uncalibrated", "ece", "cpm", "cpm_detector_alone", "sensitivity_at_4_fp", "cpm_min_4mm", "sensitivity_at_4_fp_min_4mm", "malignancy_auc_detected")
     for name in (*METRIC_NAMES, *detection_names):
         value = metrics.get(name)
         print(f"  {name:<24}{'n/a' if value is None else f'{value:.3f}'}")

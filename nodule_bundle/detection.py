@@ -25,6 +25,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Orientation, Spacing
 from scipy import ndimage as ndi
+from tqdm import tqdm
 
 from nodule_bundle.data.datalist import DatalistError
 from nodule_bundle.geometry import voxel_to_world
@@ -243,4 +244,5 @@ def detect_scan_item(
 def detect_split_items(reference: list[dict], spacing_mm: float = 1.0, min_score: float = 40.0) -> list[dict]:
     """:func:`detect_scan_item` for every scan of a datalist split (the scans, not their nodules)."""
     scans = {str(item["image"]): item.get("seriesuid") for item in reference}
-    return [found for image, uid in scans.items() for found in detect_scan_item(image, uid, spacing_mm, min_score)]
+    progress = tqdm(scans.items(), desc="detecting nodules", unit="scan", disable=None)
+    return [found for image, uid in progress for found in detect_scan_item(image, uid, spacing_mm, min_score)]

@@ -191,6 +191,17 @@ def read_slice_header(path: Path) -> SliceHeader:
         raise DicomSeriesError(f"{path}: not a readable DICOM file ({type(err).__name__}: {err})") from None
 
 
+#: The header attributes that identify the patient and the study; read only for the report, which
+#: leaves them out unless asked (``include_phi``).
+IDENTITY_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "AccessionNumber")
+
+
+def read_identity(path: Path) -> dict[str, str]:
+    """The :data:`IDENTITY_KEYWORDS` present in one DICOM file's header, as text."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(IDENTITY_KEYWORDS))
+    return {k: str(ds.get(k)).strip() for k in IDENTITY_KEYWORDS if ds.get(k) not in (None, "")}
+
+
 def scan_directory(directory: str | Path) -> list[SliceHeader]:
     """Headers of every DICOM image file under ``directory`` (recursively); non-DICOM files are skipped."""
     directory = Path(directory)

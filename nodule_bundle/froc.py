@@ -10,12 +10,9 @@ curve and the CPM (mean sensitivity at 1/8 ... 8 false positives per scan) come 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from monai.metrics import compute_froc_curve_data, compute_froc_score
-
-from nodule_bundle.io_utils import atomic_path
 
 CPM_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
@@ -79,23 +76,3 @@ def froc(scans: Sequence[tuple], fp_rates: Sequence[float] = CPM_FP_RATES) -> di
         "n_nodules": n_nodules,
         "n_candidates": int(len(found) + len(fp_all)),
     }
-
-
-def plot_froc(result: dict, path: str | Path, title: str = "FROC") -> None:
-    """The FROC curve (log FP-per-scan axis, the CPM operating points marked) as a PNG, atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
-    for name, curve in result["curves"].items():
-        ax.plot(curve["fp_per_scan_curve"], curve["sensitivity_curve"], label=f"{name} (CPM {curve['cpm']:.3f})")
-        rates = [float(r) for r in curve["sensitivity_at_fp_per_scan"]]
-        ax.plot(rates, list(curve["sensitivity_at_fp_per_scan"].values()), "o", ms=4, color=ax.lines[-1].get_color())
-    ax.set(xscale="log", xlim=(0.1, 16), ylim=(0, 1.02), xlabel="false positives per scan", ylabel="sensitivity", title=title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-    plt.close(fig)

@@ -1,5 +1,5 @@
-"""Ignite handlers the configs attach to MONAI engines: the nodule report, a metrics JSON and the
-detection FROC."""
+"""Ignite handlers the configs attach to MONAI engines: the nodule report, a metrics JSON, the
+evaluation figures, temperature scaling and the detection FROC."""
 
 from __future__ import annotations
 
@@ -12,21 +12,30 @@ from ignite.engine import Engine, Events
 from monai.metrics import compute_roc_auc
 
 from nodule_bundle.data.image_index import scan_stem
-from nodule_bundle.froc import froc, hit_matrix, plot_froc, system_score
+from nodule_bundle.errors import NoduleBundleError
+from nodule_bundle.froc import froc, hit_matrix, system_score
 from nodule_bundle.io_utils import write_json_atomic
-from nodule_bundle.report import is_rejected_candidate, nodule_finding, write_report
+from nodule_bundle.plots import plot_froc
+from nodule_bundle.report import BUNDLE_NAME, is_rejected_candidate, nodule_finding, scan_identity, write_report, write_scan_pictures
 
 
 class NoduleReportWriter:
-    """Collect every nodule's finding during an evaluator run; write the report when it completes.
+    """Collect every nodule's finding during an evaluator run; write the report when it completes:
+    ``report.json``, ``report.csv`` and, per scan, ``report.html``, ``nodules.png`` (montage) and
+    ``nodule_labels.nii.gz`` (the masks on the scan's grid), each atomically. A run over several
+    scans puts each scan's pictures in ``<output_dir>/<seriesuid>/``.
 
     Args:
-        output_dir: where ``report.json`` and ``report.csv`` go.
+        output_dir: where the report goes.
         model_version: the bundle version recorded in the report.
         image, seriesuid: the scan examined, reported with no nodules when none was found in it.
         min_nodule_probability: false-positive reduction: a *detected* candidate whose nodule
             probability is lower goes to the scan's ``rejected_candidates``, not its ``nodules``.
             Nodules given by a list are always reported.
+        include_phi: put the patient's name, id, birth date, sex, study date and accession number
+            (from DICOM headers) in the report; off by default.
+        crop_key: the items' nodule crops (:class:`~nodule_bundle.transforms.NoduleMeasured`) that
+            the pictures and label map are made from; nodules without one are in the table only.
     """
 
     def __init__(
@@ -36,32 +45,55 @@ class NoduleReportWriter:
         image: str | None = None,
         seriesuid: str | None = None,
         min_nodule_probability: float = 0.5,
+        include_phi: bool = False,
+        crop_key: str = "measurement_crop",
     ):
         self.output_dir, self.model_version = Path(output_dir), model_version
         self.image, self.seriesuid, self.min_nodule_probability = image, seriesuid, min_nodule_probability
+        self.include_phi, self.crop_key = include_phi, crop_key
         self._scans: dict[str, dict] = {}
+        self._crops: dict[str, dict[str, torch.Tensor]] = {}
+        self._meta: dict[str, dict] = {}
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda _: self._scans.clear())
+        engine.add_event_handler(Events.STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
         engine.add_event_handler(Events.COMPLETED, self._write)
 
+    def _reset(self, engine: Engine) -> None:
+        self._scans.clear()
+        self._crops.clear()
+        self._meta.clear()
+
     def _collect(self, engine: Engine) -> None:
         for item, output in zip(engine.state.batch, engine.state.output):
-            image_name = Path(str(item["image"].meta["filename_or_obj"])).name
-            uid = str(item.get("seriesuid") or image_name)
-            scan = self._scans.setdefault(uid, {"seriesuid": uid, "image": image_name, "nodules": []})
+            meta = item["image"].meta
+            uid = str(item.get("seriesuid") or Path(str(meta["filename_or_obj"])).name)
+            if uid not in self._scans:
+                self._scans[uid] = {**scan_identity(uid, meta, self.include_phi), "nodules": []}
+                self._meta[uid] = {k: meta[k] for k in ("original_affine", "spatial_shape", "space") if k in meta}
             finding = nodule_finding(item, output)
             if is_rejected_candidate(finding, self.min_nodule_probability):
-                scan.setdefault("rejected_candidates", []).append(finding)
+                self._scans[uid].setdefault("rejected_candidates", []).append(finding)
             else:
-                scan["nodules"].append(finding)
+                self._scans[uid]["nodules"].append(finding)
+                if self.crop_key in item:
+                    self._crops.setdefault(uid, {})[finding["nodule_id"]] = item[self.crop_key]
 
     def _write(self, engine: Engine) -> None:
         if not self._scans and self.image is not None:  # a scan without nodules is a finding too
             uid = self.seriesuid or scan_stem(Path(self.image))
             self._scans[uid] = {"seriesuid": uid, "image": Path(self.image).name, "nodules": []}
-        write_report(self.output_dir, list(self._scans.values()), self.model_version)
+        scans = list(self._scans.values())
+        for scan in scans:  # the value each nodule has in the label map
+            with_crop = [n for n in scan["nodules"] if n["nodule_id"] in self._crops.get(scan["seriesuid"], {})]
+            for value, nodule in enumerate(with_crop, start=1):
+                nodule["label_value"] = value
+        write_report(self.output_dir, scans, self.model_version)
+        model = {"name": BUNDLE_NAME, "version": self.model_version}
+        for scan in scans:
+            folder = self.output_dir if len(scans) == 1 else self.output_dir / scan["seriesuid"]
+            write_scan_pictures(folder, scan, self._crops.get(scan["seriesuid"], {}), self._meta.get(scan["seriesuid"], {}), model)
 
 
 class MetricsJSONWriter:
@@ -84,9 +116,10 @@ class MetricsJSONWriter:
         self._count += sum(int(item.get("nodule_true", 1)) != 0 for item in engine.state.output)
 
     def _write(self, engine: Engine) -> None:
-        metrics = {  # a metric without labels to compute it on (NaN) is written as null
-            k: float(v) if math.isfinite(v) else None for k, v in engine.state.metrics.items() if isinstance(v, (int, float))
-        }
+        metrics = {  # a metric without labels to compute it on (NaN) is written as null; tables as lists
+            k: (float(v) if math.isfinite(v) else None) if isinstance(v, (int, float)) else v
+            for k, v in engine.state.metrics.items() if isinstance(v, (int, float, list))
+        }  # fmt: skip
         write_json_atomic(self.path, {**metrics, self.count_key: self._count})
 
 
@@ -184,3 +217,113 @@ class DetectionFROCWriter:
             "size_only_auc_detected": float(compute_roc_auc(torch.tensor(sizes), y)),
             "n_detected_labelled": len(labels),
         }
+
+
+def _labelled(outputs: list[dict], key: str) -> list[dict]:
+    """The decollated outputs whose ``key`` label is known (class >= 0, diameter finite)."""
+    known = []
+    for o in outputs:
+        value = torch.as_tensor(o[key]).float().flatten()
+        if len(value) and bool(torch.isfinite(value).all()) and bool((value >= 0).all()) and int(o.get("nodule_true", 1)) != 0:
+            known.append(o)
+    return known
+
+
+def _first(o: dict, key: str) -> float:
+    return float(torch.as_tensor(o[key]).flatten()[0])
+
+
+class _OutputCollector:
+    """Keep every decollated output of an evaluator run; ``_write`` them when it completes."""
+
+    _outputs: list[dict]
+
+    def attach(self, engine: Engine) -> None:
+        self._outputs = []
+        engine.add_event_handler(Events.STARTED, lambda _: self._outputs.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: self._outputs.extend(e.state.output))
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _write(self, engine: Engine) -> None:
+        raise NotImplementedError
+
+
+class EvaluationPlotsWriter(_OutputCollector):
+    """The evaluation figures, from every nodule an evaluator run saw (false candidates left out):
+
+    - ``roc.png``: ROC of P(malignant) with the size-only baseline (reference diameter) on the same axes;
+    - ``calibration.png``: reliability diagram, before and after temperature scaling, with their ECE;
+    - ``size_band_confusion.png``: reference against predicted Lung-RADS size band;
+    - ``bland_altman.png``: the network's diameter against the reference diameter.
+
+    Their numbers go into ``engine.state.metrics`` (``ece``, ``ece_uncalibrated``, ``size_only_auc``,
+    ``diameter_bias_mm``, ``diameter_limits_of_agreement_mm``, ``size_band_confusion``) before the
+    handlers attached after it (:class:`MetricsJSONWriter`) see them.
+    """
+
+    def __init__(self, output_dir: str | Path):
+        self.output_dir = Path(output_dir)
+
+    def _write(self, engine: Engine) -> None:
+        from nodule_bundle.calibration import expected_calibration_error, reliability_bins
+        from nodule_bundle.plots import plot_bland_altman, plot_confusion, plot_reliability, plot_roc, roc_curve
+
+        metrics, n = engine.state.metrics, len(self._outputs)
+        malignancy = _labelled(self._outputs, "malignancy_true")
+        labels = [int(o["malignancy_true"]) for o in malignancy]
+        if len(set(labels)) == 2:
+            prob, raw = ([_first(o, key) for o in malignancy] for key in ("malignancy_prob", "malignancy_prob_uncalibrated"))
+            size = [_first(o, "diameter_mm_true") for o in malignancy]
+            y = torch.tensor(labels)
+            curves = {
+                name: (*roc_curve(scores, labels), float(compute_roc_auc(torch.tensor(scores), y)))
+                for name, scores in (("network", prob), ("size only (reference diameter)", size))
+            }
+            plot_roc(curves, self.output_dir / "roc.png", title=f"malignancy, {len(labels)} nodules")
+            metrics["size_only_auc"] = curves["size only (reference diameter)"][2]
+            metrics["ece"], metrics["ece_uncalibrated"] = (expected_calibration_error(p, labels) for p in (prob, raw))
+            plot_reliability(
+                {f"uncalibrated (ECE {metrics['ece_uncalibrated']:.3f})": reliability_bins(raw, labels),
+                 f"as reported (ECE {metrics['ece']:.3f})": reliability_bins(prob, labels)},
+                self.output_dir / "calibration.png", title=f"calibration of P(malignant), {len(labels)} nodules",
+            )  # fmt: skip
+        banded = _labelled(self._outputs, "size_band_true")
+        if banded:
+            matrix = np.zeros((4, 4), dtype=int)
+            for o in banded:
+                matrix[int(o["size_band_true"]), int(o["size_band"])] += 1
+            plot_confusion(matrix, self.output_dir / "size_band_confusion.png", title=f"Lung-RADS size band, {len(banded)} nodules")
+            metrics["size_band_confusion"] = matrix.tolist()
+        sized = _labelled(self._outputs, "diameter_mm_true")
+        if sized:
+            agreement = plot_bland_altman(
+                [_first(o, "diameter_mm_true") for o in sized], [_first(o, "diameter_mm_pred") for o in sized],
+                self.output_dir / "bland_altman.png", title=f"network diameter, {len(sized)} of {n} items",
+            )  # fmt: skip
+            metrics["diameter_bias_mm"], metrics["diameter_limits_of_agreement_mm"] = agreement["bias_mm"], agreement["limits_of_agreement_mm"]
+
+
+class TemperatureFitter(_OutputCollector):
+    """Temperature scaling on an evaluator run over the validation split: fit ``T`` to the nodules'
+    malignancy logits (:func:`~nodule_bundle.calibration.fit_temperature`) and write ``path``
+    (``models/calibration.json``) with ``T``, the split's ECE before and after, and the count."""
+
+    def __init__(self, path: str | Path, split: str = "validation"):
+        self.path, self.split = Path(path), split
+
+    def _write(self, engine: Engine) -> None:
+        from nodule_bundle.calibration import expected_calibration_error, fit_temperature
+
+        known = _labelled(self._outputs, "malignancy_true")
+        logits = torch.stack([torch.as_tensor(o["malignancy_logits"]).float() for o in known]) if known else torch.zeros(0, 2)
+        labels = torch.tensor([int(o["malignancy_true"]) for o in known])
+        if len(set(labels.tolist())) < 2:
+            raise NoduleBundleError(
+                f"{self.path}: cannot fit a temperature: the {self.split} split has {len(labels)} nodules with a malignancy "
+                "label, not both benign and malignant ones"
+            )
+        temperature = fit_temperature(logits, labels)
+        before, after = (expected_calibration_error(torch.softmax(logits / t, dim=1)[:, 1], labels) for t in (1.0, temperature))
+        result = {"malignancy_temperature": temperature, "fitted_on": self.split, "n_nodules": len(labels), "ece_before": before, "ece_after": after}
+        write_json_atomic(self.path, result)
+        engine.state.metrics.update({"malignancy_temperature": temperature, "ece_before": before, "ece_after": after})

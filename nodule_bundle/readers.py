@@ -15,7 +15,7 @@ import torch
 from monai.data import ITKReader
 from monai.utils import get_equivalent_dtype
 
-from nodule_bundle.dicom_series import DicomSeries, DicomSeriesError, damaged_slice, find_ct_series
+from nodule_bundle.dicom_series import DicomSeries, DicomSeriesError, damaged_slice, find_ct_series, read_identity
 
 
 class DicomSeriesReader(ITKReader):
@@ -25,7 +25,9 @@ class DicomSeriesReader(ITKReader):
     GDCM applies RescaleSlope/Intercept, so voxels are HU: int16 when every slice's stored bits fit
     it after rescale (the usual 12-bit CT), float32 otherwise. The affine is ITK's (LPS, converted to RAS
     like every MONAI reader) and must agree with the one the headers imply; ``meta["series_uid"]``
-    names the series read.
+    names the series read and ``meta["dicom_identity"]`` holds its patient and study identity
+    (:data:`~nodule_bundle.dicom_series.IDENTITY_KEYWORDS`), which only a report asked to include
+    it shows.
 
     Args:
         series_uid: read this series instead of the CT series with the most slices.
@@ -72,6 +74,7 @@ class DicomSeriesReader(ITKReader):
         image, series = img
         data, meta = super().get_data(image)
         meta["series_uid"] = series.series_uid
+        meta["dicom_identity"] = read_identity(series.files[0])
         return data, meta
 
     def _check_geometry(self, image, series: DicomSeries, directory) -> None:

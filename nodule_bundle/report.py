@@ -3,13 +3,20 @@
 ``report.json``::
 
     {"model": {"name", "version"},
-     "scans": [{"seriesuid", "image", "nodules": [
+     "scans": [{"seriesuid", "image" (file name), "shape": [X, Y, Z], "spacing_mm": [3],
+         "patient": {...} (only with include_phi: name, id, birth date, sex, study date, accession),
+         "nodules": [
          {"nodule_id", "center_world_mm": [x, y, z] (LPS), "center_voxel": [i, j, k],
           "diameter_mm", "size_band", "size_band_name", "size_band_probabilities": [4],
-          "malignancy_probability", "nodule_probability" (not a vessel, wall or scar),
+          "malignancy_probability" (calibrated when the bundle has models/calibration.json),
+          "malignancy_uncertainty" (spread of P(malignant) over the flip passes, or null),
+          "nodule_probability" (not a vessel, wall or scar),
           "measured_long_axis_mm", "measured_short_axis_mm", "measured_mean_diameter_mm" (Lung-RADS),
           "measured_volume_mm3", "measured_solid_mean_diameter_mm" (from the nodule's mask; "diameter_mm"
-          is the network's regression, a second opinion),
+          is the network's regression, a second opinion; null where no mask could be grown),
+          "texture", "texture_source" ("given" by the nodule list, "measured" from the mask, or null),
+          "lung_rads_category", "lung_rads_size_source" ("measured" or "network"),
+          "label_value" (the nodule's value in nodule_labels.nii.gz),
           "detection_score", "detection_radius_mm" (only for nodules the detector found)}],
       "rejected_candidates": [...] (detected, nodule probability below the threshold)}]}
 
@@ -31,7 +38,7 @@ import torch
 from nodule_bundle.froc import hit_matrix
 from nodule_bundle.io_utils import write_json_atomic, write_text_atomic
 from nodule_bundle.measure import MEASUREMENT_KEYS
-from nodule_bundle.nodule import SIZE_BAND_NAMES, size_band
+from nodule_bundle.nodule import SIZE_BAND_NAMES, lung_rads_category, size_band, texture_from_measurement
 
 BUNDLE_NAME = "lung_nodule_ct_classification"
 CSV_COLUMNS = (
@@ -59,7 +66,7 @@ def is_rejected_candidate(finding: Mapping, min_nodule_probability: float) -> bo
 def nodule_finding(item: Mapping, output: Mapping) -> dict:
     """One nodule's finding from a decollated batch item (its inputs) and output (named heads)."""
     band = int(output["size_band"])
-    return {
+    finding = {
         "nodule_id": str(item.get("nodule_id", "")),
         "center_world_mm": _floats(item["center_world_mm"], 2),
         "center_voxel": _floats(item["center_voxel"], 1),
@@ -69,8 +76,49 @@ def nodule_finding(item: Mapping, output: Mapping) -> dict:
         "size_band_probabilities": _floats(output["size_band_probs"], 4),
         "malignancy_probability": _floats(output["malignancy_prob"], 4)[0],
         "nodule_probability": _floats(output["nodule_prob"], 4)[0],
+        "malignancy_uncertainty": _floats(output["malignancy_prob_spread"], 4)[0] if "malignancy_prob_spread" in output else None,
         **{key: _number(item[key]) for key in ("detection_score", "detection_radius_mm", *MEASUREMENT_KEYS) if key in item},
     }
+    return finding | lung_rads_fields(finding, str(item.get("texture") or ""))
+
+
+def lung_rads_fields(finding: Mapping, given_texture: str = "") -> dict:
+    """Texture (given, else estimated from the mask) and the Lung-RADS category the size implies,
+    from the measured mean diameter (the network's diameter when no mask could be grown)."""
+    measured, solid = finding.get("measured_mean_diameter_mm"), finding.get("measured_solid_mean_diameter_mm")
+    if given_texture:
+        texture, source = given_texture, "given"
+    elif measured is not None and solid is not None:
+        texture, source = texture_from_measurement(measured, solid), "measured"
+    else:
+        texture, source = None, None
+    size, size_source = (measured, "measured") if measured is not None else (finding["diameter_mm"], "network")
+    category = lung_rads_category(texture or "solid", size, solid) if size > 0 else None
+    return {"texture": texture, "texture_source": source, "lung_rads_category": category, "lung_rads_size_source": size_source}
+
+
+#: The report's names for the DICOM identity attributes (``meta["dicom_identity"]``, see
+#: :class:`~nodule_bundle.readers.DicomSeriesReader`).
+PHI_FIELDS = {
+    "PatientName": "patient_name", "PatientID": "patient_id", "PatientBirthDate": "birth_date", "PatientSex": "sex",
+    "StudyDate": "study_date", "AccessionNumber": "accession_number",
+}  # fmt: skip
+
+
+def scan_identity(uid: str, meta: Mapping, include_phi: bool = False) -> dict:
+    """A scan's entry in the report, from its image metadata: series UID, file name, grid; the
+    patient's identity (:data:`PHI_FIELDS`) only with ``include_phi``."""
+    affine = np.asarray(meta.get("original_affine", np.eye(4)), dtype=np.float64)
+    identity = {
+        "seriesuid": uid,
+        "image": Path(str(meta.get("filename_or_obj", ""))).name,
+        "shape": [int(s) for s in np.asarray(meta.get("spatial_shape", []))],
+        "spacing_mm": [round(float(v), 4) for v in np.linalg.norm(affine[:3, :3], axis=0)],
+    }
+    if include_phi:
+        found = meta.get("dicom_identity") or {}
+        identity["patient"] = {name: found[keyword] for keyword, name in PHI_FIELDS.items() if keyword in found}
+    return identity
 
 
 def write_report(out_dir: str | Path, scans: Sequence[Mapping], model_version: str | None) -> tuple[Path, Path]:
@@ -89,6 +137,30 @@ def write_report(out_dir: str | Path, scans: Sequence[Mapping], model_version: s
             )  # fmt: skip
     write_text_atomic(csv_path, buf.getvalue())
     return json_path, csv_path
+
+
+def write_scan_pictures(out_dir: str | Path, scan: Mapping, crops: Mapping[str, torch.Tensor], scan_meta: Mapping, model: Mapping) -> None:
+    """``report.html``, ``nodules.png`` and ``nodule_labels.nii.gz`` for one scan of the report, from
+    each reported nodule's crop (``crops[nodule_id]``, see :mod:`nodule_bundle.report_pictures`)."""
+    from nodule_bundle.report_html import render_report_html
+    from nodule_bundle.report_pictures import nodule_views, png_bytes, write_label_map, write_montage
+
+    out_dir = Path(out_dir)
+    views = {n["nodule_id"]: nodule_views(crops[n["nodule_id"]]) for n in scan["nodules"] if n["nodule_id"] in crops}
+    pngs = {nodule_id: {plane: png_bytes(rgb) for plane, rgb in planes.items()} for nodule_id, planes in views.items()}
+    write_text_atomic(out_dir / "report.html", render_report_html(scan, pngs, model))
+    tiles = [
+        (f"{n['nodule_id']}\n{_mm(n)} P(malig) {n['malignancy_probability']:.2f}", views[n["nodule_id"]]["axial"])
+        for n in scan["nodules"] if n["nodule_id"] in views
+    ]  # fmt: skip
+    write_montage(out_dir / "nodules.png", tiles, title=f"{scan['seriesuid']}: {len(scan['nodules'])} nodule(s), axial")
+    if "original_affine" in scan_meta and "spatial_shape" in scan_meta:
+        write_label_map(out_dir / "nodule_labels.nii.gz", [crops[n["nodule_id"]] for n in scan["nodules"] if n["nodule_id"] in crops], scan_meta)
+
+
+def _mm(finding: Mapping) -> str:
+    measured = finding.get("measured_mean_diameter_mm")
+    return f"{measured:.1f} mm" if measured is not None else f"~{finding['diameter_mm']:.1f} mm (net)"
 
 
 def format_table(nodules: Iterable[Mapping], truth: Mapping[str, Mapping] | None = None) -> str:

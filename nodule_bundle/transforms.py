@@ -28,8 +28,8 @@ from monai.utils import SpaceKeys
 
 from nodule_bundle.errors import NoduleBundleError
 from nodule_bundle.filters import gaussian_blur
-from nodule_bundle.measure import MEASUREMENT_KEYS, measure_mask, nodule_mask
 from nodule_bundle.geometry import LPS_TO_RAS, lps_to_ras, world_to_voxel
+from nodule_bundle.measure import MEASUREMENT_KEYS, measure_mask, nodule_mask
 from nodule_bundle.networks import DIAMETER, MALIGNANCY, NODULE, SIZE_BAND
 from nodule_bundle.nodule import size_band
 from nodule_bundle.readers import DicomSeriesReader
@@ -152,45 +152,67 @@ class NoduleMeasured(MapTransform):
     length-N lists ``measured_long_axis_mm``, ``measured_short_axis_mm``, ``measured_mean_diameter_mm``,
     ``measured_volume_mm3`` and ``measured_solid_mean_diameter_mm``, which :class:`NoduleCropd` hands
     to each nodule's sample (``per_nodule_keys``). Run it before the crop, on the whole scan.
-    With ``label_key``, the item also gains the nodule masks as a label map on the scan's own grid
-    (``[1, X, Y, Z]`` uint8 MetaTensor, nodule ``i`` labelled ``i + 1``; a later nodule wins overlaps).
+    With ``crop_key``, the item also keeps each nodule's crop and mask: a length-N list of
+    ``[2, n, n, n]`` int16 MetaTensors (HU, mask 0/1) with the crop's affine, for the report's pictures
+    and label map (:func:`label_map`). With ``label_key``, it gains the masks as a label map on the
+    scan's own grid (``[1, X, Y, Z]`` uint8 MetaTensor, nodule ``i`` labelled ``i + 1``).
     """
 
     def __init__(
         self, keys: KeysCollection, center_key: str = "center_world_mm", patch_size: int = 64, spacing_mm: float = 0.6,
-        label_key: str | None = None,
+        label_key: str | None = None, crop_key: str | None = None,
     ):  # fmt: skip
         super().__init__(keys)
-        self.center_key, self.spacing_mm, self.label_key = center_key, float(spacing_mm), label_key
+        self.center_key, self.spacing_mm, self.label_key, self.crop_key = center_key, float(spacing_mm), label_key, crop_key
         self.cropper = NoduleCrop(patch_size, spacing_mm)
-        self.to_source = SpatialResample(mode="nearest", padding_mode="zeros", dtype=torch.float32)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         image = d[self.first_key(d)]
         centers = np.asarray(d[self.center_key], dtype=np.float64).reshape(-1, 3)
-        label = torch.zeros(image.shape[1:], dtype=torch.uint8) if self.label_key else None
-        found = []
-        for i, center in enumerate(centers):
+        found, crops = [], []
+        for center in centers:
             crop = self.cropper(image, center)
             hu = crop[0].numpy()
             mask = nodule_mask(hu, self.spacing_mm)
             found.append(measure_mask(mask, hu, self.spacing_mm).as_dict())
-            if label is not None and mask.any():
-                self._paste(label, image, center, MetaTensor(torch.from_numpy(mask[None].astype(np.float32)), affine=crop.affine), i + 1)
+            both = torch.stack([torch.from_numpy(np.rint(hu).astype(np.int16)), torch.from_numpy(mask.astype(np.int16))])
+            crops.append(MetaTensor(both, affine=crop.affine, meta={"space": image.meta.get("space", SpaceKeys.RAS)}))
         for key in MEASUREMENT_KEYS:
             d[key] = [m[key] for m in found]
-        if label is not None:
-            d[self.label_key] = MetaTensor(label[None], affine=image.affine, meta={"space": image.meta.get("space", SpaceKeys.RAS)})
+        if self.crop_key:
+            d[self.crop_key] = crops
+        if self.label_key:
+            d[self.label_key] = label_map(crops, image.shape[1:], image.affine, image.meta.get("space", SpaceKeys.RAS))
         return d
 
-    def _paste(self, label: torch.Tensor, image: MetaTensor, center: np.ndarray, mask: MetaTensor, value: int) -> None:
-        """Resample ``mask`` (nearest) onto the scan voxels its crop came from and label them ``value``."""
-        box = self.cropper.source_box(image, center)
-        start = np.rint(np.linalg.solve(image.affine.numpy(), box.affine.numpy())[:3, 3]).astype(int)
-        back = self.to_source(mask, dst_affine=box.affine, spatial_size=box.shape[1:])[0] > 0.5
-        region = tuple(slice(a, a + n) for a, n in zip(start, back.shape))
+
+def label_map(crops: Sequence[MetaTensor], spatial_shape: Sequence[int], affine, space=SpaceKeys.RAS) -> MetaTensor:
+    """The nodule masks of ``crops`` (channel 1 of :class:`NoduleMeasured`'s crops, each with its own
+    affine) resampled (nearest) onto a scan grid of ``spatial_shape`` and ``affine``: ``[1, X, Y, Z]``
+    uint8, nodule ``i`` labelled ``i + 1``, a later nodule winning overlaps."""
+    affine = torch.as_tensor(np.asarray(affine, dtype=np.float64))
+    shape = np.asarray(spatial_shape, dtype=int)
+    label = torch.zeros(tuple(shape), dtype=torch.uint8)
+    to_scan = SpatialResample(mode="nearest", padding_mode="zeros", dtype=torch.float32)
+    inverse = torch.linalg.inv(affine)
+    for value, crop in enumerate(crops, start=1):
+        mask = MetaTensor(crop.as_tensor()[1:2].float(), affine=crop.affine)
+        if not mask.any():
+            continue
+        n = np.array(mask.shape[1:]) - 1
+        corners = np.array([[i, j, k, 1.0] for i in (0, n[0]) for j in (0, n[1]) for k in (0, n[2])])
+        voxels = (inverse.numpy() @ np.asarray(crop.affine, dtype=np.float64) @ corners.T)[:3].T
+        start = np.clip(np.floor(voxels.min(0)) - 1, 0, shape).astype(int)
+        end = np.clip(np.ceil(voxels.max(0)) + 2, 0, shape).astype(int)
+        if np.any(end <= start):
+            continue
+        box = affine.clone()
+        box[:3, 3] = (affine @ torch.tensor([*start, 1.0], dtype=torch.float64))[:3]
+        back = to_scan(mask, dst_affine=box, spatial_size=tuple(end - start))[0] > 0.5
+        region = tuple(slice(a, b) for a, b in zip(start, end))
         label[region][back] = value
+    return MetaTensor(label[None], affine=affine, meta={"space": space})
 
 
 class NoduleCropd(MapTransform):
@@ -341,22 +363,35 @@ class NoduleTargetsd(MapTransform):
 class NoduleHeadsd(MapTransform):
     """Name the network's output channels (post-transform on one decollated item).
 
-    From ``pred`` (``[9]`` logits/mm) it adds ``malignancy_probs`` ``[2]``, ``malignancy_prob`` ``[1]``
-    (P(malignant)), ``size_band_probs`` ``[4]``, ``size_band`` (int), ``diameter_mm_pred`` ``[1]``,
-    ``nodule_probs`` ``[2]``, ``nodule_prob`` ``[1]`` (P(a nodule, not a vessel or wall)).
-    From ``label`` when present: ``malignancy_true``, ``size_band_true``, ``nodule_true`` (0-d long),
-    ``diameter_mm_true`` ``[1]``.
+    From ``pred`` (``[9]`` logits/mm, or ``[passes, 9]`` from a test-time-augmenting inferer with
+    ``keep_passes``, averaged here) it adds ``malignancy_probs`` ``[2]``, ``malignancy_prob`` ``[1]``
+    (P(malignant), its logits divided by ``malignancy_temperature``: temperature scaling, see
+    :func:`~nodule_bundle.calibration.fit_temperature`), ``malignancy_prob_uncalibrated`` ``[1]`` and
+    the ``malignancy_logits`` ``[2]`` it comes from,
+    ``size_band_probs`` ``[4]``, ``size_band`` (int), ``diameter_mm_pred`` ``[1]``, ``nodule_probs``
+    ``[2]``, ``nodule_prob`` ``[1]`` (P(a nodule, not a vessel or wall)); with passes also
+    ``malignancy_prob_spread`` ``[1]``: the standard deviation of P(malignant) over the passes, the
+    network's uncertainty. From ``label`` when present: ``malignancy_true``, ``size_band_true``,
+    ``nodule_true`` (0-d long), ``diameter_mm_true`` ``[1]``.
     """
 
-    def __init__(self, pred_key: str = "pred", label_key: str = "label"):
+    def __init__(self, pred_key: str = "pred", label_key: str = "label", malignancy_temperature: float = 1.0):
         super().__init__([pred_key], allow_missing_keys=False)
-        self.pred_key, self.label_key = pred_key, label_key
+        if not malignancy_temperature > 0:
+            raise ValueError(f"malignancy_temperature must be positive, got {malignancy_temperature}")
+        self.pred_key, self.label_key, self.temperature = pred_key, label_key, float(malignancy_temperature)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
         pred = torch.as_tensor(d[self.pred_key]).float()
-        probs = torch.softmax(pred[MALIGNANCY], dim=0)
+        if pred.ndim == 2:  # one row per test-time pass
+            per_pass = torch.softmax(pred[:, MALIGNANCY] / self.temperature, dim=1)[:, 1]
+            d["malignancy_prob_spread"] = per_pass.std(unbiased=False).reshape(1)
+            pred = pred.mean(0)
+        d["malignancy_logits"] = pred[MALIGNANCY]
+        probs = torch.softmax(pred[MALIGNANCY] / self.temperature, dim=0)
         d["malignancy_probs"], d["malignancy_prob"] = probs, probs[1:]
+        d["malignancy_prob_uncalibrated"] = torch.softmax(pred[MALIGNANCY], dim=0)[1:]
         d["size_band_probs"] = torch.softmax(pred[SIZE_BAND], dim=0)
         d["size_band"] = int(d["size_band_probs"].argmax())
         d["diameter_mm_pred"] = pred[DIAMETER]

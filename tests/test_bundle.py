@@ -37,6 +37,22 @@ def test_fine_tuning_starts_from_given_weights(trained, phantom_dir, tmp_path):
     assert missing.returncode != 0 and "absent.pt" in missing.stderr
 
 
+def test_training_is_tracked_in_mlflow_on_request(phantom_dir, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    result = monai_bundle_run(
+        ["train"], dataset_dir=phantom_dir, ckpt_dir=tmp_path / "models", output_dir=tmp_path / "eval", epochs=1, num_workers=0,
+        tracking="mlflow",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'eval' / 'mlruns.db'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "lung_nodule_ct_classification"]
+    runs = client.search_runs([experiment.experiment_id])
+    assert runs and any(r.data.params.get("max_epochs") == "1" for r in runs)
+    metrics = {k for r in runs for k in r.data.metrics}
+    assert {"train_loss", "val_score", "diameter_mae_mm", "size_band_accuracy"} <= metrics
+
+
 def test_evaluate_override_writes_metrics(trained, phantom_dir, datalist):
     result = monai_bundle_run(
         ["train", "evaluate"], dataset_dir=phantom_dir, ckpt_dir=trained / "models", output_dir=trained / "test", num_workers=0
@@ -49,6 +65,37 @@ def test_evaluate_override_writes_metrics(trained, phantom_dir, datalist):
         assert 0.0 <= metrics[name] <= 1.0
     assert metrics["diameter_mae_mm"] >= 0.0
     assert set(METRICS) - {"malignancy_auc", "size_only_auc"} <= set(metrics)  # AUCs need both classes
+    confusion = np.array(metrics["size_band_confusion"])  # reference band x predicted band
+    assert confusion.shape == (4, 4) and confusion.sum() == metrics["n_test_nodules"]
+    assert np.trace(confusion) / confusion.sum() == pytest.approx(metrics["size_band_accuracy"], abs=1e-6)
+    lower, upper = metrics["diameter_limits_of_agreement_mm"]
+    assert lower <= metrics["diameter_bias_mm"] <= upper
+    for figure in ("size_band_confusion", "bland_altman") + (("roc", "calibration") if "malignancy_auc" in metrics else ()):
+        assert (trained / "test" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_temperature_scaling_changes_confidence_not_ranking(trained, phantom_dir, datalist, tmp_path):
+    models = tmp_path / "models"  # a copy, so the calibration does not reach the other tests' bundle
+    models.mkdir()
+    shutil.copy(trained / "models" / "model.pt", models / "model.pt")
+    plain = monai_bundle_run(["train", "evaluate"], dataset_dir=phantom_dir, ckpt_dir=models, output_dir=tmp_path / "plain", num_workers=0)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    fitted = monai_bundle_run(["train", "evaluate", "calibrate"], dataset_dir=phantom_dir, ckpt_dir=models, output_dir=tmp_path / "fit", num_workers=0)
+    assert fitted.returncode == 0, fitted.stderr[-3000:]
+    calibration = json.loads((models / "calibration.json").read_text())
+    n_validation = sum(i.get("is_nodule", 1) and i.get("malignancy") is not None for i in datalist["validation"])
+    assert calibration["fitted_on"] == "validation" and calibration["n_nodules"] == n_validation
+    assert calibration["malignancy_temperature"] > 0 and calibration["ece_after"] <= calibration["ece_before"] + 0.05
+    assert (tmp_path / "fit" / "metrics.json").exists()  # the validation run's own record
+    calibrated = monai_bundle_run(["train", "evaluate"], dataset_dir=phantom_dir, ckpt_dir=models, output_dir=tmp_path / "cal", num_workers=0)
+    assert calibrated.returncode == 0, calibrated.stderr[-3000:]
+    before, after = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("plain", "cal"))
+    assert after["malignancy_auc"] == pytest.approx(before["malignancy_auc"], abs=1e-9)  # same order
+    assert after["ece_uncalibrated"] == pytest.approx(before["ece"], abs=1e-6)
+    assert after["ece"] != pytest.approx(after["ece_uncalibrated"], abs=1e-6)
+    (models / "calibration.json").write_text('{"malignancy_temperature": -1}')
+    broken = monai_bundle_run(["train", "evaluate"], dataset_dir=phantom_dir, ckpt_dir=models, output_dir=tmp_path / "bad", num_workers=0)
+    assert broken.returncode != 0 and "calibration.json: malignancy_temperature must be a positive number" in broken.stderr
 
 
 FORMATS = {"nifti": "images/{}.nii.gz", "mhd": "mhd/{}.mhd", "dicom": "dicom/{}"}

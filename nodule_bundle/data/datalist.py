@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from monai.data import load_decathlon_datalist
 
-from nodule_bundle.errors import NoduleBundleError
 from nodule_bundle.data.image_index import scan_stem
 from nodule_bundle.data.nodule_csv import NoduleListError, read_nodule_csv
+from nodule_bundle.errors import NoduleBundleError
 from nodule_bundle.nodule import Nodule
 
 SPLITS = ("training", "validation", "test")
@@ -112,7 +112,8 @@ def load_nodule_datalist(datalist: str | Path, split: str, dataset_dir: str | Pa
 
 
 def scan_item(image: str | Path | None, nodules: str | Path | None, seriesuid: str | None = None) -> dict:
-    """One inference item: a scan and all its nodules (``center_world_mm`` ``(N, 3)``, ``nodule_id`` ``N``).
+    """One inference item: a scan and all its nodules (``center_world_mm`` ``(N, 3)``, ``nodule_id`` and
+    ``texture`` (``""`` when the list does not say) ``N``).
 
     ``nodules`` is a CSV in world mm (see :mod:`nodule_bundle.data.nodule_csv`). When it lists several
     series, the rows of ``seriesuid`` (default: the image's file stem, as LUNA16 names scans) are used.
@@ -134,4 +135,5 @@ def scan_item(image: str | Path | None, nodules: str | Path | None, seriesuid: s
         "seriesuid": seriesuid or (found[0].seriesuid or scan_stem(image)),
         "center_world_mm": [list(n.center_world_mm) for n in found],
         "nodule_id": [n.nodule_id for n in found],
+        "texture": [n.texture or "" for n in found],
     }

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from pydicom.errors import InvalidDicomError
+from tqdm import tqdm
 
 from nodule_bundle.dicom_series import DicomSeriesError, read_slice_header
 
@@ -29,7 +30,7 @@ def index_images(root: str | Path) -> dict[str, Path]:
     """
     root = Path(root)
     index: dict[str, Path] = {}
-    for directory, subdirs, names in os.walk(root):
+    for directory, subdirs, names in tqdm(os.walk(root), desc=f"indexing {root}", unit="folder", disable=None):
         subdirs.sort()
         dicom_uid = None
         for name in sorted(names):

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from nodule_bundle.data.datalist import build_datalist, nodule_item, relative_image_path
 from nodule_bundle.data.image_index import index_images
@@ -132,7 +133,7 @@ def convert_lidc(
     scans = pl.query(pl.Scan).all()
     by_patient: dict[str, list[dict]] = {}
     missing, unusable = 0, []
-    for scan in scans:
+    for scan in tqdm(scans, desc="LIDC-IDRI scans", unit="scan", disable=None):
         directory = index.get(scan.series_instance_uid)
         if directory is None:
             missing += 1

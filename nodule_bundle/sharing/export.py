@@ -5,6 +5,7 @@ Layout (the MONAI bundle specification's, plus the code the configs import)::
     configs/            metadata.json, train/evaluate/inference/finetune ... .json, logging.conf
     models/model.pt     the network's state dict (weights only)
     models/model.ts     the same network as TorchScript (MONAI ckpt_export, configs embedded)
+    models/calibration.json  the malignancy temperature, when the checkpoint's folder has one
     docs/               model card (README.md) and data_license.txt
     nodule_bundle/      the custom components; MONAI puts the bundle root on sys.path
     LICENSE  large_files.yml  manifest.sha256
@@ -24,6 +25,7 @@ import torch
 import yaml
 
 import nodule_bundle
+from nodule_bundle.calibration import load_temperature
 from nodule_bundle.errors import NoduleBundleError
 from nodule_bundle.sharing.archive import sha256_file, write_manifest, write_zip
 from nodule_bundle.sharing.network_checks import export_torchscript, load_weights
@@ -54,7 +56,10 @@ def export_bundle(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        _assemble(staging, root, load_weights(ckpt), weights_url)
+        calibration = ckpt.parent / "calibration.json"
+        if calibration.is_file():
+            load_temperature(calibration)  # a broken one fails here, naming the file, and does not travel
+        _assemble(staging, root, load_weights(ckpt), weights_url, calibration if calibration.is_file() else None)
         if out.suffix == ".zip":
             partial = staging.with_suffix(".zip.partial")
             write_zip(staging, partial)
@@ -67,7 +72,7 @@ def export_bundle(
     return out
 
 
-def _assemble(staging: Path, root: Path, weights: dict, weights_url: str) -> None:
+def _assemble(staging: Path, root: Path, weights: dict, weights_url: str, calibration: Path | None) -> None:
     configs = staging / "configs"
     configs.mkdir()
     for path in sorted((root / "configs").iterdir()):
@@ -85,6 +90,8 @@ def _assemble(staging: Path, root: Path, weights: dict, weights_url: str) -> Non
     (staging / "models").mkdir()
     torch.save(weights, staging / "models" / "model.pt")
     export_torchscript(staging, staging / "models" / "model.ts")
+    if calibration is not None:
+        shutil.copy2(calibration, staging / "models" / "calibration.json")
     large = [
         {"path": f"models/{name}", "url": weights_url and f"{weights_url.rstrip('/')}/{name}",
          "hash_val": sha256_file(staging / "models" / name), "hash_type": "sha256"}

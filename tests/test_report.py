@@ -1,0 +1,212 @@
+"""What a radiologist sees: report fields, pictures, the label map over the scan, the HTML page in a
+real headless browser, and no patient identity unless asked for."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from bundle_run import monai_bundle_run
+from dicom_helpers import edit
+from nodule_bundle.nodule import lung_rads_category, texture_from_measurement
+from nodule_bundle.report_html import render_report_html
+from nodule_bundle.report_pictures import nodule_views
+from nodule_bundle.transforms import LoadCTImaged, label_map
+
+PHI = {"PatientName": "Doe^Jane", "PatientID": "MRN-0042", "PatientBirthDate": "19500101"}
+
+
+@pytest.mark.parametrize(
+    "texture, mean, solid, category",
+    [("solid", 5.9, 5.9, "2"), ("solid", 6.0, 6.0, "3"), ("solid", 8.0, 8.0, "4A"), ("solid", 15.0, 15.0, "4B"),
+     ("part-solid", 5.0, 3.0, "2"), ("part-solid", 10.0, 5.0, "3"), ("part-solid", 10.0, 6.5, "4A"), ("part-solid", 12.0, 8.0, "4B"),
+     ("ground-glass", 29.0, 0.0, "2"), ("ground-glass", 30.0, 0.0, "3")],
+)  # fmt: skip
+def test_lung_rads_category_follows_the_v2022_size_rules(texture, mean, solid, category):
+    assert lung_rads_category(texture, mean, solid) == category
+
+
+def test_texture_from_the_mask():
+    assert texture_from_measurement(8.0, 7.5) == "solid"
+    assert texture_from_measurement(8.0, 3.0) == "part-solid"
+    assert texture_from_measurement(8.0, 0.0) == "ground-glass"
+    with pytest.raises(ValueError, match="texture"):
+        lung_rads_category("calcified", 5.0)
+
+
+def _crop_with_marker() -> MetaTensor:
+    """A RAS crop: a nodule mask at the centre and a bright marker towards the patient's right,
+    anterior and superior (high x, y and z in RAS)."""
+    hu = torch.full((40, 40, 40), -900, dtype=torch.int16)
+    hu[30:34, 30:34, 30:34] = 300
+    mask = torch.zeros_like(hu)
+    mask[17:23, 17:23, 17:23] = 1
+    return MetaTensor(torch.stack([hu, mask]), affine=torch.diag(torch.tensor([0.6, 0.6, 0.6, 1.0], dtype=torch.float64)))
+
+
+def test_views_are_shown_the_radiological_way_with_the_mask_outlined():
+    views = nodule_views(_crop_with_marker(), zoom=2)
+    assert {k: v.shape for k, v in views.items()} == {p: (80, 80, 3) for p in ("axial", "coronal", "sagittal")}
+    for plane in views:  # each view goes through the mask's centre, where the marker is not
+        assert not (views[plane][..., 2] > 200).any()
+    crop = _crop_with_marker()
+    crop[0, 30:34, 30:34, 17:23] = 300  # a marker in the mask's axial slices: right, anterior
+    axial = nodule_views(crop, zoom=1)["axial"]
+    rows, cols = np.argwhere(axial[..., 2] > 200).T
+    assert rows.mean() < 20 and cols.mean() < 20  # anterior at the top, the patient's right on the left
+    outline = np.all(axial == (255, 196, 0), axis=-1)
+    assert outline.any() and not outline[20, 20]  # a contour, not a filled mask
+
+
+def test_label_map_puts_each_mask_where_its_crop_came_from():
+    scan_affine = torch.tensor([[-0.7, 0, 0, 100.0], [0, -0.7, 0, 50.0], [0, 0, 2.0, -200.0], [0, 0, 0, 1]], dtype=torch.float64)
+    crop_affine = torch.diag(torch.tensor([0.6, 0.6, 0.6, 1.0], dtype=torch.float64))
+    centre_world = np.array([60.0, 20.0, -150.0])
+    crop_affine[:3, 3] = torch.as_tensor(centre_world - 0.6 * 19.5)
+    mask = torch.zeros((2, 40, 40, 40), dtype=torch.int16)
+    mask[1, 15:25, 15:25, 15:25] = 1  # a 6 mm cube about the centre
+    label = label_map([MetaTensor(mask, affine=crop_affine)], (120, 100, 60), scan_affine)
+    assert label.shape == (1, 120, 100, 60) and label.dtype == torch.uint8
+    centre_voxel = np.rint(np.linalg.solve(scan_affine.numpy(), [*centre_world, 1.0])[:3]).astype(int)
+    assert label[(0, *centre_voxel)] == 1
+    assert 0.5 * 216 < float(label.sum()) * 0.7 * 0.7 * 2.0 < 2.0 * 216  # about the cube's 216 mm3
+
+
+def test_html_escapes_what_it_is_given():
+    nodule = {"nodule_id": "<script>x</script>", "center_world_mm": [1.0, 2.0, 3.0], "diameter_mm": 5.0, "size_band_name": "<6 mm",
+              "malignancy_probability": 0.1, "nodule_probability": 0.9, "texture": None}  # fmt: skip
+    page = render_report_html({"seriesuid": "s&1", "nodules": [nodule]}, {}, {"name": "b", "version": "1"})
+    assert "<script>" not in page and "&lt;script&gt;" in page and "s&amp;1" in page
+
+
+@pytest.fixture(scope="module")
+def phi_scan(phantom_dir, test_scan, tmp_path_factory) -> Path:
+    """The test scan's DICOM series with a patient's name, id and birth date in every header."""
+    uid = test_scan[0]
+    series = tmp_path_factory.mktemp("phi") / uid
+    series.mkdir()
+    for path in sorted((phantom_dir / "dicom" / uid).glob("*.dcm")):
+        edit(path, lambda ds: [setattr(ds, k, v) for k, v in PHI.items()], series / path.name)
+    return series
+
+
+@pytest.fixture(scope="module")
+def report_dirs(trained, phantom_dir, test_scan, phi_scan, tmp_path_factory) -> dict[str, Path]:
+    uid, _, csv_path = test_scan
+    runs = {"nifti": (phantom_dir / "images" / f"{uid}.nii.gz", False), "dicom": (phi_scan, False), "dicom_phi": (phi_scan, True)}
+    outputs = {}
+    for name, (image, include_phi) in runs.items():
+        out = tmp_path_factory.mktemp(f"report_{name}")
+        result = monai_bundle_run(
+            ["inference"], image=image, nodules=csv_path, seriesuid=uid, ckpt_path=trained / "models" / "model.pt",
+            output_dir=out, include_phi=include_phi,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs[name] = out
+    return outputs
+
+
+@pytest.mark.parametrize("name", ["nifti", "dicom"])
+def test_report_files_and_label_map_over_the_scan(report_dirs, phantom_dir, test_scan, name, phi_scan):
+    out, uid = report_dirs[name], test_scan[0]
+    assert {p.name for p in out.iterdir()} == {"report.json", "report.csv", "report.html", "nodules.png", "nodule_labels.nii.gz"}
+    assert (out / "nodules.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (scan,) = json.loads((out / "report.json").read_text())["scans"]
+    for n in scan["nodules"]:
+        assert n["lung_rads_category"] in ("2", "3", "4A", "4B") and n["texture_source"] in ("measured", None)
+        assert 0.0 <= n["malignancy_uncertainty"] <= 0.5
+    image = LoadCTImaged("image", ensure_channel_first=True, image_only=True)(
+        {"image": str(phantom_dir / "images" / f"{uid}.nii.gz") if name == "nifti" else str(phi_scan)}
+    )["image"]  # fmt: skip
+    label = nib.load(out / "nodule_labels.nii.gz")
+    assert label.shape == tuple(image.shape[1:])
+    np.testing.assert_allclose(label.affine, image.affine.numpy(), atol=1e-3)  # same grid in world space
+    values = np.asarray(label.dataobj)
+    inside = [values[tuple(np.rint(n["center_voxel"]).astype(int))] == n["label_value"] for n in scan["nodules"] if "label_value" in n]
+    assert len(inside) >= 0.8 * len(scan["nodules"]) and sum(inside) >= 0.8 * len(inside)
+    assert set(np.unique(values)) - {0} <= {n["label_value"] for n in scan["nodules"] if "label_value" in n}
+
+
+def test_patient_identity_stays_out_unless_asked(report_dirs):
+    for name in ("nifti", "dicom"):
+        for path in report_dirs[name].iterdir():
+            text = path.read_bytes()
+            assert not any(v.encode() in text for v in PHI.values()), f"{name}/{path.name} carries PHI"
+    (scan,) = json.loads((report_dirs["dicom_phi"] / "report.json").read_text())["scans"]
+    assert scan["patient"]["patient_id"] == "MRN-0042" and scan["patient"]["birth_date"] == "19500101"
+    assert "Doe" in scan["patient"]["patient_name"]
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must install Debian's chromium (.ci/run) for the HTML report test")
+        pytest.skip("chromium is not installed")
+    return found
+
+
+def test_html_report_renders_offline_in_headless_chromium(report_dirs, tmp_path):
+    out = report_dirs["nifti"]
+    (scan,) = json.loads((out / "report.json").read_text())["scans"]
+    page = (out / "report.html").read_text()
+    assert not re.search(r'(?:src|href)="(?!data:|#)', page)  # no external assets
+    probe = tmp_path / "report.html"  # the page plus a script that records what the browser decoded
+    probe.write_text(page.replace("</body>", """<script>
+document.body.setAttribute('data-images-loaded', [...document.images].filter(i => i.complete && i.naturalWidth > 0).length);
+document.body.setAttribute('data-rows', document.querySelectorAll('table.nodules tbody tr').length);
+</script></body>""").replace("default-src 'none';", "default-src 'none'; script-src 'unsafe-inline';"))  # fmt: skip
+    result = subprocess.run(
+        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={tmp_path / 'profile'}",
+         "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    dom = result.stdout
+    n = len(scan["nodules"])
+    assert re.search(rf'data-images-loaded="{3 * n}"', dom) and re.search(rf'data-rows="{n}"', dom)
+    for nodule in scan["nodules"]:
+        assert f'id="row-{nodule["nodule_id"]}"' in dom and f'alt="nodule {nodule["nodule_id"]} axial"' in dom
+
+
+def test_batch_report_records_failures_and_resumes(trained, phantom_dir, tmp_path, capsys):
+    from nodule_bundle.cli import main
+
+    uids = sorted(p.name[: -len(".nii.gz")] for p in (phantom_dir / "images").glob("*.nii.gz"))[:2]
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for uid in uids:
+        shutil.copy(phantom_dir / "images" / f"{uid}.nii.gz", scans / f"{uid}.nii.gz")
+    (scans / "broken.nii.gz").write_bytes((phantom_dir / "images" / f"{uids[0]}.nii.gz").read_bytes()[:5000])  # truncated
+    nodules = tmp_path / "nodules.csv"  # the phantom's list, and a row for the broken scan
+    nodules.write_text((phantom_dir / "annotations.csv").read_text().rstrip("\n") + "\nbroken,0,0,0,5,0,solid,b-00,smooth,0\n")
+    out, model = tmp_path / "out", trained / "models" / "model.pt"
+    args = ["report", "--images", str(scans), "--out", str(out), "--nodules", str(nodules), "--model", str(model)]
+    assert main(args) == 1  # a scan failed; the others were reported
+    summary = {r["scan"]: r for r in csv.DictReader(open(out / "summary.csv"))}
+    assert summary["broken"]["status"] == "failed" and "broken.nii.gz" in summary["broken"]["error"]
+    for uid in uids:
+        assert summary[uid]["status"] == "done" and int(summary[uid]["nodules"]) > 0
+        assert (out / uid / "report.html").is_file() and (out / uid / "nodule_labels.nii.gz").is_file()
+    assert sorted(p.name for p in out.iterdir()) == sorted([*uids, "summary.csv"])  # no partial folder of the failed scan
+    finished = {uid: (out / uid / "report.json").stat().st_mtime_ns for uid in uids}
+    listing = tmp_path / "scans.txt"
+    listing.write_text("# the same scans, as a list\n" + "".join(f"scans/{uid}.nii.gz\n" for uid in uids))
+    assert main([*args[:2], str(listing), *args[3:]]) == 0
+    again = {r["scan"]: r for r in csv.DictReader(open(out / "summary.csv"))}
+    assert {again[uid]["status"] for uid in uids} == {"done earlier"}
+    assert {uid: (out / uid / "report.json").stat().st_mtime_ns for uid in uids} == finished  # not redone
+    assert "2 reported (2 by an earlier run), 0 failed" in capsys.readouterr().out
