@@ -227,7 +227,7 @@ def format_label_result(result: dict) -> str:
 
 def bench_scan_to_report(shape: tuple[int, int, int] = (512, 512, 300), repeats: int = 3, spacing_mm=(0.7, 0.7, 1.0), nodules: int = 20) -> dict:
     """Scan-to-report with given nodule coordinates, stage by stage (read, measure, crop + resample,
-    preprocess, network, report), against two baselines on the same file in the same run: the plain
+    preprocess, network, report: JSON, CSV, HTML, montage and label map), against two baselines on the same file in the same run: the plain
     read (nibabel, the floor) and the straightforward MONAI pipeline that resamples the whole volume to
     the patch spacing (``Orientation`` + ``Spacing``) before cropping. Also the largest difference
     between the two pipelines' normalised patches (the whole-volume patches interpolated at the
@@ -237,14 +237,22 @@ def bench_scan_to_report(shape: tuple[int, int, int] = (512, 512, 300), repeats:
 
     from nodule_bundle.inferers import FlipAveragingInferer
     from nodule_bundle.networks import MultiTaskNoduleNet
-    from nodule_bundle.report import nodule_finding, write_report
+    from nodule_bundle.report import nodule_finding, scan_identity, write_report, write_scan_pictures
     from nodule_bundle.transforms import CTPreprocessd, NoduleCrop, NoduleCropd, NoduleHeadsd, NoduleMeasured
 
     load = LoadCTImaged("image", ensure_channel_first=True, image_only=True)
-    measure = NoduleMeasured("image")
-    crop = NoduleCropd("image", per_nodule_keys=("nodule_id", *MEASUREMENT_KEYS), patch_size=40, spacing_mm=1.2)
+    measure = NoduleMeasured("image", crop_key="measurement_crop")
+    crop = NoduleCropd("image", per_nodule_keys=("nodule_id", *MEASUREMENT_KEYS, "measurement_crop"), patch_size=40, spacing_mm=1.2)
     preprocess, heads = CTPreprocessd("image", denoise_sigma_mm=0.5), NoduleHeadsd()
-    network, inferer = MultiTaskNoduleNet().eval(), FlipAveragingInferer()
+    network, inferer = MultiTaskNoduleNet().eval(), FlipAveragingInferer(keep_passes=True)
+
+    def report(folder: Path, image, samples: list[dict], preds: torch.Tensor) -> None:
+        findings = [nodule_finding(s, heads({"pred": p})) | {"label_value": k + 1} for k, (s, p) in enumerate(zip(samples, preds))]
+        scan_entry = {**scan_identity(scan.seriesuid, image.meta), "nodules": findings}
+        write_report(folder, [scan_entry], None)
+        crops = {f["nodule_id"]: s["measurement_crop"] for f, s in zip(findings, samples)}
+        write_scan_pictures(folder, scan_entry, crops, image.meta, {"name": "bench", "version": None})
+
     whole_volume = [Orientation(axcodes="RAS"), Spacing(pixdim=(1.2, 1.2, 1.2), mode="bilinear")]
     whole_volume_crop = NoduleCrop(40, 1.2)  # on the resampled volume: the same patch grid, for the difference
     stages: dict[str, list[float]] = {name: [] for name in ("read", "measure", "crop_resample", "preprocess", "network", "report")}
@@ -269,8 +277,7 @@ def bench_scan_to_report(shape: tuple[int, int, int] = (512, 512, 300), repeats:
             with torch.no_grad():
                 preds = inferer(torch.stack([torch.as_tensor(s["image"]).as_subclass(torch.Tensor) for s in samples]), network)
             times["network"], t = time.perf_counter() - t, time.perf_counter()
-            findings = [nodule_finding(s, heads({"pred": p})) for s, p in zip(samples, preds)]
-            write_report(Path(tmp) / "report", [{"seriesuid": scan.seriesuid, "image": path.name, "nodules": findings}], None)
+            report(Path(tmp) / "report", item["image"], samples, preds)
             times["report"], t = time.perf_counter() - t, time.perf_counter()
             baseline_item = measure(load({"image": str(path), "center_world_mm": centres, "nodule_id": item["nodule_id"]}))
             resampled = baseline_item["image"]
@@ -279,8 +286,7 @@ def bench_scan_to_report(shape: tuple[int, int, int] = (512, 512, 300), repeats:
             reference = [preprocess({"image": whole_volume_crop(resampled, c)})["image"] for c in centres]
             with torch.no_grad():
                 reference_preds = inferer(torch.stack([torch.as_tensor(r).as_subclass(torch.Tensor) for r in reference]), network)
-            findings = [nodule_finding(s, heads({"pred": p})) for s, p in zip(samples, reference_preds)]
-            write_report(Path(tmp) / "report_whole_volume", [{"seriesuid": scan.seriesuid, "image": path.name, "nodules": findings}], None)
+            report(Path(tmp) / "report_whole_volume", baseline_item["image"], samples, reference_preds)
             baseline_s = time.perf_counter() - t
             if run:
                 floor.append(floor_s)

@@ -2,6 +2,7 @@
 
     nodule-bundle synth    --out DIR [--scans N] [--seed S] [--formats nifti,mhd,nrrd,dicom]
     nodule-bundle classify --image SCAN [--nodules CSV] --out DIR [--model model.pt] [--include-phi]
+    nodule-bundle train    --datalist FILE --out DIR [--dataset-dir DIR] [--epochs 40]
     nodule-bundle report   --images DIR|LIST --out DIR [--nodules CSV] [--model model.pt] [--include-phi]
     nodule-bundle demo     --out DIR [--quick]
     nodule-bundle convert  luna16 --root DIR --out datalist.json [--candidates candidates_V2.csv]
@@ -81,6 +82,21 @@ def _report(args: argparse.Namespace) -> int:
         print(f"failed: {r['scan']}: {r['error']}", file=sys.stderr)
     print(f"{len(rows)} scans: {len(rows) - len(failed)} reported ({earlier} by an earlier run), {len(failed)} failed; summary: {Path(args.out) / 'summary.csv'}")
     return 1 if failed else 0
+
+
+def _train(args: argparse.Namespace) -> None:
+    from nodule_bundle.workflow import find_bundle_root, run_bundle
+
+    if not args.verbose:  # the engines log every failure with a traceback; the user gets one line
+        logging.disable(logging.CRITICAL)
+    try:
+        run_bundle(
+            ["train"], find_bundle_root(args.bundle_root), datalist=str(args.datalist), dataset_dir=str(args.dataset_dir or args.datalist.parent),
+            ckpt_dir=str(args.out / "models"), output_dir=str(args.out / "eval"), epochs=args.epochs, num_workers=args.num_workers,
+        )  # fmt: skip
+    finally:
+        logging.disable(logging.NOTSET)
+    print(f"weights: {args.out / 'models' / 'model.pt'}; curves and metrics: {args.out / 'eval'}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -200,6 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bundle-root", default=None)
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("train", help="train the bundle (configs/train.json) on a datalist")
+    p.add_argument("--datalist", required=True, type=Path, help="MONAI datalist JSON (training, validation, test)")
+    p.add_argument("--dataset-dir", type=Path, default=None, help="folder the datalist's image paths are relative to (default: its own)")
+    p.add_argument("--out", required=True, type=Path, help="models/ (weights) and eval/ (curves, metrics) go here")
+    p.add_argument("--epochs", type=_positive_int, default=40)
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--bundle-root", default=None)
+    p.set_defaults(func=_train)
 
     p = sub.add_parser("report", help="reports for many scans, one folder each, with a summary; resumes where it stopped")
     p.add_argument("--images", required=True, type=Path, help="a folder of scans (files, DICOM series folders) or a text file of paths")

@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.handlers import CheckpointLoader
 from monai.metrics import compute_roc_auc
 
 from nodule_bundle.data.image_index import scan_stem
 from nodule_bundle.errors import NoduleBundleError
 from nodule_bundle.froc import froc, hit_matrix, system_score
 from nodule_bundle.io_utils import write_json_atomic
+from nodule_bundle.sharing.archive import sha256_file
 from nodule_bundle.plots import plot_froc
 from nodule_bundle.report import BUNDLE_NAME, is_rejected_candidate, nodule_finding, scan_identity, write_report, write_scan_pictures
 
@@ -268,7 +270,7 @@ class EvaluationPlotsWriter(_OutputCollector):
         from nodule_bundle.calibration import expected_calibration_error, reliability_bins
         from nodule_bundle.plots import plot_bland_altman, plot_confusion, plot_reliability, plot_roc, roc_curve
 
-        metrics, n = engine.state.metrics, len(self._outputs)
+        metrics = engine.state.metrics
         malignancy = _labelled(self._outputs, "malignancy_true")
         labels = [int(o["malignancy_true"]) for o in malignancy]
         if len(set(labels)) == 2:
@@ -298,7 +300,7 @@ class EvaluationPlotsWriter(_OutputCollector):
         if sized:
             agreement = plot_bland_altman(
                 [_first(o, "diameter_mm_true") for o in sized], [_first(o, "diameter_mm_pred") for o in sized],
-                self.output_dir / "bland_altman.png", title=f"network diameter, {len(sized)} of {n} items",
+                self.output_dir / "bland_altman.png", title=f"network diameter, {len(sized)} nodules",
             )  # fmt: skip
             metrics["diameter_bias_mm"], metrics["diameter_limits_of_agreement_mm"] = agreement["bias_mm"], agreement["limits_of_agreement_mm"]
 
@@ -327,3 +329,49 @@ class TemperatureFitter(_OutputCollector):
         result = {"malignancy_temperature": temperature, "fitted_on": self.split, "n_nodules": len(labels), "ece_before": before, "ece_after": after}
         write_json_atomic(self.path, result)
         engine.state.metrics.update({"malignancy_temperature": temperature, "ece_before": before, "ece_after": after})
+
+
+class CheckpointError(NoduleBundleError):
+    """Weights that cannot be loaded into the bundle's network."""
+
+
+class CheckedCheckpointLoader(CheckpointLoader):
+    """MONAI's ``CheckpointLoader`` (a ``weights_only`` load) whose failures name the file and what is
+    wrong with it: missing, not a readable weights-only checkpoint (corrupt, truncated, or pickled
+    code), or the weights of another network. In an exported bundle, whose ``large_files.yml``
+    lists the file, its sha256 is checked before anything is unpickled.
+
+    Args:
+        large_files: path of the bundle's ``large_files.yml`` (absent in a source checkout: no check).
+        load_path, load_dict, kwargs: as for :class:`monai.handlers.CheckpointLoader`.
+    """
+
+    def __init__(self, load_path: str, load_dict: dict, large_files: str | Path | None = None, **kwargs):
+        super().__init__(load_path, load_dict, **kwargs)
+        self.large_files = Path(large_files) if large_files else None
+
+    def __call__(self, engine: Engine) -> None:
+        path = Path(self.load_path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: checkpoint not found (train first, or pass the weights' path)")
+        expected = listed_sha256(self.large_files, path) if self.large_files and self.large_files.is_file() else None
+        if expected is not None and sha256_file(path) != expected:
+            raise CheckpointError(f"{path}: sha256 differs from {self.large_files}: damaged or replaced weights, not loaded")
+        try:
+            super().__call__(engine)
+        except Exception as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            if "state_dict" in str(err) or "size mismatch" in str(err):
+                raise CheckpointError(f"{path}: weights of another network: they do not fit this bundle's network ({first})") from None
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint of weights only (corrupt, truncated or holding code?): {first}") from None
+
+
+def listed_sha256(large_files: Path, path: Path) -> str | None:
+    """The sha256 that a bundle's ``large_files.yml`` lists for ``path`` (paths relative to its folder)."""
+    import yaml
+
+    entries = (yaml.safe_load(large_files.read_text()) or {}).get("large_files", [])
+    for entry in entries:
+        if (large_files.parent / str(entry.get("path", ""))).resolve() == path.resolve():
+            return str(entry.get("hash_val") or "") or None
+    return None

@@ -53,6 +53,39 @@ def _voxel_size(affine: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 MAX_AIR_HU = -500.0  # every chest CT holds air (lungs, outside the body) far below this
+MAX_IMAGE_BYTES = 16 * 2**30  # as float32: a 1024 x 1024 x 4000 scan; a header claiming more is refused unread
+
+
+def declared_shape(path: str) -> tuple[int, ...] | None:
+    """The image size a file's header claims, read without the voxels (NIfTI by nibabel, MHD, NRRD
+    and other ITK formats by ITK's ImageIO); ``None`` for a DICOM folder or a header not understood
+    (the reader then reports it)."""
+    import itk
+    import nibabel as nib
+
+    if os.path.isdir(path) or not os.path.isfile(path):
+        return None
+    try:
+        if path.endswith((".nii", ".nii.gz")):
+            return tuple(int(v) for v in nib.load(path).header.get_data_shape())
+        io = itk.ImageIOFactory.CreateImageIO(path, itk.CommonEnums.IOFileMode_ReadMode)
+        if io is None:
+            return None
+        io.SetFileName(path)
+        io.ReadImageInformation()
+        return tuple(int(io.GetDimensions(i)) for i in range(io.GetNumberOfDimensions()))
+    except Exception:  # noqa: BLE001 - an unreadable header is the reader's to report
+        return None
+
+
+def check_declared_size(path: str) -> None:
+    """Refuse, before reading, an image whose header claims more than :data:`MAX_IMAGE_BYTES`."""
+    shape = declared_shape(path)
+    if shape and math.prod(shape) * 4 > MAX_IMAGE_BYTES:
+        raise UnreadableImageError(
+            f"{path}: the header claims a {' x '.join(map(str, shape))} image ({math.prod(shape) * 4 / 1e9:,.0f} GB as float32), "
+            f"more than the {MAX_IMAGE_BYTES / 2**30:.0f} GB this reader allows: a damaged or hostile header; not read"
+        )
 
 
 class LoadCTImaged(LoadImaged):
@@ -60,7 +93,8 @@ class LoadCTImaged(LoadImaged):
     MONAI's readers, DICOM directories through :class:`~nodule_bundle.readers.DicomSeriesReader`
     (series chosen, slices ordered by position and checked).
 
-    Unreadable files, non-3D images and images that are not CT in Hounsfield units (NaN/infinite
+    Unreadable files, headers claiming more than :data:`MAX_IMAGE_BYTES` (checked before reading),
+    images that are not one 3D volume and images that are not CT in Hounsfield units (NaN/infinite
     voxels; nothing as dark as air, below :data:`MAX_AIR_HU`: an MR, or data without its rescale) raise
     :class:`UnreadableImageError` naming the file, instead of a reader traceback or a silent misread.
 
@@ -75,6 +109,8 @@ class LoadCTImaged(LoadImaged):
 
     def __call__(self, data, reader=None):
         paths = [str(data[k]) for k in self.key_iterator(dict(data))]
+        for path in paths:
+            check_declared_size(path)
         if reader is None and all(os.path.isdir(p) for p in paths):
             reader = self.dicom_reader
         try:
@@ -85,8 +121,8 @@ class LoadCTImaged(LoadImaged):
             reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
             raise UnreadableImageError(f"{', '.join(paths)}: cannot read image ({reason})") from err
         for key in self.key_iterator(d):
-            if d[key].ndim != 4:
-                raise UnreadableImageError(f"{data[key]}: expected a 3D volume, got image shape {tuple(d[key].shape)}")
+            if d[key].ndim != 4 or d[key].shape[0] != 1:
+                raise UnreadableImageError(f"{data[key]}: expected one 3D volume, got image shape {tuple(d[key].shape)} (channel first)")
             darkest, brightest = (float(v) for v in torch.aminmax(d[key].as_tensor()))  # one pass; NaN and Inf propagate
             if not (math.isfinite(darkest) and math.isfinite(brightest)):
                 raise UnreadableImageError(f"{data[key]}: NaN or infinite voxel values")
@@ -131,7 +167,8 @@ class NoduleCrop(Transform):
         center = np.asarray(center_world_mm, dtype=np.float64)
         shape = np.array(img.shape[1:])
         center_voxel = world_to_voxel(center, img.affine, space)
-        if np.any(center_voxel < -0.5) or np.any(center_voxel > shape - 0.5):
+        tolerance = 1e-6  # a centre on the outer edge of a border voxel, give or take rounding, is inside
+        if np.any(center_voxel < -0.5 - tolerance) or np.any(center_voxel > shape - 0.5 + tolerance):
             raise NoduleOutsideVolumeError(
                 f"{_filename(img)}: nodule at world {np.round(center, 1).tolist()} mm (LPS) is outside the "
                 f"image (voxel {np.round(center_voxel, 1).tolist()}, image size {shape.tolist()})"

@@ -50,3 +50,16 @@ def test_scan(phantom_dir, datalist, tmp_path_factory):
         for r in rows:
             writer.writerow([uid, *r["center_world_mm"], r["nodule_id"]])
     return uid, rows, csv_path
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The bad-input corpus in one line: cases tried, clear errors, crashes, files left behind."""
+    from bad_inputs import RESULTS
+
+    if RESULTS:
+        cases = {r["case"] for r in RESULTS}
+        terminalreporter.write_line(
+            f"bad-input corpus: {len(cases)} cases tried ({len(RESULTS)} runs through the CLI and python -m monai.bundle run), "
+            f"{sum(r['clear'] for r in RESULTS)} clear errors, {sum(r['crash'] for r in RESULTS)} crashes, "
+            f"{sum(r['left_behind'] for r in RESULTS)} files left behind"
+        )

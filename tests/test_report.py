@@ -209,4 +209,6 @@ def test_batch_report_records_failures_and_resumes(trained, phantom_dir, tmp_pat
     again = {r["scan"]: r for r in csv.DictReader(open(out / "summary.csv"))}
     assert {again[uid]["status"] for uid in uids} == {"done earlier"}
     assert {uid: (out / uid / "report.json").stat().st_mtime_ns for uid in uids} == finished  # not redone
-    assert "2 reported (2 by an earlier run), 0 failed" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "2 reported (2 by an earlier run), 0 failed" in captured.out
+    assert "reports:" not in captured.err and "scan/s" not in captured.err  # no progress bar when not on a terminal

@@ -44,7 +44,11 @@ def read_nodule_rows(path: str | Path, seriesuid: str | None = None) -> list[tup
     path = Path(path)
     if not path.is_file():
         raise NoduleListError(f"{path}: nodule list not found")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise NoduleListError(f"{path}: not a UTF-8 text CSV (byte {err.start} is {err.object[err.start]:#04x})") from None
+    with io.StringIO(text, newline="") as fh:
         reader = csv.DictReader(fh)
         columns = reader.fieldnames or []
         missing = [c for c in COORD_COLUMNS if c not in columns]
