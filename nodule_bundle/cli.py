@@ -18,6 +18,7 @@
     nodule-bundle bench    label [--label-venv .venv-label] [--shape 512 512 300] [--repeats 5] [--out bench.json]
     nodule-bundle export   --out DIR|FILE.zip [--ckpt models/model.pt] [--weights-url URL]
     nodule-bundle verify   DIR|FILE.zip
+    nodule-bundle run      DIR [--config inference] [--trust] -- [--image SCAN --output_dir OUT ...]
 
 Bad input ends with one line ``nodule-bundle: error: <file>: <problem>`` and exit status 2; a bundle
 that fails ``verify`` exits with status 1 after the table.
@@ -180,6 +181,12 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if all(c.ok for c in checks) else 1
 
 
+def _run(args: argparse.Namespace) -> int:
+    from nodule_bundle.sharing.run import run_received_bundle
+
+    return run_received_bundle(args.bundle, args.config or ["inference"], args.overrides, trust=args.trust)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nodule-bundle", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="show MONAI's log on the console")
@@ -298,11 +305,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check a received bundle (directory or .zip) before running it")
     p.add_argument("path", type=Path)
     p.set_defaults(func=_verify)
+
+    p = sub.add_parser(
+        "run", help="run a received bundle's workflow, only after it passes verify (or with --trust)",
+        epilog="after --, the overrides for python -m monai.bundle run: -- --image SCAN --output_dir OUT",
+    )  # fmt: skip
+    p.add_argument("bundle", type=Path, help="the bundle folder")
+    p.add_argument("--config", action="append", default=None, help="config under configs/ (repeat to merge; default: inference)")
+    p.add_argument("--trust", action="store_true", help="run it even if verification fails: its configs are Python")
+    p.set_defaults(func=_run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = argv[argv.index("--") + 1 :] if "--" in argv else []  # `run`: what goes on to monai.bundle run
+    args = build_parser().parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    if overrides and args.command != "run":
+        build_parser().error(f"only `run` takes arguments after --, got {' '.join(overrides)}")
+    args.overrides = overrides
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     try:
         status = args.func(args)

@@ -375,3 +375,13 @@ def listed_sha256(large_files: Path, path: Path) -> str | None:
         if (large_files.parent / str(entry.get("path", ""))).resolve() == path.resolve():
             return str(entry.get("hash_val") or "") or None
     return None
+
+
+def resume_checkpoint(folder: str | Path) -> str:
+    """The newest training-state checkpoint (``checkpoint_epoch=N.pt``) in ``folder``, to ``--resume`` from."""
+    import re
+
+    found = {int(m.group(1)): p for p in Path(folder).glob("*.pt") if (m := re.search(r"epoch=(\d+)\.pt$", p.name))}
+    if not found:
+        raise CheckpointError(f"{folder}: nothing to resume from (no checkpoint_epoch=N.pt; a training run writes one per epoch)")
+    return str(found[max(found)])

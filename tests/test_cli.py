@@ -61,7 +61,7 @@ def _outside(item) -> str:
     [
         ("missing image", "coordX,coordY,coordZ\n0,0,0\n", "absent.nii.gz", r"absent\.nii\.gz: image not found"),
         ("unreadable image", "coordX,coordY,coordZ\n0,0,0\n", "garbage.nii.gz", r"garbage\.nii\.gz: cannot read image"),
-        ("2D image", "coordX,coordY,coordZ\n0,0,0\n", "slice.nii.gz", r"slice\.nii\.gz: expected a 3D volume"),
+        ("2D image", "coordX,coordY,coordZ\n0,0,0\n", "slice.nii.gz", r"slice\.nii\.gz: expected one 3D volume"),
         ("csv missing columns", "x,y,z\n1,2,3\n", None, r"n\.csv: missing column\(s\) coordX, coordY, coordZ"),
         ("csv non-numeric", "coordX,coordY,coordZ\n1,abc,3\n", None, r"n\.csv: row 2: column 'coordY' is not a number"),
         ("empty nodule list", "coordX,coordY,coordZ\n", None, r"n\.csv: no nodules"),

@@ -45,7 +45,7 @@ def server(trained, phantom_dir, datalist, tmp_path_factory):
         shutil.copy(phantom_dir / image, studies)
     nib.save(nib.Nifti1Image(np.random.default_rng(0).uniform(0, 900, (40, 40, 20)).astype(np.float32), np.eye(4)), studies / "mr.nii.gz")
     proc, url = start_server(LABEL_VENV, studies, bundle, root / "server.log")
-    yield {"url": url, "studies": studies, "bundle": bundle, "scans": [Path(s).name[: -len(".nii.gz")] for s in scans]}
+    yield {"url": url, "studies": studies, "bundle": bundle, "scans": [Path(s).name[: -len(".nii.gz")] for s in scans], "pid": proc.pid}
     stop_server(proc)
     assert proc.poll() is not None
 
@@ -125,6 +125,37 @@ def test_a_bad_request_gets_a_4xx_and_the_server_keeps_serving(server, image, po
     answer = _infer(server, points, image=image)
     assert answer.status_code == status and message in answer.json()["detail"]
     assert httpx.get(f"{server['url']}/info/", timeout=30).status_code == 200
+
+
+def _rss_bytes(pid: int) -> int:
+    """Resident memory of a process and all its descendants (from /proc)."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) * 1024
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, StopIteration, ProcessLookupError):
+            continue
+    return total
+
+
+def test_the_server_answers_a_load_of_point_prompts_without_growing(server, phantom_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    uid, studies = server["scans"][0], server["studies"]
+    point = _voxel(studies, uid, _annotations(phantom_dir, uid)[0])
+    for _ in range(10):  # warm-up: caches, allocator pools
+        assert _infer(server, [point]).status_code == 200
+    before = _rss_bytes(server["pid"])
+    sequential = [_infer(server, [point]).status_code for _ in range(200)]
+    with ThreadPoolExecutor(20) as pool:
+        concurrent = list(pool.map(lambda _: _infer(server, [point]).status_code, range(20)))
+    after = _rss_bytes(server["pid"])
+    assert sequential == [200] * 200 and concurrent == [200] * 20
+    assert after <= 1.2 * before, f"resident memory grew from {before / 2**20:.0f} MB to {after / 2**20:.0f} MB"
 
 
 def test_training_on_annotated_studies_makes_new_weights_live(server, phantom_dir):

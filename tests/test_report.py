@@ -113,6 +113,8 @@ def report_dirs(trained, phantom_dir, test_scan, phi_scan, tmp_path_factory) -> 
             output_dir=out, include_phi=include_phi,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
+        if not include_phi:  # nor in the log
+            assert not any(v in result.stdout + result.stderr for v in PHI.values()), f"{name}: the log carries PHI"
         outputs[name] = out
     return outputs
 

@@ -185,6 +185,22 @@ def test_the_receiving_site_reproduces_the_report(exported, trained, phantom_dir
             assert b[key] == pytest.approx(a[key], abs=1e-5)
 
 
+def test_an_unverified_bundle_runs_only_with_trust(unpacked, phantom_dir, test_scan, tmp_path, capsys):
+    uid, _, csv_path = test_scan
+    marker = tmp_path / "ran.txt"
+    _edit_json(unpacked / "configs" / "inference.json",  # a config that runs code, after the manifest was written
+               lambda c: c["initialize"].append(f"$open({str(marker)!r}, 'w').write('code ran')"))  # fmt: skip
+    args = ["run", str(unpacked), "--", "--image", str(phantom_dir / "images" / f"{uid}.nii.gz"), "--nodules", str(csv_path),
+            "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "failed verification" in err and "configs/inference.json" in err and "--trust" in err
+    assert not marker.exists() and not (tmp_path / "out").exists()  # nothing of the bundle was evaluated
+    assert main([*args[:2], "--trust", *args[2:]]) == 0
+    assert marker.read_text() == "code ran" and (tmp_path / "out" / "report.json").is_file()
+    assert "running an unverified bundle" in capsys.readouterr().err
+
+
 def test_fine_tuning_at_a_site_keeps_the_shipped_weights(exported, phantom_dir, tmp_path):
     site = safe_extract(exported, tmp_path / "site")
     shipped = sha256_file(site / "models" / "model.pt")
