@@ -3,6 +3,7 @@
     nodule-bundle synth    --out DIR [--scans N] [--seed S] [--formats nifti,mhd,nrrd,dicom]
     nodule-bundle classify --image SCAN [--nodules CSV] --out DIR [--model model.pt] [--include-phi]
     nodule-bundle train    --datalist FILE --out DIR [--dataset-dir DIR] [--epochs 40]
+    nodule-bundle federate --out DIR [--sites 3] [--rounds 5] [--local-epochs 2] [--scans-per-site 8]
     nodule-bundle report   --images DIR|LIST --out DIR [--nodules CSV] [--model model.pt] [--include-phi]
     nodule-bundle demo     --out DIR [--quick]
     nodule-bundle convert  luna16 --root DIR --out datalist.json [--candidates candidates_V2.csv]
@@ -98,6 +99,19 @@ def _train(args: argparse.Namespace) -> None:
     finally:
         logging.disable(logging.NOTSET)
     print(f"weights: {args.out / 'models' / 'model.pt'}; curves and metrics: {args.out / 'eval'}")
+
+
+def _federate(args: argparse.Namespace) -> None:
+    from nodule_bundle.fl.federate import federate, format_federation
+
+    if not args.verbose:
+        logging.disable(logging.INFO)
+    try:
+        summary = federate(args.out, args.sites, args.rounds, args.local_epochs, args.scans_per_site, args.seed, bundle_root=args.bundle_root)
+    finally:
+        logging.disable(logging.NOTSET)
+    print(format_federation(summary))
+    print(f"federated model: {args.out / 'models' / 'model.pt'}; table: {args.out / 'federation.json'}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -232,6 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--bundle-root", default=None)
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("federate", help="simulate hospitals training together with NVFlare (FedAvg) against each alone and pooled")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--sites", type=_positive_int, default=3)
+    p.add_argument("--rounds", type=_positive_int, default=5)
+    p.add_argument("--local-epochs", type=_positive_int, default=2)
+    p.add_argument("--scans-per-site", type=_positive_int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bundle-root", default=None)
+    p.set_defaults(func=_federate)
 
     p = sub.add_parser("report", help="reports for many scans, one folder each, with a summary; resumes where it stopped")
     p.add_argument("--images", required=True, type=Path, help="a folder of scans (files, DICOM series folders) or a text file of paths")

@@ -1,0 +1,80 @@
+"""Federated training with NVFlare's real simulator: 2 tiny sites, 2 rounds of FedAvg, each site
+running the bundle through MONAI's MonaiAlgo. What the server received is read from its audit."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from bundle_run import ROOT, monai_bundle_run
+from nodule_bundle.fl.federate import pooled_datalist, write_site_data
+from nodule_bundle.fl.job import fedavg_recipe, simulate
+from nodule_bundle.networks import MultiTaskNoduleNet
+
+pytest.importorskip("nvflare")
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    out = tmp_path_factory.mktemp("federation")
+    sites = write_site_data(out / "data", sites=2, scans=3, seed=3, fov_mm=(130.0, 110.0, 70.0))
+    recipe = fedavg_recipe(ROOT, out / "data", out / "work", sites=2, rounds=2, local_epochs=1, audit=out / "audit.jsonl")
+    result = simulate(recipe, 2, out / "simulation")
+    records = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+    return {"out": out, "sites": sites, "result": result, "records": records}
+
+
+def test_the_sites_differ_in_scanner(federation):
+    spacings = []
+    for site in federation["sites"]:
+        image = next((site / "images").glob("*.nii.gz"))
+        spacings.append(round(float(nib.load(image).header.get_zooms()[2]), 2))
+    assert len(set(spacings)) == 2  # slice thickness 1.0 mm at one site, 2.5 mm at the other
+
+
+def test_the_global_model_changes_every_round(federation):
+    sent = {r["round"]: r["sha256"] for r in federation["records"] if r["direction"] == "sent"}
+    assert sorted(sent) == [0, 1] and len(set(sent.values())) == 2
+    best = torch.load(federation["result"] / "server" / "simulate_job" / "app_server" / "best_FL_global_model.pt", weights_only=True)["model"]
+    initial = MultiTaskNoduleNet(in_channels=1, channels=[16, 32, 64, 128]).state_dict()
+    assert set(best) == set(initial) and any(not torch.equal(best[k].float(), initial[k].float()) for k in best if best[k].is_floating_point())
+
+
+def test_only_weights_and_metrics_leave_a_site(federation):
+    received = [r for r in federation["records"] if r["direction"] == "received"]
+    assert {(r["round"], r["site"]) for r in received} == {(k, s) for k in (0, 1) for s in ("site-1", "site-2")}
+    shapes = {k: list(v.shape) for k, v in MultiTaskNoduleNet(in_channels=1, channels=[16, 32, 64, 128]).state_dict().items()}
+    for record in received:
+        assert record["data_kind"] == "WEIGHTS"
+        assert {k: v["shape"] for k, v in record["data"].items()} == shapes  # the network's parameters, nothing else
+        assert all(v["type"] == "ndarray" and np.dtype(v["dtype"]).kind in "fiu" for v in record["data"].values())
+        assert set(record["meta"]) <= {"initial_metrics", "NUM_STEPS_CURRENT_ROUND"}  # metrics and a step count
+        assert {"val_score", "size_band_accuracy", "diameter_mae_mm"} <= set(record["metrics"])  # the site's validation of the global model
+    assert any("malignancy_auc" in r["metrics"] for r in received)  # (a tiny split may hold one class only: no AUC there)
+
+
+def test_the_federated_model_runs_in_the_bundle(federation, tmp_path):
+    best = torch.load(federation["result"] / "server" / "simulate_job" / "app_server" / "best_FL_global_model.pt", weights_only=True)["model"]
+    torch.save(best, tmp_path / "model.pt")
+    site = federation["sites"][0]
+    annotations = list(csv.DictReader(open(site / "annotations.csv")))
+    uid = annotations[0]["seriesuid"]
+    result = monai_bundle_run(["inference"], image=site / "images" / f"{uid}.nii.gz", nodules=site / "annotations.csv", seriesuid=uid,
+                              ckpt_path=tmp_path / "model.pt", output_dir=tmp_path / "out")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (scan,) = json.loads((tmp_path / "out" / "report.json").read_text())["scans"]
+    assert len(scan["nodules"]) == sum(r["seriesuid"] == uid for r in annotations)
+
+
+def test_the_pooled_datalist_keeps_every_site_item(federation, tmp_path):
+    pooled = json.loads(pooled_datalist(federation["sites"], tmp_path / "pooled.json").read_text())
+    for split in ("training", "validation", "test"):
+        per_site = [json.loads((s / "datalist.json").read_text())[split] for s in federation["sites"]]
+        assert len(pooled[split]) == sum(len(items) for items in per_site)
+    assert all(os.path.isabs(i["image"]) for i in pooled["training"])
