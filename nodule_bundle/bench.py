@@ -240,7 +240,8 @@ def bench_scan_to_report(shape: tuple[int, int, int] = (512, 512, 300), repeats:
     from nodule_bundle.report import nodule_finding, scan_identity, write_report, write_scan_pictures
     from nodule_bundle.transforms import CTPreprocessd, NoduleCrop, NoduleCropd, NoduleHeadsd, NoduleMeasured
 
-    load = LoadCTImaged("image", ensure_channel_first=True, image_only=True)
+    load = LoadCTImaged("image", ensure_channel_first=True, image_only=True, dtype=None)  # as stored, like inference.json
+    load_float = LoadCTImaged("image", ensure_channel_first=True, image_only=True)  # MONAI's default, for the baseline
     measure = NoduleMeasured("image", crop_key="measurement_crop")
     crop = NoduleCropd("image", per_nodule_keys=("nodule_id", *MEASUREMENT_KEYS, "measurement_crop"), patch_size=40, spacing_mm=1.2)
     preprocess, heads = CTPreprocessd("image", denoise_sigma_mm=0.5), NoduleHeadsd()
@@ -279,7 +280,7 @@ def bench_scan_to_report(shape: tuple[int, int, int] = (512, 512, 300), repeats:
             times["network"], t = time.perf_counter() - t, time.perf_counter()
             report(Path(tmp) / "report", item["image"], samples, preds)
             times["report"], t = time.perf_counter() - t, time.perf_counter()
-            baseline_item = measure(load({"image": str(path), "center_world_mm": centres, "nodule_id": item["nodule_id"]}))
+            baseline_item = measure(load_float({"image": str(path), "center_world_mm": centres, "nodule_id": item["nodule_id"]}))
             resampled = baseline_item["image"]
             for step in whole_volume:
                 resampled = step(resampled)
