@@ -36,7 +36,7 @@ class Site:
 #: Deliberately different sites: thin quiet slices and small nodules (screening), thick noisy
 #: slices and large nodules (a referral centre), and one in between.
 SITES = (
-    Site("site-1", 1.0, (10.0, 20.0), (3.0, 14.0)),
+    Site("site-1", 1.0, (10.0, 20.0), (3.0, 18.0)),
     Site("site-2", 2.5, (30.0, 45.0), (6.0, 30.0)),
     Site("site-3", 1.5, (20.0, 30.0), (3.0, 30.0)),
     Site("site-4", 2.0, (15.0, 25.0), (4.0, 22.0)),
