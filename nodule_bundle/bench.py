@@ -247,9 +247,9 @@ def bench_scan_to_report(shape: tuple[int, int, int] = (512, 512, 300), repeats:
     preprocess, heads = CTPreprocessd("image", denoise_sigma_mm=0.5), NoduleHeadsd()
     network, inferer = MultiTaskNoduleNet().eval(), FlipAveragingInferer(keep_passes=True)
 
-    def report(folder: Path, image, samples: list[dict], preds: torch.Tensor) -> None:
+    def report(folder: Path, uid: str, image, samples: list[dict], preds: torch.Tensor) -> None:
         findings = [nodule_finding(s, heads({"pred": p})) | {"label_value": k + 1} for k, (s, p) in enumerate(zip(samples, preds))]
-        scan_entry = {**scan_identity(scan.seriesuid, image.meta), "nodules": findings}
+        scan_entry = {**scan_identity(uid, image.meta), "nodules": findings}
         write_report(folder, [scan_entry], None)
         crops = {f["nodule_id"]: s["measurement_crop"] for f, s in zip(findings, samples)}
         write_scan_pictures(folder, scan_entry, crops, image.meta, {"name": "bench", "version": None})
@@ -278,7 +278,7 @@ def bench_scan_to_report(shape: tuple[int, int, int] = (512, 512, 300), repeats:
             with torch.no_grad():
                 preds = inferer(torch.stack([torch.as_tensor(s["image"]).as_subclass(torch.Tensor) for s in samples]), network)
             times["network"], t = time.perf_counter() - t, time.perf_counter()
-            report(Path(tmp) / "report", item["image"], samples, preds)
+            report(Path(tmp) / "report", scan.seriesuid, item["image"], samples, preds)
             times["report"], t = time.perf_counter() - t, time.perf_counter()
             baseline_item = measure(load_float({"image": str(path), "center_world_mm": centres, "nodule_id": item["nodule_id"]}))
             resampled = baseline_item["image"]
@@ -287,7 +287,7 @@ def bench_scan_to_report(shape: tuple[int, int, int] = (512, 512, 300), repeats:
             reference = [preprocess({"image": whole_volume_crop(resampled, c)})["image"] for c in centres]
             with torch.no_grad():
                 reference_preds = inferer(torch.stack([torch.as_tensor(r).as_subclass(torch.Tensor) for r in reference]), network)
-            report(Path(tmp) / "report_whole_volume", baseline_item["image"], samples, reference_preds)
+            report(Path(tmp) / "report_whole_volume", scan.seriesuid, baseline_item["image"], samples, reference_preds)
             baseline_s = time.perf_counter() - t
             if run:
                 floor.append(floor_s)

@@ -16,7 +16,7 @@ from nodule_bundle.data.image_index import scan_stem
 from nodule_bundle.errors import NoduleBundleError
 from nodule_bundle.froc import froc, hit_matrix, system_score
 from nodule_bundle.io_utils import write_json_atomic
-from nodule_bundle.sharing.archive import sha256_file
+from nodule_bundle.sharing.archive import listed_sha256, sha256_file
 from nodule_bundle.plots import plot_froc
 from nodule_bundle.report import BUNDLE_NAME, is_rejected_candidate, nodule_finding, scan_identity, write_report, write_scan_pictures
 
@@ -364,17 +364,6 @@ class CheckedCheckpointLoader(CheckpointLoader):
             if "state_dict" in str(err) or "size mismatch" in str(err):
                 raise CheckpointError(f"{path}: weights of another network: they do not fit this bundle's network ({first})") from None
             raise CheckpointError(f"{path}: not a readable PyTorch checkpoint of weights only (corrupt, truncated or holding code?): {first}") from None
-
-
-def listed_sha256(large_files: Path, path: Path) -> str | None:
-    """The sha256 that a bundle's ``large_files.yml`` lists for ``path`` (paths relative to its folder)."""
-    import yaml
-
-    entries = (yaml.safe_load(large_files.read_text()) or {}).get("large_files", [])
-    for entry in entries:
-        if (large_files.parent / str(entry.get("path", ""))).resolve() == path.resolve():
-            return str(entry.get("hash_val") or "") or None
-    return None
 
 
 def resume_checkpoint(folder: str | Path) -> str:

@@ -8,7 +8,7 @@ import gzip
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -44,7 +44,6 @@ class Case:
     datalist: Path | None = None
     dataset_dir: Path | None = None
     names: Path | None = None  # the file the error must name (default: the image)
-    extra: dict = field(default_factory=dict)
 
     @property
     def named(self) -> Path:

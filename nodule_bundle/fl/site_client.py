@@ -28,6 +28,7 @@ def site_overrides(data_root: Path, site: str, work: Path) -> dict:
 def main() -> None:
     import nvflare.client as flare
     from monai.fl.client import MonaiAlgo
+    from monai.fl.utils.constants import FlStatistics
     from monai.fl.utils.exchange_object import ExchangeObject
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -53,7 +54,7 @@ def main() -> None:
         metrics = {k: float(v) for k, v in report.metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         algo.train(data=global_weights)
         updated = algo.get_weights()
-        steps = (updated.statistics or {}).get("num_executed_iterations", 0)
+        steps = (updated.statistics or {}).get(FlStatistics.NUM_EXECUTED_ITERATIONS, 0)
         params_type = flare.ParamsType.DIFF if args.send_weight_diff else flare.ParamsType.FULL
         flare.send(flare.FLModel(params=updated.weights, params_type=params_type, metrics=metrics,
                                  meta={"NUM_STEPS_CURRENT_ROUND": steps}))  # fmt: skip

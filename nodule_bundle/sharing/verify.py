@@ -24,7 +24,7 @@ import jsonschema
 import yaml
 
 from nodule_bundle.errors import NoduleBundleError
-from nodule_bundle.sharing.archive import manifest_problems, safe_extract, sha256_file, zip_problems
+from nodule_bundle.sharing.archive import large_file_entries, manifest_problems, safe_extract, sha256_file, zip_problems
 from nodule_bundle.sharing.network_checks import load_weights
 
 REQUIRED_FILES = (
@@ -158,7 +158,7 @@ def _large_file_problems(root: Path) -> list[str]:
     path = root / "large_files.yml"
     if path.is_file():
         try:
-            entries = (yaml.safe_load(path.read_text()) or {}).get("large_files", [])
+            entries = large_file_entries(path)
         except yaml.YAMLError as e:
             return [f"large_files.yml: not YAML ({e})"]
         for entry in entries:
