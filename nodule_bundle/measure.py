@@ -65,22 +65,51 @@ def nodule_mask(crop_hu: np.ndarray, spacing_mm: float, max_radius_mm: float = 2
         return region
     # a part-solid nodule: a plateau of ground glass around the dense part; then its total extent
     # is the 50 % point between the lung and that plateau
-    outside_mm = ndi.distance_transform_edt(~region) * spacing_mm
+    outside_mm = _distance_outside(region, 3.0 / spacing_mm) * spacing_mm
     plateau = float(np.median(smooth[(outside_mm > 1.0) & (outside_mm <= 3.0)]))  # beyond the blur of the edge
     if background + 0.5 * (GROUND_GLASS_HU - background) < plateau < SOLID_PLATEAU_HU:
         region, centre = _grow(smooth, (background + plateau) / 2.0, distance <= max_radius_mm, centre, distance)
     # what touches it (chest wall, vessels, spicules): the region is kept within 1.5 x (+1 mm) the
     # largest sphere that fits in it at its centre, then opened (by distance transforms) with a
     # ball of 0.6 x that sphere, which keeps the nodule and drops thin strands
-    inscribed = ndi.distance_transform_edt(region)[centre] * spacing_mm
+    inscribed = _distance_inside(region)[centre] * spacing_mm
     region = _component_at(region & (distance <= 1.5 * inscribed + 1.0), centre)
     radius = 0.6 * inscribed / spacing_mm
     if radius >= 1.0:
-        eroded = ndi.distance_transform_edt(region) > radius
-        opened = ndi.distance_transform_edt(~eroded) <= radius
+        eroded = _distance_inside(region) > radius
+        opened = _distance_outside(eroded, radius) <= radius
         if opened[centre]:
             region = _component_at(opened & region, centre)
     return region
+
+
+def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """The bounding box of ``mask``'s voxels grown by ``margin`` voxels, within the array."""
+    box = []
+    for axis in range(mask.ndim):
+        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(max(int(present[0]) - margin, 0), int(present[-1]) + margin + 1))
+    return tuple(box)
+
+
+def _distance_inside(mask: np.ndarray) -> np.ndarray:
+    """Voxel distance from each voxel of ``mask`` to the nearest voxel outside it (0 outside), as
+    ``ndi.distance_transform_edt(mask)`` within an all-false border, computed on the mask's box only."""
+    out = np.zeros(mask.shape)
+    if mask.any():
+        box = _box(mask, 1)
+        out[box] = ndi.distance_transform_edt(mask[box])
+    return out
+
+
+def _distance_outside(mask: np.ndarray, reach: float) -> np.ndarray:
+    """Voxel distance from each voxel to the nearest voxel of ``mask``, exact up to ``reach``
+    (``ndi.distance_transform_edt(~mask)``, computed on the mask's box grown by ``reach``); beyond, inf."""
+    out = np.full(mask.shape, np.inf)
+    if mask.any():
+        box = _box(mask, math.ceil(reach) + 1)
+        out[box] = ndi.distance_transform_edt(~mask[box])
+    return out
 
 
 def _grow(smooth: np.ndarray, threshold: float, allowed: np.ndarray, centre: tuple, distance: np.ndarray):

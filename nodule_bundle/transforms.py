@@ -6,6 +6,7 @@ All geometry goes through :mod:`nodule_bundle.geometry`.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from collections.abc import Hashable, Mapping, Sequence
@@ -32,7 +33,7 @@ from nodule_bundle.geometry import LPS_TO_RAS, lps_to_ras, world_to_voxel
 from nodule_bundle.measure import MEASUREMENT_KEYS, measure_mask, nodule_mask
 from nodule_bundle.networks import DIAMETER, MALIGNANCY, NODULE, SIZE_BAND
 from nodule_bundle.nodule import size_band
-from nodule_bundle.readers import DicomSeriesReader
+from nodule_bundle.readers import DicomSeriesReader, NiftiReader
 
 
 class NoduleOutsideVolumeError(NoduleBundleError):
@@ -89,9 +90,11 @@ def check_declared_size(path: str) -> None:
 
 
 class LoadCTImaged(LoadImaged):
-    """MONAI's ``LoadImaged`` (same arguments) for CT as it arrives: NIfTI, MHD/raw and NRRD through
-    MONAI's readers, DICOM directories through :class:`~nodule_bundle.readers.DicomSeriesReader`
-    (series chosen, slices ordered by position and checked).
+    """MONAI's ``LoadImaged`` (same arguments) for CT as it arrives: DICOM directories through
+    :class:`~nodule_bundle.readers.DicomSeriesReader` (series chosen, slices ordered by position and
+    checked), NIfTI files through :class:`~nodule_bundle.readers.NiftiReader` (MONAI's nibabel reader,
+    a faster layout copy), MHD/raw and NRRD through MONAI's readers. A ``reader`` given explicitly is
+    used for everything.
 
     Unreadable files, headers claiming more than :data:`MAX_IMAGE_BYTES` (checked before reading),
     images that are not one 3D volume and images that are not CT in Hounsfield units (NaN/infinite
@@ -105,14 +108,20 @@ class LoadCTImaged(LoadImaged):
 
     def __init__(self, keys: KeysCollection, *args, series_uid: str | None = None, **kwargs):
         super().__init__(keys, *args, **kwargs)
-        self.dicom_reader = DicomSeriesReader(series_uid=series_uid, dtype=kwargs.get("dtype", np.float32))
+        dtype = kwargs.get("dtype", np.float32)
+        self.dicom_reader = DicomSeriesReader(series_uid=series_uid, dtype=dtype)
+        reader_kwargs = {k: v for k, v in kwargs.items() if k not in inspect.signature(LoadImaged.__init__).parameters}  # as LoadImage passes them
+        self.nifti_reader = NiftiReader(dtype=dtype, **reader_kwargs)
 
     def __call__(self, data, reader=None):
         paths = [str(data[k]) for k in self.key_iterator(dict(data))]
         for path in paths:
             check_declared_size(path)
-        if reader is None and all(os.path.isdir(p) for p in paths):
-            reader = self.dicom_reader
+        if reader is None and self._loader.auto_select:
+            if all(os.path.isdir(p) for p in paths):
+                reader = self.dicom_reader
+            elif all(p.lower().endswith((".nii", ".nii.gz")) for p in paths):
+                reader = self.nifti_reader
         try:
             d = super().__call__(data, reader)
         except NoduleBundleError:
@@ -235,10 +244,11 @@ def label_map(crops: Sequence[MetaTensor], spatial_shape: Sequence[int], affine,
     inverse = torch.linalg.inv(affine)
     for value, crop in enumerate(crops, start=1):
         mask = MetaTensor(crop.as_tensor()[1:2].float(), affine=crop.affine)
-        if not mask.any():
+        inside = torch.nonzero(mask[0]).numpy()
+        if not len(inside):
             continue
-        n = np.array(mask.shape[1:]) - 1
-        corners = np.array([[i, j, k, 1.0] for i in (0, n[0]) for j in (0, n[1]) for k in (0, n[2])])
+        low, high = inside.min(0), inside.max(0)  # only the scan box around the mask is resampled
+        corners = np.array([[i, j, k, 1.0] for i in (low[0], high[0]) for j in (low[1], high[1]) for k in (low[2], high[2])])
         voxels = (inverse.numpy() @ np.asarray(crop.affine, dtype=np.float64) @ corners.T)[:3].T
         start = np.clip(np.floor(voxels.min(0)) - 1, 0, shape).astype(int)
         end = np.clip(np.ceil(voxels.max(0)) + 2, 0, shape).astype(int)

@@ -78,3 +78,28 @@ def test_hu_normalisation_stays_in_the_unit_range(low, width, seed, sigma_mm):
     below, above = hu < low, hu > low + width
     if sigma_mm == 0.0:
         assert bool((out[torch.from_numpy(below)] == 0).all()) and bool((out[torch.from_numpy(above)] == 1).all())
+
+
+@FAST
+@given(st.integers(0, 2**32 - 1), st.floats(0.05, 0.6), st.floats(0.5, 6.0))
+def test_the_measurements_boxed_distance_transforms_equal_scipys_on_the_whole_crop(seed, density, reach):
+    """The segmentation's distance transforms, computed on the mask's box only, give scipy's values on
+    the whole array: inside the mask everywhere, outside it up to ``reach`` (beyond: inf)."""
+    from scipy import ndimage as ndi
+
+    from nodule_bundle.measure import _distance_inside, _distance_outside
+
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((20, 18, 16), bool)
+    low = rng.integers(0, 10, size=3)
+    mask[tuple(slice(a, a + int(n)) for a, n in zip(low, rng.integers(1, 9, size=3)))] = True
+    mask &= rng.random(mask.shape) > density
+    np.testing.assert_allclose(_distance_inside(mask), ndi.distance_transform_edt(mask))
+    outside = _distance_outside(mask, reach)
+    if mask.any():
+        full = ndi.distance_transform_edt(~mask)
+        near = full <= reach
+        np.testing.assert_allclose(outside[near], full[near])
+        assert np.all(outside[~near] > reach)
+    else:
+        assert np.all(np.isinf(outside))
