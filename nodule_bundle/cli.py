@@ -3,7 +3,7 @@
     nodule-bundle synth    --out DIR [--scans N] [--seed S] [--formats nifti,mhd,nrrd,dicom]
     nodule-bundle classify --image SCAN [--nodules CSV] --out DIR [--model model.pt] [--include-phi]
     nodule-bundle train    --datalist FILE --out DIR [--dataset-dir DIR] [--epochs 40]
-    nodule-bundle federate --out DIR [--sites 3] [--rounds 5] [--local-epochs 2] [--scans-per-site 8]
+    nodule-bundle federate --out DIR [--sites 3] [--rounds 5] [--local-epochs 2] [--scans-per-site 7] [--test-scans-per-site 6]
     nodule-bundle report   --images DIR|LIST --out DIR [--nodules CSV] [--model model.pt] [--include-phi]
     nodule-bundle demo     --out DIR [--quick]
     nodule-bundle convert  luna16 --root DIR --out datalist.json [--candidates candidates_V2.csv]
@@ -107,7 +107,8 @@ def _federate(args: argparse.Namespace) -> None:
     if not args.verbose:
         logging.disable(logging.INFO)
     try:
-        summary = federate(args.out, args.sites, args.rounds, args.local_epochs, args.scans_per_site, args.seed, bundle_root=args.bundle_root)
+        summary = federate(args.out, args.sites, args.rounds, args.local_epochs, args.scans_per_site, args.test_scans_per_site, args.seed,
+                           bundle_root=args.bundle_root)  # fmt: skip
     finally:
         logging.disable(logging.NOTSET)
     print(format_federation(summary))
@@ -252,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sites", type=_positive_int, default=3)
     p.add_argument("--rounds", type=_positive_int, default=5)
     p.add_argument("--local-epochs", type=_positive_int, default=2)
-    p.add_argument("--scans-per-site", type=_positive_int, default=8)
+    p.add_argument("--scans-per-site", type=_positive_int, default=7, help="scans each site trains on, one of them for validation")
+    p.add_argument("--test-scans-per-site", type=_positive_int, default=6, help="more scans per site, only to test on")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bundle-root", default=None)
     p.set_defaults(func=_federate)

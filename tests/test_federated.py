@@ -1,5 +1,6 @@
-"""Federated training with NVFlare's real simulator: 2 tiny sites, 2 rounds of FedAvg, each site
-running the bundle through MONAI's MonaiAlgo. What the server received is read from its audit."""
+"""Federated training with NVFlare's real simulator: ``nodule-bundle federate``'s comparison on 2
+tiny sites, 2 rounds of FedAvg, each site running the bundle through MONAI's MonaiAlgo. What the
+server received is read from its audit."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ import pytest
 import torch
 
 from bundle_run import ROOT, monai_bundle_run
-from nodule_bundle.fl.federate import pooled_datalist, write_site_data
-from nodule_bundle.fl.job import fedavg_recipe, simulate
+from nodule_bundle.fl.federate import WAYS, federate, pooled_datalist
 from nodule_bundle.networks import MultiTaskNoduleNet
 
 pytest.importorskip("nvflare")
@@ -23,11 +23,35 @@ pytest.importorskip("nvflare")
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
     out = tmp_path_factory.mktemp("federation")
-    sites = write_site_data(out / "data", sites=2, scans=3, seed=3, fov_mm=(130.0, 110.0, 70.0))
-    recipe = fedavg_recipe(ROOT, out / "data", out / "work", sites=2, rounds=2, local_epochs=1, audit=out / "audit.jsonl")
-    result = simulate(recipe, 2, out / "simulation")
+    summary = federate(out, sites=2, rounds=2, local_epochs=1, scans_per_site=2, test_scans_per_site=2, seed=3, fov_mm=(130.0, 110.0, 70.0),
+                       bundle_root=ROOT)  # fmt: skip
     records = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
-    return {"out": out, "sites": sites, "result": result, "records": records}
+    result = out / "simulation" / "lung_nodule_fedavg" / "server" / "simulate_job" / "app_server"
+    return {"out": out, "summary": summary, "sites": [out / "data" / s for s in ("site-1", "site-2")], "result": result, "records": records}
+
+
+def test_every_way_of_training_is_tested_on_every_site(federation):
+    out, summary = federation["out"], federation["summary"]
+    assert json.loads((out / "federation.json").read_text()) == summary
+    assert set(summary["test_malignancy_auc"]) == {"site-1", "site-2"}
+    for row in summary["test_malignancy_auc"].values():
+        assert set(row) == set(WAYS) and all(0.0 <= row[way] <= 1.0 for way in WAYS)
+    for way in WAYS:
+        assert summary["mean"][way] == pytest.approx(np.mean([row[way] for row in summary["test_malignancy_auc"].values()]))
+    metrics = json.loads((out / "metadata.json").read_text())["eval_metrics"]
+    assert metrics["federated_mean_test_malignancy_auc"] == summary["mean"]["federated"]
+    best = torch.load(federation["result"] / "best_FL_global_model.pt", weights_only=True)["model"]
+    saved = torch.load(out / "models" / "model.pt", weights_only=True)
+    assert set(saved) == set(best) and all(torch.equal(saved[k], best[k]) for k in best)  # the best global model is the bundle's
+    assert not (out / "fl_sites").exists()  # the sites' scratch checkpoints are gone
+
+
+def test_each_site_tests_on_scans_it_never_trained_on(federation):
+    for site in federation["sites"]:
+        datalist = json.loads((site / "datalist.json").read_text())
+        scans = {split: {i["seriesuid"] for i in datalist[split]} for split in ("training", "validation", "test")}
+        assert [len(scans[s]) for s in ("training", "validation", "test")] == [1, 1, 2]
+        assert not scans["test"] & (scans["training"] | scans["validation"])
 
 
 def test_the_sites_differ_in_scanner(federation):
@@ -41,7 +65,7 @@ def test_the_sites_differ_in_scanner(federation):
 def test_the_global_model_changes_every_round(federation):
     sent = {r["round"]: r["sha256"] for r in federation["records"] if r["direction"] == "sent"}
     assert sorted(sent) == [0, 1] and len(set(sent.values())) == 2
-    best = torch.load(federation["result"] / "server" / "simulate_job" / "app_server" / "best_FL_global_model.pt", weights_only=True)["model"]
+    best = torch.load(federation["result"] / "best_FL_global_model.pt", weights_only=True)["model"]
     initial = MultiTaskNoduleNet(in_channels=1, channels=[16, 32, 64, 128]).state_dict()
     assert set(best) == set(initial) and any(not torch.equal(best[k].float(), initial[k].float()) for k in best if best[k].is_floating_point())
 
@@ -60,13 +84,11 @@ def test_only_weights_and_metrics_leave_a_site(federation):
 
 
 def test_the_federated_model_runs_in_the_bundle(federation, tmp_path):
-    best = torch.load(federation["result"] / "server" / "simulate_job" / "app_server" / "best_FL_global_model.pt", weights_only=True)["model"]
-    torch.save(best, tmp_path / "model.pt")
     site = federation["sites"][0]
     annotations = list(csv.DictReader(open(site / "annotations.csv")))
     uid = annotations[0]["seriesuid"]
     result = monai_bundle_run(["inference"], image=site / "images" / f"{uid}.nii.gz", nodules=site / "annotations.csv", seriesuid=uid,
-                              ckpt_path=tmp_path / "model.pt", output_dir=tmp_path / "out")  # fmt: skip
+                              ckpt_path=federation["out"] / "models" / "model.pt", output_dir=tmp_path / "out")  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     (scan,) = json.loads((tmp_path / "out" / "report.json").read_text())["scans"]
     assert len(scan["nodules"]) == sum(r["seriesuid"] == uid for r in annotations)

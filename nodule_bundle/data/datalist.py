@@ -47,9 +47,10 @@ def split_scans(scan_ids: Sequence[str], seed: int, fractions: tuple[float, floa
     return split
 
 
-def build_datalist(items_by_scan: Mapping[str, list[dict]], seed: int, **extra) -> dict:
-    """A datalist dict with the three splits, scans never shared between splits."""
-    assignment = split_scans(list(items_by_scan), seed)
+def build_datalist(items_by_scan: Mapping[str, list[dict]], seed: int, fractions: tuple[float, float] = (0.15, 0.15), **extra) -> dict:
+    """A datalist dict with the three splits (``fractions``: of the scans for validation and test, see
+    :func:`split_scans`), scans never shared between splits."""
+    assignment = split_scans(list(items_by_scan), seed, fractions)
     datalist: dict = {**extra, **{s: [] for s in SPLITS}}
     for scan_id, items in items_by_scan.items():
         datalist[assignment[scan_id]].extend(items)

@@ -89,10 +89,12 @@ def write_phantom_dataset(
     cfg: PhantomConfig = PhantomConfig(),
     workers: int | None = None,
     negatives_per_scan: int = 20,
+    split_fractions: tuple[float, float] = (0.15, 0.15),
 ) -> Path:
     """Generate ``scans`` phantom scans into ``out``; returns the path of ``datalist.json``.
 
-    ``negatives_per_scan`` false candidates of the detector per scan become non-nodule items.
+    ``negatives_per_scan`` false candidates of the detector per scan become non-nodule items;
+    ``split_fractions``: the shares of the scans for validation and test.
     """
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:
@@ -134,6 +136,7 @@ def write_phantom_dataset(
         build_datalist(
             items,
             seed,
+            split_fractions,
             description="nodule-bundle synthetic chest-CT phantom",
             phantom={"seed": seed, "scans": scans, "formats": list(formats), "negatives_per_scan": negatives_per_scan, **asdict(cfg)},
         ),

@@ -44,15 +44,20 @@ SITES = (
 WAYS = ("site alone", "federated", "central (pooled)")
 
 
-def write_site_data(out: Path, sites: int, scans: int, seed: int, fov_mm: tuple[float, float, float]) -> list[Path]:
-    """A phantom dataset per site under ``out/<site name>/``; returns their folders."""
+def write_site_data(out: Path, sites: int, scans: int, test_scans: int, seed: int, fov_mm: tuple[float, float, float]) -> list[Path]:
+    """A phantom dataset per site under ``out/<site name>/``: ``scans`` scans to train on (one of them
+    for validation) and ``test_scans`` more in its test split; returns their folders."""
     if not 2 <= sites <= len(SITES):
         raise ValueError(f"sites must be 2..{len(SITES)}, got {sites}")
+    if scans < 2:
+        raise ValueError(f"a site needs at least 2 scans to train on (one for validation), got {scans}")
+    total = scans + test_scans
     folders = []
     for k, site in enumerate(SITES[:sites]):
         cfg = PhantomConfig(fov_mm=fov_mm, slice_thicknesses_mm=(site.slice_thickness_mm,), noise_hu=site.noise_hu,
                             diameter_range_mm=site.diameter_range_mm, nodules_per_scan=(8, 14))  # fmt: skip
-        write_phantom_dataset(out / site.name, scans, seed + 1000 * k, formats=("nifti",), cfg=cfg, negatives_per_scan=8)
+        write_phantom_dataset(out / site.name, total, seed + 1000 * k, formats=("nifti",), cfg=cfg, negatives_per_scan=8,
+                              split_fractions=(1 / total, test_scans / total))  # fmt: skip
         folders.append(out / site.name)
     return folders
 
@@ -74,13 +79,16 @@ def _test_auc(root: Path, site_dir: Path, models: Path, out: Path) -> float | No
     return json.loads((out / "metrics.json").read_text()).get("malignancy_auc")
 
 
-def federate(out: str | os.PathLike, sites: int = 3, rounds: int = 5, local_epochs: int = 2, scans_per_site: int = 8, seed: int = 0,
-             fov_mm: tuple[float, float, float] = (160.0, 140.0, 100.0), bundle_root: str | os.PathLike | None = None) -> dict:  # fmt: skip
-    """Run the comparison into ``out``; returns the table (also ``out/federation.json``)."""
+def federate(out: str | os.PathLike, sites: int = 3, rounds: int = 5, local_epochs: int = 2, scans_per_site: int = 7, test_scans_per_site: int = 6,
+             seed: int = 0, fov_mm: tuple[float, float, float] = (160.0, 140.0, 100.0), bundle_root: str | os.PathLike | None = None) -> dict:  # fmt: skip
+    """Run the comparison into ``out``; returns the table (also ``out/federation.json``).
+
+    Each site trains on ``scans_per_site`` scans (one of them its validation split) and is tested on
+    ``test_scans_per_site`` more, which no training sees."""
     from nodule_bundle.fl.job import fedavg_recipe, simulate
 
     root, out = find_bundle_root(bundle_root), Path(out)
-    site_dirs = write_site_data(out / "data", sites, scans_per_site, seed, fov_mm)
+    site_dirs = write_site_data(out / "data", sites, scans_per_site, test_scans_per_site, seed, fov_mm)
     epochs = rounds * local_epochs  # every way trains the same number of epochs on its data
     common = dict(num_workers=0, show_progress=False, seed=seed, epochs=epochs)
     for folder in site_dirs:
@@ -103,7 +111,7 @@ def federate(out: str | os.PathLike, sites: int = 3, rounds: int = 5, local_epoc
         }
     means = {way: _mean([row[way] for row in table.values()]) for way in WAYS}
     summary = {"sites": sites, "rounds": rounds, "local_epochs": local_epochs, "scans_per_site": scans_per_site,
-               "test_malignancy_auc": table, "mean": means}  # fmt: skip
+               "test_scans_per_site": test_scans_per_site, "test_malignancy_auc": table, "mean": means}  # fmt: skip
     write_json_atomic(out / "federation.json", summary)
     metadata = json.loads((root / "configs" / "metadata.json").read_text())
     metadata["eval_metrics"] = {"federated_mean_test_malignancy_auc": means["federated"],
