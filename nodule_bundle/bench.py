@@ -22,7 +22,7 @@ import monai
 import numpy as np
 import torch
 from monai.data import ITKReader, MetaTensor
-from monai.transforms import LoadImage
+from monai.transforms import LoadImage, LoadImaged
 
 from nodule_bundle.data.writers import write_dicom_series
 from nodule_bundle.measure import MEASUREMENT_KEYS
@@ -228,8 +228,9 @@ def format_label_result(result: dict) -> str:
 def bench_scan_to_report(shape: tuple[int, int, int] = (512, 512, 300), repeats: int = 3, spacing_mm=(0.7, 0.7, 1.0), nodules: int = 20) -> dict:
     """Scan-to-report with given nodule coordinates, stage by stage (read, measure, crop + resample,
     preprocess, network, report: JSON, CSV, HTML, montage and label map), against two baselines on the same file in the same run: the plain
-    read (nibabel, the floor) and the straightforward MONAI pipeline that resamples the whole volume to
-    the patch spacing (``Orientation`` + ``Spacing``) before cropping. Also the largest difference
+    read (nibabel, the floor) and the straightforward MONAI pipeline (MONAI's stock ``LoadImaged``,
+    then ``Orientation`` + ``Spacing`` resampling the whole volume to the patch spacing before
+    cropping; the same measurement, network and report). Also the largest difference
     between the two pipelines' normalised patches (the whole-volume patches interpolated at the
     crop-first patch's voxel positions)."""
     import nibabel as nib
@@ -241,7 +242,7 @@ def bench_scan_to_report(shape: tuple[int, int, int] = (512, 512, 300), repeats:
     from nodule_bundle.transforms import CTPreprocessd, NoduleCrop, NoduleCropd, NoduleHeadsd, NoduleMeasured
 
     load = LoadCTImaged("image", ensure_channel_first=True, image_only=True, dtype=None)  # as stored, like inference.json
-    load_float = LoadCTImaged("image", ensure_channel_first=True, image_only=True)  # MONAI's default, for the baseline
+    load_stock = LoadImaged("image", ensure_channel_first=True, image_only=True)  # MONAI's stock loader (float32), for the baseline
     measure = NoduleMeasured("image", crop_key="measurement_crop")
     crop = NoduleCropd("image", per_nodule_keys=("nodule_id", *MEASUREMENT_KEYS, "measurement_crop"), patch_size=40, spacing_mm=1.2)
     preprocess, heads = CTPreprocessd("image", denoise_sigma_mm=0.5), NoduleHeadsd()
@@ -280,7 +281,7 @@ def bench_scan_to_report(shape: tuple[int, int, int] = (512, 512, 300), repeats:
             times["network"], t = time.perf_counter() - t, time.perf_counter()
             report(Path(tmp) / "report", scan.seriesuid, item["image"], samples, preds)
             times["report"], t = time.perf_counter() - t, time.perf_counter()
-            baseline_item = measure(load_float({"image": str(path), "center_world_mm": centres, "nodule_id": item["nodule_id"]}))
+            baseline_item = measure(load_stock({"image": str(path), "center_world_mm": centres, "nodule_id": item["nodule_id"]}))
             resampled = baseline_item["image"]
             for step in whole_volume:
                 resampled = step(resampled)
@@ -334,10 +335,10 @@ def bench_backbones(repeats: int = 3, batch_sizes: tuple[int, ...] = (1, 32)) ->
     configs = find_bundle_root() / "configs"
     patch_size = int(ConfigParser.load_config_file(str(configs / "train.json"))["patch_size"])
     networks: dict[str, torch.nn.Module] = {}
-    for override in [None, *sorted(configs.glob("backbone_*.json"))]:
+    for name, override in backbone_overrides().items():
         parser = ConfigParser()
-        parser.read_config([str(configs / "train.json"), *([str(override)] if override else [])])
-        networks[override.stem if override else "default"] = parser.get_parsed_content("network_def")
+        parser.read_config([str(configs / "train.json"), *([str(configs / f"{override}.json")] if override else [])])
+        networks[name] = parser.get_parsed_content("network_def")
     networks["monai_resnet18_stock"] = resnet18(spatial_dims=3, n_input_channels=1, num_classes=2)
     result: dict = {"benchmark": "backbones", "patch_size": patch_size, "networks": {}}
     for name, network in networks.items():
@@ -360,6 +361,59 @@ def format_backbones_result(result: dict) -> str:
     for name, e in result["networks"].items():
         rates = "  ".join(f"batch {k.removeprefix('patches_per_s_batch')}: {v:8.1f}" for k, v in e.items() if k.startswith("patches_per_s"))
         lines.append(f"  {name:<22} {e['parameters']:>11,} params  {rates}  ({e['speed_vs_stock_resnet18_batch32']:.1f}x stock resnet18)")
+    return "\n".join(lines)
+
+
+def backbone_overrides() -> dict[str, str | None]:
+    """Every backbone the bundle offers: ``default`` (train.json's network) and each
+    ``configs/backbone_*.json`` override, by name."""
+    from nodule_bundle.workflow import find_bundle_root
+
+    return {"default": None, **{path.stem: path.stem for path in sorted((find_bundle_root() / "configs").glob("backbone_*.json"))}}
+
+
+def bench_backbone_accuracy(out: str | Path, scans: int = 24, epochs: int = 15, backbones: list[str] | None = None, seed: int = 0,
+                            cfg=None) -> dict:  # fmt: skip
+    """Test malignancy AUC (and size-band accuracy, diameter MAE) of each backbone trained the same
+    way, ``epochs`` epochs on one phantom dataset of ``scans`` scans (``cfg``: its
+    :class:`~nodule_bundle.data.phantom.PhantomConfig`) written to ``out/data``, with the training
+    time of each. ``backbones``: names from :func:`backbone_overrides` (default: all)."""
+    from nodule_bundle.data.phantom import PhantomConfig
+
+    import json
+
+    from nodule_bundle.data.synth import write_phantom_dataset
+    from nodule_bundle.workflow import find_bundle_root, run_bundle
+
+    available = backbone_overrides()
+    chosen = backbones or list(available)
+    unknown = set(chosen) - set(available)
+    if unknown:
+        raise ValueError(f"unknown backbone(s) {sorted(unknown)}; available: {sorted(available)}")
+    out, root = Path(out), find_bundle_root()
+    datalist = write_phantom_dataset(out / "data", scans, seed, cfg=cfg or PhantomConfig(), negatives_per_scan=8)
+    result: dict = {"benchmark": "backbone_accuracy", "scans": scans, "epochs": epochs, "backbones": {}}
+    for name in chosen:
+        configs = ["train", *([available[name]] if available[name] else [])]
+        common = dict(dataset_dir=str(out / "data"), datalist=str(datalist), ckpt_dir=str(out / name / "models"), output_dir=str(out / name / "eval"),
+                      num_workers=0, show_progress=False, seed=seed)  # fmt: skip
+        start = time.perf_counter()
+        run_bundle(configs, root, epochs=epochs, **common)
+        train_s = time.perf_counter() - start
+        run_bundle([*configs, "evaluate"], root, **common)
+        metrics = json.loads((out / name / "eval" / "metrics.json").read_text())
+        result["backbones"][name] = {"train_s": train_s, **{k: metrics.get(k) for k in ("malignancy_auc", "size_band_accuracy", "diameter_mae_mm")}}
+    aucs = {name: e["malignancy_auc"] for name, e in result["backbones"].items() if e["malignancy_auc"] is not None}
+    result["best"] = max(aucs, key=aucs.get) if aucs else None
+    return result
+
+
+def format_backbone_accuracy_result(result: dict) -> str:
+    lines = [f"test split of a {result['scans']}-scan phantom, every backbone trained {result['epochs']} epochs"]
+    for name, e in result["backbones"].items():
+        auc = "n/a" if e["malignancy_auc"] is None else f"{e['malignancy_auc']:.3f}"
+        lines.append(f"  {name:<18} AUC {auc}  band acc {e['size_band_accuracy']:.3f}  diameter MAE {e['diameter_mae_mm']:.2f} mm  trained in {e['train_s']:.0f} s")
+    lines.append(f"  best: {result['best']}")
     return "\n".join(lines)
 
 

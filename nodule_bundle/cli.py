@@ -16,6 +16,7 @@
     nodule-bundle bench    train [--scans 4] [--out bench.json]
     nodule-bundle bench    memory [--shape 512 512 300] [--nodules 20] [--out bench.json]
     nodule-bundle bench    backbones [--repeats 3] [--out bench.json]
+    nodule-bundle bench    backbone-accuracy --work DIR [--scans 24] [--epochs 15] [--backbones NAME ...] [--out bench.json]
     nodule-bundle bench    label [--label-venv .venv-label] [--shape 512 512 300] [--repeats 5] [--out bench.json]
     nodule-bundle export   --out DIR|FILE.zip [--ckpt models/model.pt] [--weights-url URL]
     nodule-bundle verify   DIR|FILE.zip
@@ -164,6 +165,9 @@ def _bench(args: argparse.Namespace) -> None:
     elif args.benchmark == "backbones":
         result = bench.bench_backbones(args.repeats)
         print(bench.format_backbones_result(result))
+    elif args.benchmark == "backbone-accuracy":
+        result = bench.bench_backbone_accuracy(args.work, args.scans, args.epochs, args.backbones)
+        print(bench.format_backbone_accuracy_result(result))
     elif args.benchmark == "label":
         result = bench.bench_label(args.label_venv, tuple(args.shape), args.repeats)
         print(bench.format_label_result(result))
@@ -319,6 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--scans", type=_positive_int, default=4)
     train.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
     train.set_defaults(func=_bench)
+    accuracy = kinds.add_parser("backbone-accuracy", help="test AUC of every backbone trained the same way on one phantom")
+    accuracy.add_argument("--work", required=True, type=Path, help="folder for the phantom, the models and their evaluations")
+    accuracy.add_argument("--scans", type=_positive_int, default=24)
+    accuracy.add_argument("--epochs", type=_positive_int, default=15)
+    accuracy.add_argument("--backbones", nargs="+", default=None, help="default and/or backbone_* config names (default: all)")
+    accuracy.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
+    accuracy.set_defaults(func=_bench)
     kinds.choices["label"].add_argument("--label-venv", type=Path, default=Path(".venv-label"), help="MONAI Label's environment (.ci/label-venv)")
 
     p = sub.add_parser("export", help="one self-contained bundle (directory or .zip) for another site")

@@ -52,6 +52,8 @@ class NoduleReportWriter:
     ):
         self.output_dir, self.model_version = Path(output_dir), model_version
         self.image, self.seriesuid, self.min_nodule_probability = image, seriesuid, min_nodule_probability
+        if not isinstance(include_phi, bool):  # MONAI's command line reads `--include_phi false` as the text "false", which is truthy
+            raise ValueError(f"include_phi must be True or False, got {include_phi!r} (on the command line write --include_phi True)")
         self.include_phi, self.crop_key = include_phi, crop_key
         self._scans: dict[str, dict] = {}
         self._crops: dict[str, dict[str, torch.Tensor]] = {}

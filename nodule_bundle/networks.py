@@ -70,6 +70,26 @@ class FirstOutput(nn.Module):
         return self.module(x)[0]
 
 
+class Compiled(nn.Module):
+    """``torch.compile(module)`` behind a forward that hands it plain tensors: TorchDynamo cannot
+    trace MONAI's ``MetaTensor``. Parameters are ``module``'s own, so checkpoints of ``module`` are
+    unchanged. Compiling costs tens of seconds per new input shape; it pays on a GPU, not on a CPU."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = torch.compile(module)
+
+    def forward(self, x: torch.Tensor):
+        return self.module(x.as_subclass(torch.Tensor))
+
+
+def compiled(module: nn.Module, enabled: bool) -> nn.Module:
+    """``module`` in :class:`Compiled` when ``enabled`` (the configs' ``compile`` option), else itself."""
+    if not isinstance(enabled, bool):  # MONAI's command line reads `--compile false` as the text "false"
+        raise ValueError(f"compile must be True or False, got {enabled!r} (on the command line write --compile True)")
+    return Compiled(module) if enabled else module
+
+
 class MultiTaskNoduleNet(nn.Module):
     """Shared encoder + fully connected heads for malignancy, size band, diameter and nodule-vs-not.
 

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from nodule_bundle.cli import main
 
 
@@ -78,3 +80,23 @@ def test_training_benchmark_compares_the_cached_and_plain_pipelines(tmp_path):
     for p in result["pipelines"].values():
         assert p["samples_per_s"] > 0 and 0 <= p["data_wait_share"] <= 1
     assert result["cached_speedup"] == result["pipelines"]["cached"]["samples_per_s"] / result["pipelines"]["uncached"]["samples_per_s"]
+
+
+def test_backbone_accuracy_benchmark_trains_and_tests_each_chosen_backbone(tmp_path):
+    from nodule_bundle.bench import bench_backbone_accuracy, format_backbone_accuracy_result
+    from nodule_bundle.data.phantom import PhantomConfig
+
+    result = bench_backbone_accuracy(tmp_path, scans=3, epochs=1, backbones=["default"], cfg=PhantomConfig(fov_mm=(130.0, 110.0, 70.0)))
+    assert list(result["backbones"]) == ["default"] and result["epochs"] == 1
+    entry = result["backbones"]["default"]
+    metrics = json.loads((tmp_path / "default" / "eval" / "metrics.json").read_text())
+    assert entry["malignancy_auc"] == metrics.get("malignancy_auc") and entry["diameter_mae_mm"] == metrics["diameter_mae_mm"]
+    assert (tmp_path / "default" / "models" / "model.pt").is_file() and entry["train_s"] > 0
+    assert "trained 1 epochs" in format_backbone_accuracy_result(result)
+
+
+def test_backbone_accuracy_benchmark_refuses_an_unknown_backbone(tmp_path):
+    from nodule_bundle.bench import bench_backbone_accuracy
+
+    with pytest.raises(ValueError, match="unknown backbone.*backbone_resnet"):
+        bench_backbone_accuracy(tmp_path, backbones=["default", "backbone_resnet50"])

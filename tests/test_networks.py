@@ -77,3 +77,14 @@ def test_each_backbone_override_sits_behind_the_same_heads(backbone):
     assert out.shape == (2, 9) and torch.isfinite(out).all()
     assert type(net.encoder).__module__.startswith(("monai.networks.nets", "nodule_bundle.networks"))
     assert not isinstance(net.encoder, NoduleEncoder)
+
+
+def test_compiling_is_off_unless_asked_and_refuses_text_for_a_flag():
+    """``compile`` is False by default (the network itself); a text such as MONAI's command line makes
+    of ``--compile false`` is refused instead of counting as true. Compiled inference: test_bundle."""
+    from nodule_bundle.networks import compiled
+
+    net = MultiTaskNoduleNet()
+    assert compiled(net, False) is net
+    with pytest.raises(ValueError, match="compile must be True or False, got 'false'"):
+        compiled(net, "false")

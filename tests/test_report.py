@@ -214,3 +214,14 @@ def test_batch_report_records_failures_and_resumes(trained, phantom_dir, tmp_pat
     captured = capsys.readouterr()
     assert "2 reported (2 by an earlier run), 0 failed" in captured.out
     assert "reports:" not in captured.err and "scan/s" not in captured.err  # no progress bar when not on a terminal
+
+
+def test_patient_identity_needs_a_real_yes(tmp_path):
+    """MONAI's command line reads ``--include_phi false`` as the text "false", which Python counts as
+    true: the report writer refuses any text instead of putting the patient's identity in."""
+    from nodule_bundle.handlers import NoduleReportWriter
+
+    for text in ("false", "true"):
+        with pytest.raises(ValueError, match=f"include_phi must be True or False, got '{text}'"):
+            NoduleReportWriter(tmp_path, include_phi=text)
+    assert NoduleReportWriter(tmp_path, include_phi=True).include_phi is True

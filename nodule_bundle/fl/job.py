@@ -29,7 +29,8 @@ def fedavg_recipe(
     from nvflare.apis.dxo import DataKind
     from nvflare.app_opt.pt.recipes.fedavg import FedAvgRecipe
 
-    train_args = f"--bundle_root {bundle_root} --data_root {data_root} --work_root {work_root} --local_epochs {local_epochs}"
+    train_args = (f"--bundle_root {bundle_root} --data_root {data_root} --work_root {work_root} --local_epochs {local_epochs}"
+                  f" --total_epochs {rounds * local_epochs}")  # fmt: skip
     recipe = FedAvgRecipe(
         name="lung_nodule_fedavg", model=NETWORK, min_clients=sites, num_rounds=rounds,
         train_script=site_client.__file__, train_args=train_args + (" --send_weight_diff" if percentile_privacy else ""),

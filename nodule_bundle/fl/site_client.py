@@ -36,12 +36,16 @@ def main() -> None:
     parser.add_argument("--data_root", required=True, type=Path, help="one folder per site, named like the site")
     parser.add_argument("--work_root", required=True, type=Path, help="where each site keeps its checkpoints and logs")
     parser.add_argument("--local_epochs", type=int, default=1)
+    parser.add_argument("--total_epochs", type=int, default=None,
+                        help="epochs over the whole federation (rounds x local epochs): the learning-rate schedule's length")  # fmt: skip
     parser.add_argument("--send_weight_diff", action="store_true", help="send weight differences (for NVFlare's PercentilePrivacy)")
     args = parser.parse_args()
 
     flare.init()
     site = flare.get_site_name()
     overrides = site_overrides(args.data_root, site, args.work_root)
+    if args.total_epochs:
+        overrides["epochs"] = args.total_epochs  # train.json's cosine schedule spans every round, as it would in one training
     algo = MonaiAlgo(
         bundle_root=args.bundle_root, local_epochs=args.local_epochs, send_weight_diff=args.send_weight_diff,
         train_kwargs=dict(overrides), eval_kwargs={**overrides, "evaluate_split": "validation"}, disable_ckpt_loading=True,
