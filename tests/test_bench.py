@@ -37,7 +37,8 @@ def test_scan_to_report_benchmark_compares_both_baselines(tmp_path, capsys):
     total = result["total"]["median_s"]
     assert result["ratio_to_floor"] == total / result["plain_read_floor"]["median_s"]
     assert result["speedup_over_whole_volume"] == result["whole_volume_baseline"]["median_s"] / total
-    assert 1 <= result["nodules"] <= 3 and 0 <= result["max_patch_difference"] < 1  # as many as the phantom fits
+    assert 1 <= result["nodules"] <= 3  # as many as the phantom fits
+    assert 0 <= result["max_patch_difference"] <= 0.02  # crop-first samples the scan where the whole-volume pipeline does
     assert "faster than whole-volume resampling" in capsys.readouterr().out
 
 
