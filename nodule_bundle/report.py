@@ -30,6 +30,7 @@ import csv
 import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -146,16 +147,21 @@ def write_scan_pictures(out_dir: str | Path, scan: Mapping, crops: Mapping[str, 
     from nodule_bundle.report_pictures import nodule_views, png_bytes, write_label_map, write_montage
 
     out_dir = Path(out_dir)
-    views = {n["nodule_id"]: nodule_views(crops[n["nodule_id"]]) for n in scan["nodules"] if n["nodule_id"] in crops}
-    pngs = {nodule_id: {plane: png_bytes(rgb) for plane, rgb in planes.items()} for nodule_id, planes in views.items()}
-    write_text_atomic(out_dir / "report.html", render_report_html(scan, pngs, model))
-    tiles = [
-        (f"{n['nodule_id']}\n{_mm(n)} P(malig) {n['malignancy_probability']:.2f}", views[n["nodule_id"]]["axial"])
-        for n in scan["nodules"] if n["nodule_id"] in views
-    ]  # fmt: skip
-    write_montage(out_dir / "nodules.png", tiles, title=f"{scan['seriesuid']}: {len(scan['nodules'])} nodule(s), axial")
-    if "original_affine" in scan_meta and "spatial_shape" in scan_meta:
-        write_label_map(out_dir / "nodule_labels.nii.gz", [crops[n["nodule_id"]] for n in scan["nodules"] if n["nodule_id"] in crops], scan_meta)
+    with ThreadPoolExecutor(1) as pool:  # the label map (numpy, zlib) is written beside the pictures (matplotlib)
+        label_map = None
+        if "original_affine" in scan_meta and "spatial_shape" in scan_meta:
+            masks = [crops[n["nodule_id"]] for n in scan["nodules"] if n["nodule_id"] in crops]
+            label_map = pool.submit(write_label_map, out_dir / "nodule_labels.nii.gz", masks, scan_meta)
+        views = {n["nodule_id"]: nodule_views(crops[n["nodule_id"]]) for n in scan["nodules"] if n["nodule_id"] in crops}
+        pngs = {nodule_id: {plane: png_bytes(rgb) for plane, rgb in planes.items()} for nodule_id, planes in views.items()}
+        write_text_atomic(out_dir / "report.html", render_report_html(scan, pngs, model))
+        tiles = [
+            (f"{n['nodule_id']}\n{_mm(n)} P(malig) {n['malignancy_probability']:.2f}", views[n["nodule_id"]]["axial"])
+            for n in scan["nodules"] if n["nodule_id"] in views
+        ]  # fmt: skip
+        write_montage(out_dir / "nodules.png", tiles, title=f"{scan['seriesuid']}: {len(scan['nodules'])} nodule(s), axial")
+        if label_map is not None:
+            label_map.result()  # its error, if any, is raised here
 
 
 def _mm(finding: Mapping) -> str:
