@@ -74,9 +74,13 @@ def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(phantom_dir,
     time.sleep(0.5)  # into the next epoch
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    (done,) = _resume_checkpoints(models / "resume")  # one, written whole (atomically), however the process ended
+    saved = _resume_checkpoints(models / "resume")  # the last two epochs', each written whole (atomically) however the process ended
+    assert 1 <= len(saved) <= 2
+    for epoch in saved:
+        assert set(torch.load(models / "resume" / f"checkpoint_epoch={epoch}.pt", weights_only=True)) == {"model", "optimizer", "lr_scheduler", "trainer"}
+    done = saved[-1]
     assert done < epochs
-    result = subprocess.run(_train(phantom_dir, models, epochs, "--resume", "true"), cwd=ROOT, stdout=subprocess.PIPE,
+    result = subprocess.run(_train(phantom_dir, models, epochs, "--resume", "True"), cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:]
     resumed = re.search(r"resuming from iteration \d+, epoch (\d+)", result.stdout)
@@ -85,5 +89,5 @@ def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(phantom_dir,
     assert trained_again and min(int(e) for e in trained_again) == done + 1  # finished epochs are not trained again
     assert _resume_checkpoints(models / "resume")[-1] == epochs  # the newest state is the finished run's
     MultiTaskNoduleNet().load_state_dict(torch.load(models / "model.pt", weights_only=True))
-    fresh = subprocess.run(_train(phantom_dir, tmp_path / "empty", epochs, "--resume", "true"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    fresh = subprocess.run(_train(phantom_dir, tmp_path / "empty", epochs, "--resume", "True"), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert fresh.returncode != 0 and "nothing to resume" in fresh.stderr
