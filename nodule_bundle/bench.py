@@ -347,9 +347,9 @@ def bench_backbones(repeats: int = 3, batch_sizes: tuple[int, ...] = (1, 32)) ->
     configs = find_bundle_root() / "configs"
     patch_size = int(ConfigParser.load_config_file(str(configs / "train.json"))["patch_size"])
     networks: dict[str, torch.nn.Module] = {}
-    for name, override in backbone_overrides().items():
+    for name, names in backbone_configs().items():
         parser = ConfigParser()
-        parser.read_config([str(configs / "train.json"), *([str(configs / f"{override}.json")] if override else [])])
+        parser.read_config([str(configs / f"{config}.json") for config in names])
         networks[name] = parser.get_parsed_content("network_def")
     networks["monai_resnet18_stock"] = resnet18(spatial_dims=3, n_input_channels=1, num_classes=2)
     result: dict = {"benchmark": "backbones", "patch_size": patch_size, "networks": {}}
@@ -376,12 +376,13 @@ def format_backbones_result(result: dict) -> str:
     return "\n".join(lines)
 
 
-def backbone_overrides() -> dict[str, str | None]:
-    """Every backbone the bundle offers: ``default`` (train.json's network) and each
-    ``configs/backbone_*.json`` override, by name."""
+def backbone_configs() -> dict[str, list[str]]:
+    """Every backbone the bundle offers, by name, with the configs that train it: ``default``
+    (train.json's network) and each ``configs/backbone_*.json`` override on top of train.json."""
     from nodule_bundle.workflow import find_bundle_root
 
-    return {"default": None, **{path.stem: path.stem for path in sorted((find_bundle_root() / "configs").glob("backbone_*.json"))}}
+    overrides = sorted(path.stem for path in (find_bundle_root() / "configs").glob("backbone_*.json"))
+    return {"default": ["train"], **{name: ["train", name] for name in overrides}}
 
 
 def bench_backbone_accuracy(out: str | Path, scans: int = 24, epochs: int = 15, backbones: list[str] | None = None, seed: int = 0,
@@ -389,15 +390,14 @@ def bench_backbone_accuracy(out: str | Path, scans: int = 24, epochs: int = 15, 
     """Test malignancy AUC (and size-band accuracy, diameter MAE) of each backbone trained the same
     way, ``epochs`` epochs on one phantom dataset of ``scans`` scans (``cfg``: its
     :class:`~nodule_bundle.data.phantom.PhantomConfig`) written to ``out/data``, with the training
-    time of each. ``backbones``: names from :func:`backbone_overrides` (default: all)."""
-    from nodule_bundle.data.phantom import PhantomConfig
-
+    time of each. ``backbones``: names from :func:`backbone_configs` (default: all)."""
     import json
 
+    from nodule_bundle.data.phantom import PhantomConfig
     from nodule_bundle.data.synth import write_phantom_dataset
     from nodule_bundle.workflow import find_bundle_root, run_bundle
 
-    available = backbone_overrides()
+    available = backbone_configs()
     chosen = backbones or list(available)
     unknown = set(chosen) - set(available)
     if unknown:
@@ -406,7 +406,7 @@ def bench_backbone_accuracy(out: str | Path, scans: int = 24, epochs: int = 15, 
     datalist = write_phantom_dataset(out / "data", scans, seed, cfg=cfg or PhantomConfig(), negatives_per_scan=8)
     result: dict = {"benchmark": "backbone_accuracy", "scans": scans, "epochs": epochs, "backbones": {}}
     for name in chosen:
-        configs = ["train", *([available[name]] if available[name] else [])]
+        configs = available[name]
         common = dict(dataset_dir=str(out / "data"), datalist=str(datalist), ckpt_dir=str(out / name / "models"), output_dir=str(out / name / "eval"),
                       num_workers=0, show_progress=False, seed=seed)  # fmt: skip
         start = time.perf_counter()

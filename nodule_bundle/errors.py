@@ -5,6 +5,14 @@ class NoduleBundleError(ValueError):
     """Input that cannot be used. The message names the file (or setting) and what is wrong with it."""
 
 
+def require_yes_no(value: object, option: str) -> bool:
+    """``value`` if it is True or False. MONAI's command line (python-fire) reads ``--option false`` as
+    the text "false", which Python counts as true, so text is refused rather than taken as yes."""
+    if not isinstance(value, bool):
+        raise NoduleBundleError(f"{option} must be True or False, got {value!r} (on the command line write --{option} True or False)")
+    return value
+
+
 def find_user_error(exc: BaseException) -> NoduleBundleError | None:
     """The :class:`NoduleBundleError` behind ``exc``, following MONAI's wrapping (``raise ... from``)."""
     seen: set[int] = set()

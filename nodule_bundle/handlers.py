@@ -13,7 +13,7 @@ from monai.handlers import CheckpointLoader
 from monai.metrics import compute_roc_auc
 
 from nodule_bundle.data.image_index import scan_stem
-from nodule_bundle.errors import NoduleBundleError
+from nodule_bundle.errors import NoduleBundleError, require_yes_no
 from nodule_bundle.froc import froc, hit_matrix, system_score
 from nodule_bundle.io_utils import write_json_atomic
 from nodule_bundle.sharing.archive import listed_sha256, sha256_file
@@ -52,9 +52,7 @@ class NoduleReportWriter:
     ):
         self.output_dir, self.model_version = Path(output_dir), model_version
         self.image, self.seriesuid, self.min_nodule_probability = image, seriesuid, min_nodule_probability
-        if not isinstance(include_phi, bool):  # MONAI's command line reads `--include_phi false` as the text "false", which is truthy
-            raise ValueError(f"include_phi must be True or False, got {include_phi!r} (on the command line write --include_phi True)")
-        self.include_phi, self.crop_key = include_phi, crop_key
+        self.include_phi, self.crop_key = require_yes_no(include_phi, "include_phi"), crop_key
         self._scans: dict[str, dict] = {}
         self._crops: dict[str, dict[str, torch.Tensor]] = {}
         self._meta: dict[str, dict] = {}

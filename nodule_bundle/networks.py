@@ -23,6 +23,8 @@ import torch
 from monai.networks.blocks import Convolution
 from torch import nn
 
+from nodule_bundle.errors import require_yes_no
+
 MALIGNANCY = slice(0, 2)
 SIZE_BAND = slice(2, 6)
 DIAMETER = slice(6, 7)
@@ -85,9 +87,7 @@ class Compiled(nn.Module):
 
 def compiled(module: nn.Module, enabled: bool) -> nn.Module:
     """``module`` in :class:`Compiled` when ``enabled`` (the configs' ``compile`` option), else itself."""
-    if not isinstance(enabled, bool):  # MONAI's command line reads `--compile false` as the text "false"
-        raise ValueError(f"compile must be True or False, got {enabled!r} (on the command line write --compile True)")
-    return Compiled(module) if enabled else module
+    return Compiled(module) if require_yes_no(enabled, "compile") else module
 
 
 class MultiTaskNoduleNet(nn.Module):
