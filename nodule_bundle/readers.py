@@ -1,7 +1,8 @@
 """MONAI image readers for CT as it arrives.
 
 :class:`DicomSeriesReader` (DICOM directories): choose, order and check the series, then let ITK
-decode it. :class:`NiftiReader` (NIfTI files): MONAI's ``NibabelReader`` with a faster layout copy.
+decode it. :class:`NiftiReader` (NIfTI files): MONAI's ``NibabelReader`` with a faster layout copy,
+overlapped with decompression.
 MHD/raw and NRRD files go through MONAI's own readers unchanged (see
 :class:`nodule_bundle.transforms.LoadCTImaged`).
 """
@@ -9,6 +10,7 @@ MHD/raw and NRRD files go through MONAI's own readers unchanged (see
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import itk
@@ -16,6 +18,8 @@ import numpy as np
 import torch
 from monai.data import ITKReader, NibabelReader
 from monai.utils import get_equivalent_dtype
+from nibabel.arrayproxy import ArrayProxy
+from nibabel.openers import ImageOpener
 
 from nodule_bundle.dicom_series import DicomSeries, DicomSeriesError, damaged_slice, find_ct_series, read_identity
 
@@ -29,21 +33,32 @@ def c_ordered(volume: np.ndarray, dtype: torch.dtype | None = None) -> np.ndarra
     """
     if volume.ndim != 3 or not volume.T.flags.c_contiguous:
         return np.ascontiguousarray(volume, dtype=None if dtype is None else get_equivalent_dtype(dtype, np.ndarray))
-    slices = torch.from_numpy(volume.T)  # [z, y, x], contiguous
-    slices_xy = slices.transpose(1, 2).contiguous()  # [z, x, y]
-    out = torch.empty(slices_xy.shape[1:] + slices_xy.shape[:1], dtype=dtype or slices_xy.dtype)
-    return out.copy_(slices_xy.permute(1, 2, 0)).numpy()
+    out = torch.empty(volume.shape, dtype=dtype or torch.from_numpy(volume[:0, :0, :0]).dtype)
+    _lay_out_slices(torch.from_numpy(volume.T), out)
+    return out.numpy()
+
+
+def _lay_out_slices(slices: torch.Tensor, out: torch.Tensor) -> None:
+    """Copy C-contiguous ``[z, y, x]`` ``slices`` into ``out``, an ``[x, y, z]`` view, slice-local first."""
+    out.copy_(slices.transpose(1, 2).contiguous().permute(1, 2, 0))
 
 
 class NiftiReader(NibabelReader):
-    """MONAI's ``NibabelReader`` whose array comes out C-ordered through :func:`c_ordered`, already in
-    ``dtype``, so that ``LoadImage``'s own conversion to C order (the slower half of reading a
-    ``.nii.gz`` CT) finds nothing left to do. Same output as ``NibabelReader``.
+    """MONAI's ``NibabelReader`` whose array comes out C-ordered, already in ``dtype``, so that
+    ``LoadImage``'s own conversion to C order finds nothing left to do. Same output as
+    ``NibabelReader``.
+
+    An unscaled 3D file stored slice by slice (the usual CT) is read :data:`SLAB_SLICES` slices at a
+    time, each slab laid out in C order on a second thread while the next one is decompressed: the
+    layout copy then costs almost nothing beside the read. Other files (scaled, big-endian, 4D,
+    reoriented by ``as_closest_canonical``) go through nibabel's array and :func:`c_ordered`.
 
     Args:
         dtype: the array's dtype (``None``: as stored); pass the dtype ``LoadImage`` asks for.
         kwargs: passed to ``NibabelReader``.
     """
+
+    SLAB_SLICES = 32
 
     def __init__(self, dtype: torch.dtype | np.dtype | str | None = np.float32, **kwargs):
         super().__init__(**kwargs)
@@ -52,7 +67,29 @@ class NiftiReader(NibabelReader):
     def _get_array_data(self, img, filename):
         if self.to_gpu:
             return super()._get_array_data(img, filename)
-        return c_ordered(np.asanyarray(img.dataobj), self.dtype)
+        proxy = img.dataobj
+        if not (isinstance(proxy, ArrayProxy) and len(proxy.shape) == 3 and proxy.order == "F" and proxy.dtype.isnative
+                and proxy.slope == 1.0 and proxy.inter == 0.0):  # fmt: skip
+            return c_ordered(np.asanyarray(proxy), self.dtype)
+        return self._read_slabs(proxy)
+
+    def _read_slabs(self, proxy: ArrayProxy) -> np.ndarray:
+        """Decompress ``proxy``'s voxels slab by slab on this thread, laying each out on another."""
+        shape = tuple(int(n) for n in proxy.shape)
+        stored = np.empty(shape[::-1], dtype=proxy.dtype)  # [z, y, x]: the file's byte order
+        out = torch.empty(shape, dtype=self.dtype or torch.from_numpy(stored[:0]).dtype)
+        with ImageOpener(proxy.file_like) as file, ThreadPoolExecutor(1) as layout:
+            file.seek(proxy.offset)
+            copies = []
+            for start in range(0, shape[2], self.SLAB_SLICES):
+                slab = stored[start : start + self.SLAB_SLICES]
+                got = file.readinto(memoryview(slab).cast("B"))
+                if got != slab.nbytes:
+                    raise OSError(f"{proxy.file_like}: the file ends inside slice {start + got // slab[0].nbytes} of {shape[2]}")
+                copies.append(layout.submit(_lay_out_slices, torch.from_numpy(slab), out[:, :, start : start + len(slab)]))
+            for copy in copies:
+                copy.result()
+        return out.numpy()
 
 
 class DicomSeriesReader(ITKReader):

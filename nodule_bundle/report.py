@@ -147,7 +147,7 @@ def write_scan_pictures(out_dir: str | Path, scan: Mapping, crops: Mapping[str, 
     from nodule_bundle.report_pictures import nodule_views, png_bytes, write_label_map, write_montage
 
     out_dir = Path(out_dir)
-    with ThreadPoolExecutor(1) as pool:  # the label map (numpy, zlib) is written beside the pictures (matplotlib)
+    with ThreadPoolExecutor(1) as pool:  # the label map (torch, zlib) is written beside the pictures (Pillow)
         label_map = None
         if "original_affine" in scan_meta and "spatial_shape" in scan_meta:
             masks = [crops[n["nodule_id"]] for n in scan["nodules"] if n["nodule_id"] in crops]

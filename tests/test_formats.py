@@ -80,24 +80,45 @@ def test_images_that_are_not_ct_in_hounsfield_units_are_refused(tmp_path, values
 
 
 @pytest.mark.parametrize("dtype", [None, np.float32])
-@pytest.mark.parametrize("scaled, canonical", [(False, False), (True, False), (False, True)])
-def test_the_nifti_reader_gives_what_monais_nibabel_reader_gives(tmp_path, dtype, scaled, canonical):
+@pytest.mark.parametrize(
+    "scaled, canonical, stored_dtype, suffix",
+    [(False, False, "<i2", ".nii.gz"), (True, False, "<i2", ".nii.gz"), (False, True, "<i2", ".nii.gz"), (False, False, ">i2", ".nii.gz"),
+     (False, False, "<f4", ".nii")],
+)  # fmt: skip
+def test_the_nifti_reader_gives_what_monais_nibabel_reader_gives(tmp_path, monkeypatch, dtype, scaled, canonical, stored_dtype, suffix):
     """Voxels (rescaled by scl_slope/inter), dtype, C order and affine as MONAI's ``NibabelReader``, on
-    a non-RAS file, with and without ``as_closest_canonical`` (which hands over a non-Fortran view)."""
+    a non-RAS file, with and without ``as_closest_canonical`` (which hands over a non-Fortran view),
+    big-endian and uncompressed; read in slabs of 4 slices, the last one partial."""
     import nibabel as nib
     from monai.data import NibabelReader
 
+    from nodule_bundle.readers import NiftiReader
     from nodule_bundle.transforms import LoadCTImaged
 
-    stored = np.random.default_rng(1).integers(-1024, 2000, size=(23, 17, 11), dtype=np.int16)
+    monkeypatch.setattr(NiftiReader, "SLAB_SLICES", 4)
+    stored = np.random.default_rng(1).integers(-1024, 2000, size=(23, 17, 11)).astype(stored_dtype)
     affine = np.array([[-0.7, 0, 0, 90], [0, 0, 1.5, -40], [0, 0.7, 0, -20], [0, 0, 0, 1.0]])  # LIA-like
     image = nib.Nifti1Image(stored, affine)
     if scaled:
         image.header.set_slope_inter(1.0, -1024.0)
-    path = tmp_path / "scan.nii.gz"
+    path = tmp_path / f"scan{suffix}"
     nib.save(image, path)
     ours = LoadCTImaged("image", ensure_channel_first=True, image_only=True, dtype=dtype, as_closest_canonical=canonical)({"image": str(path)})["image"]
     stock = LoadImage(reader=NibabelReader(as_closest_canonical=canonical), ensure_channel_first=True, image_only=True, dtype=dtype)(str(path))
     assert ours.dtype == stock.dtype and ours.is_contiguous()
     np.testing.assert_array_equal(ours.numpy(), stock.numpy())
     np.testing.assert_allclose(ours.affine.numpy(), stock.affine.numpy())
+
+
+def test_a_nifti_file_cut_short_is_refused_naming_the_file(tmp_path):
+    """A ``.nii`` whose voxels stop part-way (a copy interrupted) is an error, not zeros."""
+    import nibabel as nib
+
+    from nodule_bundle.transforms import LoadCTImaged, UnreadableImageError
+
+    path = tmp_path / "scan.nii"
+    nib.save(nib.Nifti1Image(np.full((16, 16, 40), -1000, dtype=np.int16), np.eye(4)), path)
+    path.write_bytes(path.read_bytes()[: -16 * 16 * 2 * 5])  # the last five slices missing
+    with pytest.raises(UnreadableImageError, match="ends inside slice 35 of 40") as err:
+        LoadCTImaged("image", ensure_channel_first=True, image_only=True)({"image": str(path)})
+    assert str(path) in str(err.value)

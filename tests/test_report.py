@@ -16,12 +16,14 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
+from PIL import Image
+from scipy import ndimage as ndi
 
 from bundle_run import monai_bundle_run
 from dicom_helpers import edit
 from nodule_bundle.nodule import lung_rads_category, texture_from_measurement
 from nodule_bundle.report_html import render_report_html
-from nodule_bundle.report_pictures import nodule_views
+from nodule_bundle.report_pictures import nodule_views, write_montage
 from nodule_bundle.transforms import LoadCTImaged, label_map
 
 PHI = {"PatientName": "Doe^Jane", "PatientID": "MRN-0042", "PatientBirthDate": "19500101"}
@@ -67,6 +69,26 @@ def test_views_are_shown_the_radiological_way_with_the_mask_outlined():
     assert rows.mean() < 20 and cols.mean() < 20  # anterior at the top, the patient's right on the left
     outline = np.all(axial == (255, 196, 0), axis=-1)
     assert outline.any() and not outline[20, 20]  # a contour, not a filled mask
+
+
+def test_montage_shows_every_view_under_its_caption(tmp_path):
+    axial = nodule_views(_crop_with_marker(), zoom=2)["axial"]
+    tiles = [(f"n{k}\n5.0 mm P(malig) 0.{k}", axial) for k in range(7)]
+    write_montage(tmp_path / "nodules.png", tiles, title="scan-1: 7 nodule(s), axial", columns=5)
+    with Image.open(tmp_path / "nodules.png") as png:
+        page = np.asarray(png.convert("RGB"))
+    outline = np.all(page == (255, 196, 0), axis=-1)
+    labels, count = ndi.label(outline.any(axis=0))  # columns holding an outline
+    assert count == 5  # five tiles to a row
+    labels, count = ndi.label(outline.any(axis=1))
+    assert count == 2  # seven tiles: two rows
+    ink = np.all(page < 100, axis=-1) & ~np.all(page == page[0, 0], axis=-1)
+    first_tile_top = np.argwhere(outline)[:, 0].min()
+    assert ink[:first_tile_top].sum() > 200  # title and captions are drawn above the views
+    empty = tmp_path / "empty.png"
+    write_montage(empty, [], title="scan-2: 0 nodule(s), axial")
+    with Image.open(empty) as png:
+        assert (np.asarray(png.convert("L")) < 100).sum() > 100  # says so in words
 
 
 def test_label_map_puts_each_mask_where_its_crop_came_from():
