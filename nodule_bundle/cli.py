@@ -16,7 +16,7 @@
     nodule-bundle bench    train [--scans 4] [--out bench.json]
     nodule-bundle bench    memory [--shape 512 512 300] [--nodules 20] [--out bench.json]
     nodule-bundle bench    backbones [--repeats 3] [--out bench.json]
-    nodule-bundle bench    backbone-accuracy --work DIR [--scans 24] [--epochs 15] [--backbones NAME ...] [--out bench.json]
+    nodule-bundle bench    backbone-accuracy --work DIR [--scans 24] [--test-scans N] [--epochs 15] [--backbones NAME ...] [--out bench.json]
     nodule-bundle bench    label [--label-venv .venv-label] [--shape 512 512 300] [--repeats 5] [--out bench.json]
     nodule-bundle export   --out DIR|FILE.zip [--ckpt models/model.pt] [--weights-url URL]
     nodule-bundle verify   DIR|FILE.zip
@@ -166,7 +166,7 @@ def _bench(args: argparse.Namespace) -> None:
         result = bench.bench_backbones(args.repeats)
         print(bench.format_backbones_result(result))
     elif args.benchmark == "backbone-accuracy":
-        result = bench.bench_backbone_accuracy(args.work, args.scans, args.epochs, args.backbones)
+        result = bench.bench_backbone_accuracy(args.work, args.scans, args.epochs, args.backbones, test_scans=args.test_scans)
         print(bench.format_backbone_accuracy_result(result))
     elif args.benchmark == "label":
         result = bench.bench_label(args.label_venv, tuple(args.shape), args.repeats)
@@ -327,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     accuracy.add_argument("--work", required=True, type=Path, help="folder for the phantom, the models and their evaluations")
     accuracy.add_argument("--scans", type=_positive_int, default=24)
     accuracy.add_argument("--epochs", type=_positive_int, default=15)
+    accuracy.add_argument("--test-scans", type=_positive_int, default=None, help="more scans for the test split alone (default: 15 %% of --scans)")
     accuracy.add_argument("--backbones", nargs="+", default=None, help="default and/or backbone_* config names (default: all)")
     accuracy.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
     accuracy.set_defaults(func=_bench)

@@ -87,8 +87,13 @@ def test_backbone_accuracy_benchmark_trains_and_tests_each_chosen_backbone(tmp_p
     from nodule_bundle.bench import bench_backbone_accuracy, format_backbone_accuracy_result
     from nodule_bundle.data.phantom import PhantomConfig
 
-    result = bench_backbone_accuracy(tmp_path, scans=3, epochs=1, backbones=["default"], cfg=PhantomConfig(fov_mm=(130.0, 110.0, 70.0)))
-    assert list(result["backbones"]) == ["default"] and result["epochs"] == 1
+    result = bench_backbone_accuracy(tmp_path, scans=3, epochs=1, backbones=["default"], cfg=PhantomConfig(fov_mm=(130.0, 110.0, 70.0)),
+                                     test_scans=2)  # fmt: skip
+    assert list(result["backbones"]) == ["default"] and result["epochs"] == 1 and result["scans"] == 5
+    splits = json.loads((tmp_path / "data" / "datalist.json").read_text())
+    scans_of = {split: {item["image"] for item in splits[split]} for split in ("training", "validation", "test")}
+    assert [len(scans_of[s]) for s in ("training", "validation", "test")] == [2, 1, 2]  # the extra scans test only
+    assert result["test_nodules"] == sum(item.get("is_nodule", 1) == 1 for item in splits["test"]) > 0
     entry = result["backbones"]["default"]
     metrics = json.loads((tmp_path / "default" / "eval" / "metrics.json").read_text())
     assert entry["malignancy_auc"] == metrics.get("malignancy_auc") and entry["diameter_mae_mm"] == metrics["diameter_mae_mm"]
