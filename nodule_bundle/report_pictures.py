@@ -27,7 +27,7 @@ from nodule_bundle.transforms import label_map
 PLANES = ("axial", "coronal", "sagittal")
 CONTOUR_RGB = (255, 196, 0)
 DISPLAY_WINDOW_HU = (-1000.0, 400.0)  # lung window; the nodule, vessels and chest wall all show
-PNG_COMPRESS_LEVEL = 1  # these are small, mostly flat pictures: level 1 is a few percent larger and 3-5x faster than 6
+PNG_COMPRESS_LEVEL = 1  # zlib level: the montage is about 25 % larger and written twice as fast as at the default 6
 
 
 def _display(plane: np.ndarray) -> np.ndarray:
