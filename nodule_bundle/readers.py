@@ -33,7 +33,7 @@ def c_ordered(volume: np.ndarray, dtype: torch.dtype | None = None) -> np.ndarra
     """
     if volume.ndim != 3 or not volume.T.flags.c_contiguous:
         return np.ascontiguousarray(volume, dtype=None if dtype is None else get_equivalent_dtype(dtype, np.ndarray))
-    out = torch.empty(volume.shape, dtype=dtype or torch.from_numpy(volume[:0, :0, :0]).dtype)
+    out = torch.empty(volume.shape, dtype=dtype or get_equivalent_dtype(volume.dtype, torch.Tensor))
     _lay_out_slices(torch.from_numpy(volume.T), out)
     return out.numpy()
 
@@ -77,7 +77,7 @@ class NiftiReader(NibabelReader):
         """Decompress ``proxy``'s voxels slab by slab on this thread, laying each out on another."""
         shape = tuple(int(n) for n in proxy.shape)
         stored = np.empty(shape[::-1], dtype=proxy.dtype)  # [z, y, x]: the file's byte order
-        out = torch.empty(shape, dtype=self.dtype or torch.from_numpy(stored[:0]).dtype)
+        out = torch.empty(shape, dtype=self.dtype or get_equivalent_dtype(stored.dtype, torch.Tensor))
         with ImageOpener(proxy.file_like) as file, ThreadPoolExecutor(1) as layout:
             file.seek(proxy.offset)
             copies = []

@@ -6,6 +6,7 @@ import torch
 from monai.data import MetaTensor
 
 from nodule_bundle.geometry import LPS_TO_RAS, voxel_to_world
+from nodule_bundle.measure import MEASUREMENT_KEYS
 from nodule_bundle.transforms import (
     CTPreprocess,
     NoduleCrop,
@@ -133,7 +134,7 @@ def test_the_nodule_label_map_lies_on_the_scan_grid_over_each_nodule():
     centres, radii = [voxel_to_world((30, 35, 15), img.affine), voxel_to_world((60, 55, 25), img.affine)], [4.0, 6.0]
     for c, r in zip(centres, radii):
         img[0][torch.from_numpy(np.linalg.norm(world - c, axis=-1) <= r)] = 30.0
-    d = NoduleMeasured(keys="image", label_key="nodule_label")({"image": img, "center_world_mm": centres})
+    d = NoduleMeasured(keys="image", label_key="nodule_label", workers=2)({"image": img, "center_world_mm": centres})
     label = d["nodule_label"]
     assert label.shape == img.shape and torch.equal(label.affine, img.affine)
     assert label[0, 30, 35, 15] == 1 and label[0, 60, 55, 25] == 2 and label[0, 5, 5, 5] == 0
@@ -141,3 +142,6 @@ def test_the_nodule_label_map_lies_on_the_scan_grid_over_each_nodule():
         volume = float((label == value).sum()) * 0.7 * 0.7 * 1.5
         assert volume == pytest.approx(4 / 3 * math.pi * r**3, rel=0.25)
     assert d["measured_mean_diameter_mm"] == pytest.approx([8.0, 12.0], abs=1.0)
+    serial = NoduleMeasured(keys="image", label_key="nodule_label", workers=1)({"image": img, "center_world_mm": centres})
+    assert torch.equal(serial["nodule_label"], label)  # nodules measured side by side give what one at a time gives
+    assert all(serial[k] == d[k] for k in MEASUREMENT_KEYS)
