@@ -9,6 +9,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import nibabel as nib
+from isal import igzip
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -50,3 +53,14 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def save_nifti_atomic(image: nib.Nifti1Image, path: str | os.PathLike) -> None:
+    """``nib.save(image, path)``, atomically; a ``.gz`` file compressed by ISA-L's ``igzip`` (the same gzip
+    format as nibabel's, at its level 1, about 15x faster than zlib)."""
+    with atomic_path(path) as tmp:
+        if tmp.name.endswith(".gz"):
+            with igzip.open(tmp, "wb", compresslevel=1) as file:
+                image.to_stream(file)
+        else:
+            nib.save(image, tmp)

@@ -1,8 +1,8 @@
 """MONAI image readers for CT as it arrives.
 
 :class:`DicomSeriesReader` (DICOM directories): choose, order and check the series, then let ITK
-decode it. :class:`NiftiReader` (NIfTI files): MONAI's ``NibabelReader`` with a faster layout copy,
-overlapped with decompression.
+decode it. :class:`NiftiReader` (NIfTI files): MONAI's ``NibabelReader`` with ISA-L's gzip
+decompression (:func:`open_voxels`) and a faster layout copy, overlapped with decompression.
 MHD/raw and NRRD files go through MONAI's own readers unchanged (see
 :class:`nodule_bundle.transforms.LoadCTImaged`).
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 import itk
 import numpy as np
 import torch
+from isal import igzip
 from monai.data import ITKReader, NibabelReader
 from monai.utils import get_equivalent_dtype
 from nibabel.arrayproxy import ArrayProxy
@@ -38,6 +39,15 @@ def c_ordered(volume: np.ndarray, dtype: torch.dtype | None = None) -> np.ndarra
     return out.numpy()
 
 
+def open_voxels(file_like):
+    """A NIfTI file opened for reading its bytes: a ``.gz`` path through ISA-L's ``igzip`` (the same
+    gzip stream, decompressed about 2.5x faster than zlib, which nibabel uses), anything else through
+    nibabel's ``ImageOpener``."""
+    if isinstance(file_like, (str, Path)) and str(file_like).endswith(".gz"):
+        return igzip.open(file_like, "rb")
+    return ImageOpener(file_like)
+
+
 def _lay_out_slices(slices: torch.Tensor, out: torch.Tensor) -> None:
     """Copy C-contiguous ``[z, y, x]`` ``slices`` into ``out``, an ``[x, y, z]`` view, slice-local first."""
     out.copy_(slices.transpose(1, 2).contiguous().permute(1, 2, 0))
@@ -49,8 +59,9 @@ class NiftiReader(NibabelReader):
     ``NibabelReader``.
 
     An unscaled 3D file stored slice by slice (the usual CT) is read :data:`SLAB_SLICES` slices at a
-    time, each slab laid out in C order on a second thread while the next one is decompressed: the
-    layout copy then costs almost nothing beside the read. Other files (scaled, big-endian, 4D,
+    time (gzip decompressed by ISA-L, :func:`open_voxels`), each slab laid out in C order on a second
+    thread while the next one is decompressed: the layout copy then costs almost nothing beside the
+    read. Other files (scaled, big-endian, 4D,
     reoriented by ``as_closest_canonical``) go through nibabel's array and :func:`c_ordered`.
 
     Args:
@@ -78,12 +89,15 @@ class NiftiReader(NibabelReader):
         shape = tuple(int(n) for n in proxy.shape)
         stored = np.empty(shape[::-1], dtype=proxy.dtype)  # [z, y, x]: the file's byte order
         out = torch.empty(shape, dtype=self.dtype or get_equivalent_dtype(stored.dtype, torch.Tensor))
-        with ImageOpener(proxy.file_like) as file, ThreadPoolExecutor(1) as layout:
+        with open_voxels(proxy.file_like) as file, ThreadPoolExecutor(1) as layout:
             file.seek(proxy.offset)
             copies = []
             for start in range(0, shape[2], self.SLAB_SLICES):
                 slab = stored[start : start + self.SLAB_SLICES]
-                got = file.readinto(memoryview(slab).cast("B"))
+                try:
+                    got = file.readinto(memoryview(slab).cast("B"))
+                except EOFError:  # a gzip stream cut short: the slab's own bytes are lost with it
+                    raise OSError(f"{proxy.file_like}: the compressed data ends inside slices {start}-{start + len(slab) - 1} of {shape[2]}") from None
                 if got != slab.nbytes:
                     raise OSError(f"{proxy.file_like}: the file ends inside slice {start + got // slab[0].nbytes} of {shape[2]}")
                 copies.append(layout.submit(_lay_out_slices, torch.from_numpy(slab), out[:, :, start : start + len(slab)]))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -191,6 +191,14 @@ class NoduleCrop(Transform):
         return SpatialCrop(roi_start=start, roi_end=end)(img)
 
 
+def on_threads(function: Callable, items: Sequence, workers: int | None = None) -> list:
+    """``[function(item) for item in items]``, side by side on ``workers`` threads (``None``: one per CPU
+    core). For per-nodule work in torch and scipy, which release the GIL."""
+    workers = max(1, min(workers or os.cpu_count() or 1, len(items)))
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(function, items))
+
+
 class NoduleMeasured(MapTransform):
     """Segment and measure every nodule of a scan item (:mod:`nodule_bundle.measure`).
 
@@ -214,14 +222,13 @@ class NoduleMeasured(MapTransform):
         super().__init__(keys)
         self.center_key, self.spacing_mm, self.label_key, self.crop_key = center_key, float(spacing_mm), label_key, crop_key
         self.cropper = NoduleCrop(patch_size, spacing_mm)
-        self.workers = workers or os.cpu_count() or 1
+        self.workers = workers
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         image = d[self.first_key(d)]
         centers = np.asarray(d[self.center_key], dtype=np.float64).reshape(-1, 3)
-        with ThreadPoolExecutor(max(1, min(self.workers, len(centers)))) as pool:
-            results = list(pool.map(lambda center: self._measure(image, center), centers))
+        results = on_threads(lambda center: self._measure(image, center), centers, self.workers)
         found, crops = [m for m, _ in results], [c for _, c in results]
         for key in MEASUREMENT_KEYS:
             d[key] = [m[key] for m in found]
@@ -276,7 +283,8 @@ class NoduleCropd(MapTransform):
     ``data[center_key]`` is one centre ``(3,)`` or several ``(N, 3)`` in LPS world mm. Returns a list of
     N dicts: ``keys`` cropped around each centre, ``center_key`` set to that centre, ``center_voxel``
     its continuous voxel index in the source image, and each key of ``per_nodule_keys`` (present in
-    ``data`` as length-N sequences, e.g. ``nodule_id``) indexed; every other key is shared.
+    ``data`` as length-N sequences, e.g. ``nodule_id``) indexed; every other key is shared. The
+    nodules are cropped side by side on ``workers`` threads (:func:`on_threads`).
     """
 
     def __init__(
@@ -288,28 +296,29 @@ class NoduleCropd(MapTransform):
         spacing_mm: float = 1.0,
         mode: str = "bilinear",
         allow_missing_keys: bool = False,
+        workers: int | None = None,
     ):
         super().__init__(keys, allow_missing_keys)
         self.center_key, self.per_nodule_keys = center_key, tuple(per_nodule_keys)
         self.cropper = NoduleCrop(patch_size, spacing_mm, mode)
+        self.workers = workers
 
     def __call__(self, data: Mapping[Hashable, object]) -> list[dict]:
         centers = np.asarray(data[self.center_key], dtype=np.float64)
         several = centers.ndim == 2
         first = data[self.first_key(dict(data))]
-        samples = []
-        for i, center in enumerate(centers.reshape(-1, 3)):
-            sample = {k: v for k, v in data.items() if k not in self.keys}
-            for key in self.key_iterator(dict(data)):
-                sample[key] = self.cropper(data[key], center)
-            sample[self.center_key] = torch.as_tensor(center)
-            sample["center_voxel"] = torch.as_tensor(world_to_voxel(center, first.affine, first.meta.get("space", "RAS")))
+        shared = {k: v for k, v in data.items() if k not in self.keys}
+
+        def sample(i: int) -> dict:
+            center = centers.reshape(-1, 3)[i]
+            out = {**shared, **{key: self.cropper(data[key], center) for key in self.key_iterator(dict(data))}}
+            out[self.center_key] = torch.as_tensor(center)
+            out["center_voxel"] = torch.as_tensor(world_to_voxel(center, first.affine, first.meta.get("space", "RAS")))
             if several:
-                for key in self.per_nodule_keys:
-                    if key in data:
-                        sample[key] = data[key][i]  # type: ignore[index]
-            samples.append(sample)
-        return samples
+                out.update({key: data[key][i] for key in self.per_nodule_keys if key in data})  # type: ignore[index]
+            return out
+
+        return on_threads(sample, range(len(centers.reshape(-1, 3))), self.workers)
 
 
 class CTPreprocess(Transform):

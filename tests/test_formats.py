@@ -110,15 +110,21 @@ def test_the_nifti_reader_gives_what_monais_nibabel_reader_gives(tmp_path, monke
     np.testing.assert_allclose(ours.affine.numpy(), stock.affine.numpy())
 
 
-def test_a_nifti_file_cut_short_is_refused_naming_the_file(tmp_path):
-    """A ``.nii`` whose voxels stop part-way (a copy interrupted) is an error, not zeros."""
+@pytest.mark.parametrize(
+    ("suffix", "reason"), [(".nii", "ends inside slice 35 of 40"), (".nii.gz", r"the compressed data ends inside slices 3\d-3\d of 40")]
+)
+def test_a_nifti_file_cut_short_is_refused_naming_the_file(tmp_path, suffix, reason):
+    """A NIfTI file whose voxels stop part-way (a copy interrupted; for ``.nii.gz`` the gzip stream cut
+    short) is an error naming the file and where it ends, not zeros."""
     import nibabel as nib
 
     from nodule_bundle.transforms import LoadCTImaged, UnreadableImageError
 
-    path = tmp_path / "scan.nii"
-    nib.save(nib.Nifti1Image(np.full((16, 16, 40), -1000, dtype=np.int16), np.eye(4)), path)
-    path.write_bytes(path.read_bytes()[: -16 * 16 * 2 * 5])  # the last five slices missing
-    with pytest.raises(UnreadableImageError, match="ends inside slice 35 of 40") as err:
+    path = tmp_path / f"scan{suffix}"
+    voxels = np.random.default_rng(0).integers(-1000, 400, (16, 16, 40), dtype=np.int16)  # noise: compressed evenly
+    nib.save(nib.Nifti1Image(voxels, np.eye(4)), path)
+    size = path.stat().st_size
+    path.write_bytes(path.read_bytes()[: size - 16 * 16 * 2 * 5 if suffix == ".nii" else size * 9 // 10])  # the last slices missing
+    with pytest.raises(UnreadableImageError, match=reason) as err:
         LoadCTImaged("image", ensure_channel_first=True, image_only=True)({"image": str(path)})
     assert str(path) in str(err.value)

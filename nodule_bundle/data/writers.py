@@ -18,7 +18,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
 from nodule_bundle.geometry import LPS_TO_RAS
-from nodule_bundle.io_utils import atomic_path
+from nodule_bundle.io_utils import atomic_path, save_nifti_atomic
 
 _PYDICOM_3 = int(pydicom.__version__.split(".")[0]) >= 3
 
@@ -28,8 +28,7 @@ def write_nifti(path: str | Path, volume_hu: np.ndarray, affine_lps: np.ndarray)
     image.header.set_xyzt_units("mm")
     image.set_qform(image.affine, code=1)
     image.set_sform(image.affine, code=1)
-    with atomic_path(path) as tmp:
-        nib.save(image, tmp)
+    save_nifti_atomic(image, path)
 
 
 def write_itk_image(path: str | Path, volume_hu: np.ndarray, affine_lps: np.ndarray) -> None:
