@@ -11,6 +11,7 @@ their mean, the volume, and the solid component's mean diameter (voxels above ``
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -53,8 +54,7 @@ def nodule_mask(crop_hu: np.ndarray, spacing_mm: float, max_radius_mm: float = 2
     """
     smooth = ndi.gaussian_filter(crop_hu.astype(np.float32), 0.5 / spacing_mm)
     centre = tuple(s // 2 for s in crop_hu.shape)
-    grid = np.indices(crop_hu.shape, dtype=np.float32)
-    distance = np.sqrt(sum((g - c) ** 2 for g, c in zip(grid, centre))) * spacing_mm
+    distance = _distance_from_centre(crop_hu.shape, spacing_mm)
     lung = smooth[smooth < LUNG_MAX_HU]  # the parenchyma around it, not the chest wall the crop may hold
     background = float(np.median(lung)) if lung.size else float(np.median(smooth))
     core = float(np.percentile(smooth[distance <= 1.5], 90))
@@ -81,6 +81,15 @@ def nodule_mask(crop_hu: np.ndarray, spacing_mm: float, max_radius_mm: float = 2
         if opened[centre]:
             region = _component_at(opened & region, centre)
     return region
+
+
+@functools.lru_cache(maxsize=8)
+def _distance_from_centre(shape: tuple[int, ...], spacing_mm: float) -> np.ndarray:
+    """Each voxel's distance (mm) from the centre voxel ``shape // 2``; read-only, shared by every crop of that shape."""
+    grid = np.indices(shape, dtype=np.float32)
+    distance = np.sqrt(sum((g - s // 2) ** 2 for g, s in zip(grid, shape))) * spacing_mm
+    distance.flags.writeable = False
+    return distance
 
 
 def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
