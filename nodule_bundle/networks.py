@@ -35,7 +35,7 @@ OUT_CHANNELS = 9
 DIAMETER_OFFSET_MM, DIAMETER_SCALE_MM = 10.0, 10.0
 
 
-RELU = ("relu", {"inplace": True})  # on the batch norm's output, which nothing else reads: one tensor less per layer
+RELU = ("relu", {"inplace": True})  # on the output of the norm (and dropout) before it, which nothing else reads
 
 
 class NoduleEncoder(nn.Module):
