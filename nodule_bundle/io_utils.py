@@ -56,8 +56,11 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
 
 
 def save_nifti_atomic(image: nib.Nifti1Image, path: str | os.PathLike) -> None:
-    """``nib.save(image, path)``, atomically; a ``.gz`` file compressed by ISA-L's ``igzip`` (the same gzip
-    format as nibabel's, at its level 1, about 15x faster than zlib)."""
+    """``nib.save(image, path)``, atomically, with the qform and sform set to ``image.affine`` (code 1,
+    scanner anatomy, as MONAI's writer sets them); a ``.gz`` file compressed by ISA-L's ``igzip`` (the
+    same gzip format as nibabel's, at its level 1, about 15x faster than zlib)."""
+    image.set_qform(image.affine, code=1)
+    image.set_sform(image.affine, code=1)
     with atomic_path(path) as tmp:
         if tmp.name.endswith(".gz"):
             with igzip.open(tmp, "wb", compresslevel=1) as file:

@@ -61,8 +61,8 @@ class NiftiReader(NibabelReader):
     An unscaled 3D file stored slice by slice (the usual CT) is read :data:`SLAB_SLICES` slices at a
     time (gzip decompressed by ISA-L, :func:`open_voxels`), each slab laid out in C order on a second
     thread while the next one is decompressed: the layout copy then costs almost nothing beside the
-    read. Other files (scaled, big-endian, 4D,
-    reoriented by ``as_closest_canonical``) go through nibabel's array and :func:`c_ordered`.
+    read. Other files (scaled, big-endian, 4D, reoriented by ``as_closest_canonical``) go through
+    nibabel's array and :func:`c_ordered`.
 
     Args:
         dtype: the array's dtype (``None``: as stored); pass the dtype ``LoadImage`` asks for.

@@ -96,6 +96,4 @@ def write_label_map(path: str | Path, crops: Sequence[MetaTensor], scan_meta: Ma
     label = label_map(crops, shape, affine, space)
     ras_affine = np.asarray(label.affine, dtype=np.float64)
     image = nib.Nifti1Image(label.as_tensor()[0].numpy(), orientation_ras_lps(ras_affine) if space == SpaceKeys.LPS else ras_affine)
-    image.set_qform(image.affine, code=1)
-    image.set_sform(image.affine, code=1)
     save_nifti_atomic(image, path)

@@ -308,20 +308,21 @@ class NoduleCropd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, object]) -> list[dict]:
         centers = np.asarray(data[self.center_key], dtype=np.float64)
-        several = centers.ndim == 2
+        several, rows = centers.ndim == 2, centers.reshape(-1, 3)
         first = data[self.first_key(dict(data))]
         shared = {k: v for k, v in data.items() if k not in self.keys}
+        keys = list(self.key_iterator(dict(data)))
 
         def sample(i: int) -> dict:
-            center = centers.reshape(-1, 3)[i]
-            out = {**shared, **{key: self.cropper(data[key], center) for key in self.key_iterator(dict(data))}}
+            center = rows[i]
+            out = {**shared, **{key: self.cropper(data[key], center) for key in keys}}
             out[self.center_key] = torch.as_tensor(center)
             out["center_voxel"] = torch.as_tensor(world_to_voxel(center, first.affine, first.meta.get("space", "RAS")))
             if several:
                 out.update({key: data[key][i] for key in self.per_nodule_keys if key in data})  # type: ignore[index]
             return out
 
-        return on_threads(sample, range(len(centers.reshape(-1, 3))), self.workers)
+        return on_threads(sample, range(len(rows)), self.workers)
 
 
 class CTPreprocess(Transform):

@@ -26,8 +26,6 @@ _PYDICOM_3 = int(pydicom.__version__.split(".")[0]) >= 3
 def write_nifti(path: str | Path, volume_hu: np.ndarray, affine_lps: np.ndarray) -> None:
     image = nib.Nifti1Image(volume_hu, LPS_TO_RAS @ affine_lps)
     image.header.set_xyzt_units("mm")
-    image.set_qform(image.affine, code=1)
-    image.set_sform(image.affine, code=1)
     save_nifti_atomic(image, path)
 
 
