@@ -9,6 +9,7 @@ the scan's own grid (label ``i + 1`` for finding ``i``, ready to overlay in 3D S
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from nodule_bundle.data.image_index import scan_stem
 from nodule_bundle.detection import candidate_fields, detect_candidates
 from nodule_bundle.errors import NoduleBundleError
 from nodule_bundle.geometry import voxel_to_world
+from nodule_bundle.networks import fold_batch_norm
 from nodule_bundle.report import is_rejected_candidate, nodule_finding
 from nodule_bundle.sharing.network_checks import load_weights
 from nodule_bundle.transforms import LoadCTImaged, NoduleMeasured
@@ -58,7 +60,9 @@ class NoduleService:
             raise NoduleBundleError(f"{self.bundle_root}: inference.json's preprocessing must start with LoadCTImaged, NoduleMeasured")
         self.load, self.measure, self.rest = steps[0], steps[1], Compose(steps[2:])
         self.measure.label_key = LABEL_KEY
-        self.network = parser.get_parsed_content("network_def").to(self.device).eval()
+        memory_format = torch.channels_last_3d if parser.get_parsed_content("channels_last") else torch.preserve_format
+        self.weights = parser.get_parsed_content("network_def").to(self.device, memory_format=memory_format).eval()
+        self.network: torch.nn.Module | None = None  # the weights' copy with batch norms folded, as inference.json runs it
         self.inferer, self.postprocessing = parser.get_parsed_content("inferer"), parser.get_parsed_content("postprocessing")
         self.version = parser.get_parsed_content("_meta_#version")
         self._weights_stamp = None
@@ -126,5 +130,5 @@ class NoduleService:
             raise NoduleBundleError(f"{self.model_path}: model weights not found (train first)")
         stamp = (self.model_path.stat().st_mtime_ns, self.model_path.stat().st_size)
         if stamp != self._weights_stamp:
-            self.network.load_state_dict(load_weights(self.model_path), strict=True)
-            self._weights_stamp = stamp
+            self.weights.load_state_dict(load_weights(self.model_path), strict=True)
+            self.network, self._weights_stamp = fold_batch_norm(copy.deepcopy(self.weights)), stamp

@@ -85,15 +85,19 @@ class NiftiReader(NibabelReader):
         return self._read_slabs(proxy)
 
     def _read_slabs(self, proxy: ArrayProxy) -> np.ndarray:
-        """Decompress ``proxy``'s voxels slab by slab on this thread, laying each out on another."""
+        """Decompress ``proxy``'s voxels slab by slab on this thread, laying each out on another. Two
+        slab buffers take turns (one filled while the other is laid out): a full-size staging copy
+        of the volume would cost a page fault per 4 KB, on the decompressing thread."""
         shape = tuple(int(n) for n in proxy.shape)
-        stored = np.empty(shape[::-1], dtype=proxy.dtype)  # [z, y, x]: the file's byte order
-        out = torch.empty(shape, dtype=self.dtype or get_equivalent_dtype(stored.dtype, torch.Tensor))
+        buffers = [np.empty((self.SLAB_SLICES, shape[1], shape[0]), dtype=proxy.dtype) for _ in range(2)]  # [z, y, x]: the file's byte order
+        out = torch.empty(shape, dtype=self.dtype or get_equivalent_dtype(proxy.dtype, torch.Tensor))
         with open_voxels(proxy.file_like) as file, ThreadPoolExecutor(1) as layout:
             file.seek(proxy.offset)
             copies = []
-            for start in range(0, shape[2], self.SLAB_SLICES):
-                slab = stored[start : start + self.SLAB_SLICES]
+            for k, start in enumerate(range(0, shape[2], self.SLAB_SLICES)):
+                if k >= len(buffers):
+                    copies[k - len(buffers)].result()  # that buffer's slab is laid out: it is free again
+                slab = buffers[k % len(buffers)][: min(self.SLAB_SLICES, shape[2] - start)]
                 try:
                     got = file.readinto(memoryview(slab).cast("B"))
                 except EOFError:  # a gzip stream cut short: the slab's own bytes are lost with it

@@ -1,3 +1,4 @@
+import copy
 import json
 from pathlib import Path
 
@@ -88,3 +89,30 @@ def test_compiling_is_off_unless_asked_and_refuses_text_for_a_flag():
     assert compiled(net, False) is net
     with pytest.raises(ValueError, match="compile must be True or False, got 'false'"):
         compiled(net, "false")
+
+
+def test_folding_batch_norm_keeps_the_outputs_and_leaves_no_norm_after_a_convolution():
+    """fold_batch_norm on trained-looking statistics: the same outputs as the batch-normed network in
+    eval mode, in channels_last_3d too; no batch norm left in the encoder; refused in training mode."""
+    from nodule_bundle.networks import fold_batch_norm
+
+    torch.manual_seed(0)
+    net = MultiTaskNoduleNet(channels=(4, 8), hidden=8)
+    for norm in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm3d)):
+        norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.2, 3), norm.weight.data.uniform_(0.5, 2), norm.bias.data.uniform_(-1, 1)
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batch_norm(net)
+    net.eval()
+    x = torch.randn(3, 1, 16, 16, 16)
+    with torch.no_grad():
+        expected = net(x)
+        folded = fold_batch_norm(copy.deepcopy(net).to(memory_format=torch.channels_last_3d))
+        got = folded(x)
+        dropped = copy.deepcopy(net)  # the norms removed, not folded: the statistics matter here
+        for block in dropped.encoder.features:
+            if hasattr(block, "adn"):
+                block.adn.N = torch.nn.Identity()
+        without_norms = dropped(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in folded.modules())
+    assert folded.encoder.features[0].conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.allclose(got, expected, atol=1e-4) and not torch.allclose(without_norms, expected, atol=1e-2)
