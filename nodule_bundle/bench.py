@@ -45,12 +45,18 @@ def _phantom_scan(path: Path, shape: tuple[int, int, int], spacing_mm, nodules: 
     return scan
 
 
-def _inference_network() -> torch.nn.Module:
-    """The default network as inference.json runs it (batch norms folded, ``channels_last_3d``),
-    with untrained weights: the cost is the same."""
-    from nodule_bundle.networks import MultiTaskNoduleNet, fold_batch_norm
+def _as_inference_runs_it(network: torch.nn.Module) -> torch.nn.Module:
+    """``network`` as inference.json runs it: eval mode, batch norms folded, ``channels_last_3d``."""
+    from nodule_bundle.networks import fold_batch_norm
 
-    return fold_batch_norm(MultiTaskNoduleNet().eval()).to(memory_format=torch.channels_last_3d)
+    return fold_batch_norm(network.eval()).to(memory_format=torch.channels_last_3d)
+
+
+def _default_network() -> torch.nn.Module:
+    """The default network as inference.json runs it, with untrained weights: the cost is the same."""
+    from nodule_bundle.networks import MultiTaskNoduleNet
+
+    return _as_inference_runs_it(MultiTaskNoduleNet())
 
 
 def time_alternating(candidates: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict]:
@@ -126,7 +132,7 @@ def bench_whole_scan(shape: tuple[int, int, int] = (512, 512, 300), repeats: int
     load = LoadCTImaged("image", ensure_channel_first=True, image_only=True)
     measure, crop = NoduleMeasured("image"), NoduleCropd("image", patch_size=40, spacing_mm=1.2)
     preprocess = CTPreprocessd("image", denoise_sigma_mm=0.5)
-    network, inferer = _inference_network(), FlipAveragingInferer()
+    network, inferer = _default_network(), FlipAveragingInferer()
     stages: dict[str, list[float]] = {name: [] for name in ("read", "lung_mask", "candidates", "measure", "crop_preprocess", "network")}
     with tempfile.TemporaryDirectory(prefix="nodule-bench-") as tmp:
         path = Path(tmp) / "scan.nii.gz"
@@ -255,7 +261,7 @@ def bench_scan_to_report(shape: tuple[int, int, int] = (512, 512, 300), repeats:
     measure = NoduleMeasured("image", crop_key="measurement_crop")
     crop = NoduleCropd("image", per_nodule_keys=("nodule_id", *MEASUREMENT_KEYS, "measurement_crop"), patch_size=40, spacing_mm=1.2)
     preprocess, heads = CTPreprocessd("image", denoise_sigma_mm=0.5), NoduleHeadsd()
-    network, inferer = _inference_network(), FlipAveragingInferer(keep_passes=True)
+    network, inferer = _default_network(), FlipAveragingInferer(keep_passes=True)
 
     def report(folder: Path, uid: str, image, samples: list[dict], preds: torch.Tensor) -> None:
         findings = [nodule_finding(s, heads({"pred": p})) | {"label_value": k + 1} for k, (s, p) in enumerate(zip(samples, preds))]
@@ -355,9 +361,11 @@ def format_scan_to_report_result(result: dict) -> str:
 
 
 def bench_backbones(repeats: int = 3, batch_sizes: tuple[int, ...] = (1, 32)) -> dict:
-    """Classifier throughput (patches/s, eval mode, no gradients) of the default network and of every
-    ``configs/backbone_*.json`` override behind the same heads, with their parameter counts, beside
-    MONAI's stock 3D ``resnet18`` (a 2-class classifier) measured in the same run."""
+    """Classifier throughput (patches/s, no gradients) of the default network and of every
+    ``configs/backbone_*.json`` override behind the same heads, with their parameter counts (as
+    trained), beside MONAI's stock 3D ``resnet18`` (a 2-class classifier) measured in the same run.
+    Each runs as inference.json runs it: eval mode, batch norms folded where they follow a MONAI
+    ``Convolution``'s convolution (the default encoder's), ``channels_last_3d``."""
     from monai.bundle import ConfigParser
     from monai.networks.nets import resnet18
 
@@ -373,8 +381,8 @@ def bench_backbones(repeats: int = 3, batch_sizes: tuple[int, ...] = (1, 32)) ->
     networks["monai_resnet18_stock"] = resnet18(spatial_dims=3, n_input_channels=1, num_classes=2)
     result: dict = {"benchmark": "backbones", "patch_size": patch_size, "networks": {}}
     for name, network in networks.items():
-        network.eval()
         entry = {"parameters": sum(p.numel() for p in network.parameters())}
+        network = _as_inference_runs_it(network)
         for batch in batch_sizes:
             x = torch.rand(batch, 1, patch_size, patch_size, patch_size)
             with torch.no_grad():
