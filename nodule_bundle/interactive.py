@@ -61,8 +61,8 @@ class NoduleService:
         self.load, self.measure, self.rest = steps[0], steps[1], Compose(steps[2:])
         self.measure.label_key = LABEL_KEY
         memory_format = torch.channels_last_3d if parser.get_parsed_content("channels_last") else torch.preserve_format
-        self.weights = parser.get_parsed_content("network_def").to(self.device, memory_format=memory_format).eval()
-        self.network: torch.nn.Module | None = None  # the weights' copy with batch norms folded, as inference.json runs it
+        self.network_as_trained = parser.get_parsed_content("network_def").to(self.device, memory_format=memory_format).eval()
+        self.network: torch.nn.Module | None = None  # its copy with batch norms folded, as inference.json runs it
         self.inferer, self.postprocessing = parser.get_parsed_content("inferer"), parser.get_parsed_content("postprocessing")
         self.version = parser.get_parsed_content("_meta_#version")
         self._weights_stamp = None
@@ -130,5 +130,5 @@ class NoduleService:
             raise NoduleBundleError(f"{self.model_path}: model weights not found (train first)")
         stamp = (self.model_path.stat().st_mtime_ns, self.model_path.stat().st_size)
         if stamp != self._weights_stamp:
-            self.weights.load_state_dict(load_weights(self.model_path), strict=True)
-            self.network, self._weights_stamp = fold_batch_norm(copy.deepcopy(self.weights)), stamp
+            self.network_as_trained.load_state_dict(load_weights(self.model_path), strict=True)
+            self.network, self._weights_stamp = fold_batch_norm(copy.deepcopy(self.network_as_trained)), stamp

@@ -99,7 +99,8 @@ def test_folding_batch_norm_keeps_the_outputs_and_leaves_no_norm_after_a_convolu
     torch.manual_seed(0)
     net = MultiTaskNoduleNet(channels=(4, 8), hidden=8)
     for norm in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm3d)):
-        norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.2, 3), norm.weight.data.uniform_(0.5, 2), norm.bias.data.uniform_(-1, 1)
+        for values, (low, high) in zip((norm.running_mean, norm.running_var, norm.weight.data, norm.bias.data), ((-1, 1), (0.2, 3), (0.5, 2), (-1, 1))):
+            values.uniform_(low, high)
     with pytest.raises(ValueError, match="eval mode"):
         fold_batch_norm(net)
     net.eval()
