@@ -234,3 +234,18 @@ def test_gpu_options_are_harmless_on_cpu(trained, phantom_dir, test_scan, tmp_pa
         reports[name] = [n["malignancy_probability"] for n in json.loads((tmp_path / name / "report.json").read_text())["scans"][0]["nodules"]]
     np.testing.assert_allclose(reports["gpu options"], reports["plain"], atol=1e-3)
     np.testing.assert_allclose(reports["compiled"], reports["plain"], atol=1e-4)
+
+
+def test_inference_runs_the_network_with_its_batch_norms_folded_in_channels_last():
+    """inference.json's initialize folds the encoder's batch norms (after the weights would load) and
+    leaves the network in eval mode and channels_last_3d, the layout that is faster on CPU too."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs" / "inference.json"))
+    parser.read_meta(str(ROOT / "configs" / "metadata.json"))
+    parser["load_pretrain"], parser["dataset#data"] = False, []
+    parser.get_parsed_content("initialize")
+    network = parser.get_parsed_content("network_def")
+    assert not network.training and not any(isinstance(m, torch.nn.BatchNorm3d) for m in network.modules())
+    assert network.encoder.features[0].conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
