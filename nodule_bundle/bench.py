@@ -413,17 +413,22 @@ def backbone_configs() -> dict[str, list[str]]:
 
 
 def bench_backbone_accuracy(out: str | Path, scans: int = 24, epochs: int = 15, backbones: list[str] | None = None, seed: int = 0,
-                            cfg=None, test_scans: int | None = None) -> dict:  # fmt: skip
+                            cfg=None, test_scans: int | None = None, evaluate_only: bool = False) -> dict:  # fmt: skip
     """Test malignancy AUC (and size-band accuracy, diameter MAE) of each backbone trained the same
     way, ``epochs`` epochs on one phantom dataset of ``scans`` scans (``cfg``: its
     :class:`~nodule_bundle.data.phantom.PhantomConfig`) written to ``out/data``, with the training
-    time of each. ``test_scans``: that many more scans for the test split alone (``None``: the
-    usual 15 % of ``scans``), for a tighter AUC at no training cost. ``backbones``: names from
-    :func:`backbone_configs` (default: all)."""
+    time of each (``out/<name>/training.json``). ``test_scans``: that many more scans for the test
+    split alone (``None``: the usual 15 % of ``scans``), for a tighter AUC at no training cost.
+    ``backbones``: names from :func:`backbone_configs` (default: all). ``evaluate_only``: evaluate
+    the models an earlier run trained in ``out`` (its phantom and training records), training none.
+
+    Each backbone's AUC is compared with the best one's on the same test nodules (their
+    ``predictions.csv``) by :func:`~nodule_bundle.metrics.paired_auc_difference`: ``auc_vs_best``."""
     import json
 
     from nodule_bundle.data.phantom import PhantomConfig
     from nodule_bundle.data.synth import write_phantom_dataset
+    from nodule_bundle.io_utils import write_json_atomic
     from nodule_bundle.workflow import find_bundle_root, run_bundle
 
     available = backbone_configs()
@@ -432,32 +437,74 @@ def bench_backbone_accuracy(out: str | Path, scans: int = 24, epochs: int = 15, 
     if unknown:
         raise ValueError(f"unknown backbone(s) {sorted(unknown)}; available: {sorted(available)}")
     out, root = Path(out), find_bundle_root()
-    total = scans + (test_scans or 0)
-    fractions = (0.15, 0.15) if test_scans is None else (max(1, round(0.15 * scans)) / total, test_scans / total)
-    datalist = write_phantom_dataset(out / "data", total, seed, cfg=cfg or PhantomConfig(), negatives_per_scan=8, split_fractions=fractions)
+    datalist = out / "data" / "datalist.json"
+    if evaluate_only:
+        _require_files([datalist, *(out / name / record for name in chosen for record in ("models/model.pt", "training.json"))], "--evaluate-only")
+    else:
+        total = scans + (test_scans or 0)
+        fractions = (0.15, 0.15) if test_scans is None else (max(1, round(0.15 * scans)) / total, test_scans / total)
+        write_phantom_dataset(out / "data", total, seed, cfg=cfg or PhantomConfig(), negatives_per_scan=8, split_fractions=fractions)
     splits = json.loads(datalist.read_text())
-    result: dict = {"benchmark": "backbone_accuracy", "scans": total, "epochs": epochs,
+    result: dict = {"benchmark": "backbone_accuracy", "scans": len({item["image"] for items in splits.values() if isinstance(items, list) for item in items}),
                     "test_nodules": sum(item.get("is_nodule", 1) == 1 for item in splits["test"]), "backbones": {}}  # fmt: skip
+    predictions = {}
     for name in chosen:
         configs = available[name]
         common = dict(dataset_dir=str(out / "data"), datalist=str(datalist), ckpt_dir=str(out / name / "models"), output_dir=str(out / name / "eval"),
                       num_workers=0, show_progress=False, seed=seed)  # fmt: skip
-        start = time.perf_counter()
-        run_bundle(configs, root, epochs=epochs, **common)
-        train_s = time.perf_counter() - start
+        if not evaluate_only:
+            start = time.perf_counter()
+            run_bundle(configs, root, epochs=epochs, **common)
+            write_json_atomic(out / name / "training.json", {"epochs": epochs, "seed": seed, "train_s": time.perf_counter() - start})
+        training = json.loads((out / name / "training.json").read_text())
         run_bundle([*configs, "evaluate"], root, **common)
         metrics = json.loads((out / name / "eval" / "metrics.json").read_text())
-        result["backbones"][name] = {"train_s": train_s, **{k: metrics.get(k) for k in ("malignancy_auc", "size_band_accuracy", "diameter_mae_mm")}}
+        predictions[name] = _malignancy_predictions(out / name / "eval" / "predictions.csv")
+        result["backbones"][name] = {"epochs": training["epochs"], "train_s": training["train_s"],
+                                     **{k: metrics.get(k) for k in ("malignancy_auc", "size_band_accuracy", "diameter_mae_mm")}}  # fmt: skip
     aucs = {name: e["malignancy_auc"] for name, e in result["backbones"].items() if e["malignancy_auc"] is not None}
     result["best"] = max(aucs, key=aucs.get) if aucs else None
+    for name in aucs:
+        if name != result["best"]:
+            result["backbones"][name]["auc_vs_best"] = _paired_against(predictions[name], predictions[result["best"]])
     return result
 
 
+def _require_files(paths: list[Path], why: str) -> None:
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{why} needs what an earlier run wrote, missing: {', '.join(missing)}")
+
+
+def _malignancy_predictions(path: Path) -> dict[tuple[str, str], tuple[int, float]]:
+    """``(seriesuid, nodule_id) -> (malignancy_true, malignancy_prob)`` for the nodules of a
+    ``predictions.csv`` whose malignancy is known (false candidates and unknown labels left out)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    return {(r["seriesuid"], r["nodule_id"]): (int(float(r["malignancy_true"])), float(r["malignancy_prob"]))
+            for r in rows if r["malignancy_true"] and r["nodule_true"] != "0"}  # fmt: skip
+
+
+def _paired_against(predictions: dict, best: dict) -> dict:
+    """:func:`~nodule_bundle.metrics.paired_auc_difference` of one backbone's P(malignant) against
+    the best one's, on the nodules both predicted (the same test split: all of them)."""
+    from nodule_bundle.metrics import paired_auc_difference
+
+    shared = sorted(predictions.keys() & best.keys())
+    labels = [best[key][0] for key in shared]
+    return {**paired_auc_difference(labels, [predictions[key][1] for key in shared], [best[key][1] for key in shared]), "nodules": len(shared)}
+
+
 def format_backbone_accuracy_result(result: dict) -> str:
-    lines = [f"test split ({result['test_nodules']} nodules) of a {result['scans']}-scan phantom, every backbone trained {result['epochs']} epochs"]
+    lines = [f"test split ({result['test_nodules']} nodules) of a {result['scans']}-scan phantom, every backbone trained on the same scans"]
     for name, e in result["backbones"].items():
-        auc = "n/a" if e["malignancy_auc"] is None else f"{e['malignancy_auc']:.3f}"
-        lines.append(f"  {name:<18} AUC {auc}  band acc {e['size_band_accuracy']:.3f}  diameter MAE {e['diameter_mae_mm']:.2f} mm  trained in {e['train_s']:.0f} s")
+        auc = "n/a  " if e["malignancy_auc"] is None else f"{e['malignancy_auc']:.3f}"
+        paired = e.get("auc_vs_best")
+        versus = f"  vs best {paired['difference']:+.3f} (95 % CI {paired['ci95'][0]:+.3f} to {paired['ci95'][1]:+.3f})" if paired else ""
+        lines.append(f"  {name:<18} AUC {auc}{versus}  band acc {e['size_band_accuracy']:.3f}  diameter MAE {e['diameter_mae_mm']:.2f} mm"
+                     f"  trained {e['epochs']} epochs in {e['train_s']:.0f} s")  # fmt: skip
     lines.append(f"  best: {result['best']}")
     return "\n".join(lines)
 

@@ -16,7 +16,7 @@
     nodule-bundle bench    train [--scans 4] [--out bench.json]
     nodule-bundle bench    memory [--shape 512 512 300] [--nodules 20] [--out bench.json]
     nodule-bundle bench    backbones [--repeats 3] [--out bench.json]
-    nodule-bundle bench    backbone-accuracy --work DIR [--scans 24] [--test-scans N] [--epochs 15] [--backbones NAME ...] [--out bench.json]
+    nodule-bundle bench    backbone-accuracy --work DIR [--scans 24] [--test-scans N] [--epochs 15] [--backbones NAME ...] [--evaluate-only] [--out bench.json]
     nodule-bundle bench    label [--label-venv .venv-label] [--shape 512 512 300] [--repeats 5] [--out bench.json]
     nodule-bundle export   --out DIR|FILE.zip [--ckpt models/model.pt] [--weights-url URL]
     nodule-bundle verify   DIR|FILE.zip
@@ -166,7 +166,7 @@ def _bench(args: argparse.Namespace) -> None:
         result = bench.bench_backbones(args.repeats)
         print(bench.format_backbones_result(result))
     elif args.benchmark == "backbone-accuracy":
-        result = bench.bench_backbone_accuracy(args.work, args.scans, args.epochs, args.backbones, test_scans=args.test_scans)
+        result = bench.bench_backbone_accuracy(args.work, args.scans, args.epochs, args.backbones, test_scans=args.test_scans, evaluate_only=args.evaluate_only)
         print(bench.format_backbone_accuracy_result(result))
     elif args.benchmark == "label":
         result = bench.bench_label(args.label_venv, tuple(args.shape), args.repeats)
@@ -329,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     accuracy.add_argument("--epochs", type=_positive_int, default=15)
     accuracy.add_argument("--test-scans", type=_positive_int, default=None, help="more scans for the test split alone (default: 15 %% of --scans)")
     accuracy.add_argument("--backbones", nargs="+", default=None, help="default and/or backbone_* config names (default: all)")
+    accuracy.add_argument("--evaluate-only", action="store_true", help="evaluate the models an earlier run trained in --work; train none")
     accuracy.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
     accuracy.set_defaults(func=_bench)
     kinds.choices["label"].add_argument("--label-venv", type=Path, default=Path(".venv-label"), help="MONAI Label's environment (.ci/label-venv)")

@@ -1,8 +1,10 @@
 """Ignite handlers the configs attach to MONAI engines: the nodule report, a metrics JSON, the
-evaluation figures, temperature scaling and the detection FROC."""
+per-item predictions, the evaluation figures, temperature scaling and the detection FROC."""
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from monai.metrics import compute_roc_auc
 from nodule_bundle.data.image_index import scan_stem
 from nodule_bundle.errors import NoduleBundleError, require_yes_no
 from nodule_bundle.froc import froc, hit_matrix, system_score
-from nodule_bundle.io_utils import write_json_atomic
+from nodule_bundle.io_utils import write_json_atomic, write_text_atomic
 from nodule_bundle.sharing.archive import listed_sha256, sha256_file
 from nodule_bundle.plots import plot_froc
 from nodule_bundle.report import BUNDLE_NAME, is_rejected_candidate, nodule_finding, scan_identity, write_report, write_scan_pictures
@@ -123,6 +125,47 @@ class MetricsJSONWriter:
             for k, v in engine.state.metrics.items() if isinstance(v, (int, float, list))
         }  # fmt: skip
         write_json_atomic(self.path, {**metrics, self.count_key: self._count})
+
+
+#: ``predictions.csv``: the item's identity, then each reference label beside the network's prediction.
+PREDICTION_COLUMNS = ("seriesuid", "nodule_id", "nodule_true", "nodule_prob", "malignancy_true", "malignancy_prob",
+                      "size_band_true", "size_band", "diameter_mm_true", "diameter_mm_pred")  # fmt: skip
+
+
+class PredictionsWriter:
+    """Write ``path`` (``predictions.csv``) when an evaluator run completes: one row per item it saw
+    (false candidates too), columns :data:`PREDICTION_COLUMNS`, an unknown label as an empty cell.
+    For analyses the summary metrics cannot give: two models compared nodule by nodule on the same
+    test set (``bench backbone-accuracy``), a site's own statistics."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._rows: list[list] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda _: self._rows.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _collect(self, engine: Engine) -> None:
+        for item, output in zip(engine.state.batch, engine.state.output):
+            cells = (_cell(output.get(key), is_label=key.endswith("_true")) for key in PREDICTION_COLUMNS[2:])
+            self._rows.append([str(item.get("seriesuid", "")), str(item.get("nodule_id", "")), *cells])
+
+    def _write(self, engine: Engine) -> None:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(PREDICTION_COLUMNS)
+        writer.writerows(self._rows)
+        write_text_atomic(self.path, buffer.getvalue())
+
+
+def _cell(value, is_label: bool) -> str:
+    """One prediction or label as a CSV cell: ``""`` when absent, NaN or (a label) an unknown class (< 0)."""
+    if value is None:
+        return ""
+    number = float(torch.as_tensor(value).flatten()[0])
+    return "" if not math.isfinite(number) or (is_label and number < 0) else f"{number:.9g}"  # float32 round trip
 
 
 class TrainedItemsWriter:

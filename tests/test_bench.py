@@ -88,18 +88,32 @@ def test_backbone_accuracy_benchmark_trains_and_tests_each_chosen_backbone(tmp_p
     from nodule_bundle.bench import bench_backbone_accuracy, format_backbone_accuracy_result
     from nodule_bundle.data.phantom import PhantomConfig
 
-    result = bench_backbone_accuracy(tmp_path, scans=3, epochs=1, backbones=["default"], cfg=PhantomConfig(fov_mm=(130.0, 110.0, 70.0)),
-                                     test_scans=2)  # fmt: skip
-    assert list(result["backbones"]) == ["default"] and result["epochs"] == 1 and result["scans"] == 5
+    chosen = ["default", "backbone_vit"]
+    result = bench_backbone_accuracy(tmp_path, scans=3, epochs=1, backbones=chosen, cfg=PhantomConfig(fov_mm=(130.0, 110.0, 70.0)), test_scans=2)
+    assert list(result["backbones"]) == chosen and result["scans"] == 5
     splits = json.loads((tmp_path / "data" / "datalist.json").read_text())
     scans_of = {split: {item["image"] for item in splits[split]} for split in ("training", "validation", "test")}
     assert [len(scans_of[s]) for s in ("training", "validation", "test")] == [2, 1, 2]  # the extra scans test only
     assert result["test_nodules"] == sum(item.get("is_nodule", 1) == 1 for item in splits["test"]) > 0
-    entry = result["backbones"]["default"]
-    metrics = json.loads((tmp_path / "default" / "eval" / "metrics.json").read_text())
-    assert entry["malignancy_auc"] == metrics.get("malignancy_auc") and entry["diameter_mae_mm"] == metrics["diameter_mae_mm"]
-    assert (tmp_path / "default" / "models" / "model.pt").is_file() and entry["train_s"] > 0
-    assert "trained 1 epochs" in format_backbone_accuracy_result(result)
+    for name, entry in result["backbones"].items():
+        metrics = json.loads((tmp_path / name / "eval" / "metrics.json").read_text())
+        assert entry["malignancy_auc"] == metrics["malignancy_auc"] and entry["diameter_mae_mm"] == metrics["diameter_mae_mm"]
+        assert (tmp_path / name / "models" / "model.pt").is_file() and entry["train_s"] > 0 and entry["epochs"] == 1
+    best, (other,) = result["best"], set(chosen) - {result["best"]}
+    paired = result["backbones"][other]["auc_vs_best"]  # on the same test nodules, by their predictions.csv
+    gap = result["backbones"][other]["malignancy_auc"] - result["backbones"][best]["malignancy_auc"]
+    assert paired["difference"] == pytest.approx(gap) and paired["ci95"][0] <= paired["difference"] <= paired["ci95"][1]
+    labelled = [i for i in splits["test"] if i.get("is_nodule", 1) == 1 and i.get("malignancy") is not None]
+    assert paired["nodules"] == len(labelled) and "auc_vs_best" not in result["backbones"][best]
+    assert "1 epochs" in format_backbone_accuracy_result(result) and "95 % CI" in format_backbone_accuracy_result(result)
+
+    model = tmp_path / "default" / "models" / "model.pt"
+    trained_at = model.stat().st_mtime_ns
+    again = bench_backbone_accuracy(tmp_path, backbones=chosen, evaluate_only=True)  # the same models, evaluated anew
+    assert model.stat().st_mtime_ns == trained_at and again["backbones"] == result["backbones"]
+    model.unlink()
+    with pytest.raises(FileNotFoundError, match="--evaluate-only needs .*default/models/model.pt"):
+        bench_backbone_accuracy(tmp_path, backbones=chosen, evaluate_only=True)
 
 
 def test_backbone_accuracy_benchmark_refuses_an_unknown_backbone(tmp_path):

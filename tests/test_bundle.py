@@ -72,6 +72,16 @@ def test_evaluate_override_writes_metrics(trained, phantom_dir, datalist):
     assert lower <= metrics["diameter_bias_mm"] <= upper
     for figure in ("size_band_confusion", "bland_altman") + (("roc", "calibration") if "malignancy_auc" in metrics else ()):
         assert (trained / "test" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"
+    with open(trained / "test" / "predictions.csv", newline="") as file:  # every test item, nodule by nodule
+        rows = list(csv.DictReader(file))
+    assert [r["nodule_id"] for r in rows] == [str(i["nodule_id"]) for i in datalist["test"]]
+    nodules = [r for r in rows if r["nodule_true"] == "1"]
+    assert len(nodules) == metrics["n_test_nodules"] and all(r["malignancy_true"] == "" for r in rows if r["nodule_true"] == "0")
+    assert all(0.0 <= float(r[key]) <= 1.0 for r in rows for key in ("nodule_prob", "malignancy_prob"))
+    band_hits = [r["size_band"] == r["size_band_true"] for r in nodules]
+    assert sum(band_hits) / len(band_hits) == pytest.approx(metrics["size_band_accuracy"], abs=1e-6)
+    errors = [abs(float(r["diameter_mm_pred"]) - float(r["diameter_mm_true"])) for r in nodules]
+    assert sum(errors) / len(errors) == pytest.approx(metrics["diameter_mae_mm"], abs=1e-3)
 
 
 def test_temperature_scaling_changes_confidence_not_ranking(trained, phantom_dir, datalist, tmp_path):
