@@ -25,6 +25,7 @@ from monai.data import ITKReader, MetaTensor
 from monai.transforms import LoadImage, LoadImaged
 
 from nodule_bundle.data.writers import write_dicom_series
+from nodule_bundle.errors import NoduleBundleError
 from nodule_bundle.measure import MEASUREMENT_KEYS
 from nodule_bundle.transforms import LoadCTImaged
 
@@ -435,7 +436,7 @@ def bench_backbone_accuracy(out: str | Path, scans: int = 24, epochs: int = 15, 
     chosen = backbones or list(available)
     unknown = set(chosen) - set(available)
     if unknown:
-        raise ValueError(f"unknown backbone(s) {sorted(unknown)}; available: {sorted(available)}")
+        raise NoduleBundleError(f"unknown backbone(s) {sorted(unknown)}; available: {sorted(available)}")
     out, root = Path(out), find_bundle_root()
     datalist = out / "data" / "datalist.json"
     if evaluate_only:
@@ -473,7 +474,7 @@ def bench_backbone_accuracy(out: str | Path, scans: int = 24, epochs: int = 15, 
 def _require_files(paths: list[Path], why: str) -> None:
     missing = [str(path) for path in paths if not path.is_file()]
     if missing:
-        raise FileNotFoundError(f"{why} needs what an earlier run wrote, missing: {', '.join(missing)}")
+        raise NoduleBundleError(f"{why} needs what an earlier run wrote, missing: {', '.join(missing)}")
 
 
 def _malignancy_predictions(path: Path) -> dict[tuple[str, str], tuple[int, float]]:

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from nodule_bundle.cli import main
+from nodule_bundle.errors import NoduleBundleError
 
 
 def test_read_benchmark_reports_medians_and_ratios(tmp_path, capsys):
@@ -112,12 +113,19 @@ def test_backbone_accuracy_benchmark_trains_and_tests_each_chosen_backbone(tmp_p
     again = bench_backbone_accuracy(tmp_path, backbones=chosen, evaluate_only=True)  # the same models, evaluated anew
     assert model.stat().st_mtime_ns == trained_at and again["backbones"] == result["backbones"]
     model.unlink()
-    with pytest.raises(FileNotFoundError, match="--evaluate-only needs .*default/models/model.pt"):
+    with pytest.raises(NoduleBundleError, match="--evaluate-only needs .*default/models/model.pt"):
         bench_backbone_accuracy(tmp_path, backbones=chosen, evaluate_only=True)
 
 
 def test_backbone_accuracy_benchmark_refuses_an_unknown_backbone(tmp_path):
     from nodule_bundle.bench import bench_backbone_accuracy
 
-    with pytest.raises(ValueError, match="unknown backbone.*backbone_resnet"):
+    with pytest.raises(NoduleBundleError, match="unknown backbone.*backbone_resnet"):
         bench_backbone_accuracy(tmp_path, backbones=["default", "backbone_resnet50"])
+
+
+def test_backbone_accuracy_evaluate_only_names_what_an_earlier_run_should_have_left(tmp_path, capsys):
+    assert main(["bench", "backbone-accuracy", "--work", str(tmp_path), "--evaluate-only", "--backbones", "default"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("nodule-bundle: error: --evaluate-only needs") and str(tmp_path / "data" / "datalist.json") in error
+    assert str(tmp_path / "default" / "training.json") in error and not list(tmp_path.iterdir())  # nothing written
