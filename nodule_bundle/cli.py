@@ -1,6 +1,6 @@
 """``nodule-bundle``: the command line around the bundle.
 
-    nodule-bundle synth    --out DIR [--scans N] [--seed S] [--formats nifti,mhd,nrrd,dicom]
+    nodule-bundle synth    --out DIR [--geometry phantom|lidc] [--scans N] [--seed S] [--formats nifti,mhd,nrrd,dicom]
     nodule-bundle classify --image SCAN [--nodules CSV] --out DIR [--model model.pt] [--include-phi]
     nodule-bundle train    --datalist FILE --out DIR [--dataset-dir DIR] [--epochs 40]
     nodule-bundle federate --out DIR [--sites 3] [--rounds 5] [--local-epochs 2] [--scans-per-site 7] [--test-scans-per-site 6]
@@ -17,6 +17,7 @@
     nodule-bundle bench    memory [--shape 512 512 300] [--nodules 20] [--out bench.json]
     nodule-bundle bench    backbones [--repeats 3] [--out bench.json]
     nodule-bundle bench    backbone-accuracy --work DIR [--scans 24] [--test-scans N] [--epochs 15] [--backbones NAME ...] [--evaluate-only] [--out bench.json]
+    nodule-bundle bench    realism --data DIR [--split test] [--work DIR [--epochs 30]] [--out bench.json]
     nodule-bundle bench    label [--label-venv .venv-label] [--shape 512 512 300] [--repeats 5] [--out bench.json]
     nodule-bundle export   --out DIR|FILE.zip [--ckpt models/model.pt] [--weights-url URL]
     nodule-bundle verify   DIR|FILE.zip
@@ -40,11 +41,19 @@ from nodule_bundle.errors import NoduleBundleError, find_user_error
 
 def _synth(args: argparse.Namespace) -> None:
     from nodule_bundle.data.phantom import PhantomConfig
+    from nodule_bundle.data.real_geometry import RealGeometryConfig, write_real_geometry_dataset
     from nodule_bundle.data.synth import write_phantom_dataset
 
-    cfg = PhantomConfig(fov_mm=tuple(args.fov_mm), nodules_per_scan=(args.min_nodules, args.max_nodules))
-    path = write_phantom_dataset(args.out, args.scans, args.seed, args.formats.split(","), cfg, args.workers, args.negatives_per_scan)
-    print(f"wrote {args.scans} phantom scans; datalist: {path}")
+    formats = args.formats.split(",")
+    if args.geometry == "lidc":
+        cfg = RealGeometryConfig(**({"fov_mm": tuple(args.fov_mm)} if args.fov_mm else {}))
+        path = write_real_geometry_dataset(args.out, args.scans, args.seed, formats, cfg, args.workers, args.negatives_per_scan, args.min_readers)
+        print(f"wrote {'all' if args.scans is None else args.scans} LIDC-IDRI scans' nodule outlines in synthetic chest CT; datalist: {path}")
+        return
+    cfg = PhantomConfig(fov_mm=tuple(args.fov_mm or PhantomConfig.fov_mm), nodules_per_scan=(args.min_nodules, args.max_nodules))
+    scans = 10 if args.scans is None else args.scans
+    path = write_phantom_dataset(args.out, scans, args.seed, formats, cfg, args.workers, args.negatives_per_scan)
+    print(f"wrote {scans} phantom scans; datalist: {path}")
 
 
 def _classify(args: argparse.Namespace) -> None:
@@ -168,6 +177,11 @@ def _bench(args: argparse.Namespace) -> None:
     elif args.benchmark == "backbone-accuracy":
         result = bench.bench_backbone_accuracy(args.work, args.scans, args.epochs, args.backbones, test_scans=args.test_scans, evaluate_only=args.evaluate_only)
         print(bench.format_backbone_accuracy_result(result))
+    elif args.benchmark == "realism":
+        from nodule_bundle.bench_realism import bench_realism, format_realism_result
+
+        result = bench_realism(args.data, args.work, args.epochs, args.split)
+        print(format_realism_result(result))
     elif args.benchmark == "label":
         result = bench.bench_label(args.label_venv, tuple(args.shape), args.repeats)
         print(bench.format_label_result(result))
@@ -211,14 +225,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="show MONAI's log on the console")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("synth", help="write a synthetic chest-CT phantom dataset")
+    p = sub.add_parser("synth", help="write a synthetic chest-CT dataset: the phantom, or LIDC-IDRI's real nodule outlines")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--scans", type=_positive_int, default=10)
+    p.add_argument("--geometry", choices=("phantom", "lidc"), default="phantom",
+                   help="the nodules: the phantom's own shapes, or the LIDC-IDRI readers' consensus outlines (needs the [lidc] extra)")
+    p.add_argument("--scans", type=_positive_int, default=None, help="scans to write (phantom default 10; lidc default: every LIDC scan)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--formats", default="nifti", help="comma-separated: nifti, mhd, nrrd, dicom")
-    p.add_argument("--fov-mm", type=float, nargs=3, default=(200.0, 170.0, 140.0), metavar=("X", "Y", "Z"))
-    p.add_argument("--min-nodules", type=int, default=5)
-    p.add_argument("--max-nodules", type=int, default=20)
+    p.add_argument("--fov-mm", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"), help="default 200 170 140 (lidc: 240 190 150)")
+    p.add_argument("--min-nodules", type=int, default=5, help="phantom only")
+    p.add_argument("--max-nodules", type=int, default=20, help="phantom only")
+    p.add_argument("--min-readers", type=_positive_int, default=3, help="lidc only: readers who outlined a nodule")
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
     p.add_argument("--negatives-per-scan", type=int, default=20, help="detector false candidates kept as non-nodule items")
     p.set_defaults(func=_synth)
@@ -332,6 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
     accuracy.add_argument("--evaluate-only", action="store_true", help="evaluate the models an earlier run trained in --work; train none")
     accuracy.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
     accuracy.set_defaults(func=_bench)
+    realism = kinds.add_parser("realism", help="measurement (and with --work, malignancy) on real nodule geometry (synth --geometry lidc)")
+    realism.add_argument("--data", required=True, type=Path, help="a dataset written by synth --geometry lidc")
+    realism.add_argument("--split", choices=("training", "validation", "test"), default="test", help="the nodules to measure")
+    realism.add_argument("--work", type=Path, default=None, help="train there from scratch (train.json) and compare malignancy AUCs")
+    realism.add_argument("--epochs", type=_positive_int, default=30)
+    realism.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
+    realism.set_defaults(func=_bench)
     kinds.choices["label"].add_argument("--label-venv", type=Path, default=Path(".venv-label"), help="MONAI Label's environment (.ci/label-venv)")
 
     p = sub.add_parser("export", help="one self-contained bundle (directory or .zip) for another site")

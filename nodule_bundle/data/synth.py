@@ -1,4 +1,4 @@
-"""``nodule-bundle synth``: write a phantom dataset as the bundle reads real ones.
+"""``nodule-bundle synth``: write a synthetic dataset (the phantom, or real nodule geometry) as the bundle reads real ones.
 
 Layout of ``out``::
 
@@ -6,7 +6,9 @@ Layout of ``out``::
     mhd/<seriesuid>.mhd|.raw       MHD/raw, as LUNA16 ships scans
     nrrd/<seriesuid>.nrrd          NRRD
     dicom/<seriesuid>/IM*.dcm      a DICOM CT series
-    annotations.csv                LUNA16 columns + malignancy, texture, nodule_id, margin, calcified
+    annotations.csv                LUNA16 columns + malignancy, texture, nodule_id and the source's own
+                                   (phantom: shape, calcified; real geometry: see real_geometry.py)
+    labels/<seriesuid>.nii.gz      the nodules' reference masks (real geometry only; nodule i = i + 1)
     candidates.csv                 LUNA16 candidates_V2 columns (class 1 nodules, class 0 the detector's
                                    strongest false candidates: vessels, airway walls, pleura) + score
     datalist.json                  MONAI datalist (training / validation / test, split by scan); the
@@ -22,7 +24,7 @@ import io
 import math
 import multiprocessing
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -49,10 +51,10 @@ def _image_path(fmt: str, seriesuid: str) -> str:
     return paths[fmt].format(seriesuid)
 
 
-def _write_scan(task: tuple[Path, int, int, PhantomConfig, tuple[str, ...], int]) -> tuple[PhantomScan, list[Candidate]]:
-    out, seed, index, cfg, formats, negatives_per_scan = task
+def _write_scan(task: tuple[Path, Callable[..., PhantomScan], tuple, tuple[str, ...], int]) -> tuple[PhantomScan, list[Candidate]]:
+    out, make, args, formats, negatives_per_scan = task
     torch.set_num_threads(1)
-    scan = make_scan(seed, index, cfg)
+    scan = make(*args)
     writers = {
         "nifti": lambda p: write_nifti(p, scan.volume_hu, scan.affine_lps),
         "mhd": lambda p: write_itk_image(p, scan.volume_hu, scan.affine_lps),
@@ -61,6 +63,8 @@ def _write_scan(task: tuple[Path, int, int, PhantomConfig, tuple[str, ...], int]
     }
     for fmt in formats:
         writers[fmt](out / _image_path(fmt, scan.seriesuid))
+    if scan.label_map is not None:
+        write_nifti(out / "labels" / f"{scan.seriesuid}.nii.gz", scan.label_map, scan.affine_lps)
     return scan, false_candidates(scan, negatives_per_scan) if negatives_per_scan else []
 
 
@@ -96,49 +100,61 @@ def write_phantom_dataset(
     ``negatives_per_scan`` false candidates of the detector per scan become non-nodule items;
     ``split_fractions``: the shares of the scans for validation and test.
     """
+    if scans < 1:
+        raise ValueError(f"scans must be >= 1, got {scans}")
+    return write_synthetic_dataset(
+        out, make_scan, [(seed, i, cfg) for i in range(scans)], seed, formats, workers, negatives_per_scan, split_fractions,
+        description="nodule-bundle synthetic chest-CT phantom",
+        phantom={"seed": seed, "scans": scans, "formats": list(formats), "negatives_per_scan": negatives_per_scan, **asdict(cfg)},
+    )  # fmt: skip
+
+
+def write_synthetic_dataset(
+    out: str | Path,
+    make: Callable[..., PhantomScan],
+    scan_args: Sequence[tuple],
+    seed: int = 0,
+    formats: Sequence[str] = ("nifti",),
+    workers: int | None = None,
+    negatives_per_scan: int = 20,
+    split_fractions: tuple[float, float] = (0.15, 0.15),
+    **datalist_fields,
+) -> Path:
+    """Write the scans ``make(*args)`` for each of ``scan_args`` (on ``workers`` processes; ``make`` a
+    module-level function) into ``out`` in the layout of the module docstring; split by patient
+    (``PhantomScan.patient_id``, else each scan). Returns the path of ``datalist.json``."""
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:
         raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {list(formats)}")
-    if scans < 1:
-        raise ValueError(f"scans must be >= 1, got {scans}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tasks = [(out, seed, i, cfg, tuple(formats), negatives_per_scan) for i in range(scans)]
-    workers = workers or min(scans, os.cpu_count() or 1)
-    progress = dict(total=scans, desc="phantom scans", unit="scan", disable=None)
+    tasks = [(out, make, tuple(args), tuple(formats), negatives_per_scan) for args in scan_args]
+    workers = workers or min(len(tasks), os.cpu_count() or 1)
+    progress = dict(total=len(tasks), desc="synthetic scans", unit="scan", disable=None)
     if workers > 1:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             results = list(tqdm(pool.map(_write_scan, tasks), **progress))
     else:
         results = [_write_scan(t) for t in tqdm(tasks, **progress)]
     image_format = next(f for f in FORMATS if f in formats)
-    items = {}
+    items: dict[str, list[dict]] = {}
     for scan, negatives in results:
         image = _image_path(image_format, scan.seriesuid)
-        items[scan.seriesuid] = [nodule_item(image, pn.nodule) for pn in scan.nodules] + [
-            {**nodule_item(image, Nodule(f"{scan.seriesuid[-6:]}-c{k:02d}", scan.seriesuid, c.center_world_mm, math.nan)), "is_nodule": 0}
-            for k, c in enumerate(negatives)
-        ]
-    all_nodules = [pn for scan, _ in results for pn in scan.nodules]
-    write_nodule_csv(
-        out / "annotations.csv",
-        [pn.nodule for pn in all_nodules],
-        extra={"margin": [pn.margin for pn in all_nodules], "calcified": [int(pn.calcified) for pn in all_nodules]},
-    )
+        items.setdefault(scan.patient_id or scan.seriesuid, []).extend(
+            [{**nodule_item(image, sn.nodule), **sn.item_fields()} for sn in scan.nodules] + [
+                {**nodule_item(image, Nodule(f"{scan.seriesuid[-6:]}-c{k:02d}", scan.seriesuid, c.center_world_mm, math.nan)), "is_nodule": 0}
+                for k, c in enumerate(negatives)
+            ]
+        )  # fmt: skip
+    all_nodules = [sn for scan, _ in results for sn in scan.nodules]
+    columns = [sn.csv_columns() for sn in all_nodules]
+    names = list(dict.fromkeys(name for row in columns for name in row))
+    write_nodule_csv(out / "annotations.csv", [sn.nodule for sn in all_nodules], extra={name: [row.get(name, "") for row in columns] for name in names})
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["seriesuid", "coordX", "coordY", "coordZ", "class", "score"])
     writer.writerows(row for scan, negatives in results for row in _candidate_rows(scan, negatives))
     write_text_atomic(out / "candidates.csv", buf.getvalue())
     datalist_path = out / "datalist.json"
-    write_json_atomic(
-        datalist_path,
-        build_datalist(
-            items,
-            seed,
-            split_fractions,
-            description="nodule-bundle synthetic chest-CT phantom",
-            phantom={"seed": seed, "scans": scans, "formats": list(formats), "negatives_per_scan": negatives_per_scan, **asdict(cfg)},
-        ),
-    )
+    write_json_atomic(datalist_path, build_datalist(items, seed, split_fractions, **datalist_fields))
     return datalist_path
