@@ -3,10 +3,12 @@
 The crop is RAS-aligned and isotropic (:class:`~nodule_bundle.transforms.NoduleCrop`, default
 0.5 mm), so its third axis is the patient's z and each ``crop[:, :, k]`` an axial slice. The mask is
 the connected region, seeded at the centre, above a threshold halfway between the surrounding lung
-and the nodule's core (see :func:`nodule_mask`); an opening scaled to the nodule detaches the
-vessels and spicules that touch it. From the mask come what Lung-RADS asks for: the long and short
+and the nodule's core, with the chest wall, vessels and strands that touch it cut off by the nodule's own
+thickness (see :func:`nodule_mask`). From the mask come what Lung-RADS asks for: the long and short
 axial diameters (on the axial slice of largest area; short axis perpendicular to the long one),
 their mean, the volume, and the solid component's mean diameter (voxels above ``solid_hu``).
+Those are measured on the scan's own voxels (:func:`measure_on_acquired_grid`): the mask is carried
+back onto the acquired slices, where Lung-RADS measures and a reader outlines.
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ MEASUREMENT_KEYS = (
 LUNG_MAX_HU = -650.0  # aerated lung is below; ground glass and tissue above
 GROUND_GLASS_HU = -550.0  # a typical ground-glass density (lung about -850, solid tissue about 30)
 SOLID_PLATEAU_HU = -300.0  # a "plateau" this dense is attached solid tissue (vessels, spicules), not ground glass
+AIR_HU = -950.0  # air outside the body and in the airways is below; aerated lung above
+THICKNESS_SEARCH_MM = 3.0  # the nodule's thickness: the largest ball inside it within this distance of the centre
+HOLD_FACTOR = 2.0  # the region is held within this many thicknesses (+1 mm) of the centre
+WALL_BALL_FACTOR = 1.5  # balls this many thicknesses (+1 mm) across fit in the chest wall, not in the nodule
+STRAND_BALL_FACTOR = 0.6  # an opening by a ball of this many thicknesses drops vessels and strands
+STRAND_BALL_MAX_MM = 3.0  # ... and no wider than this: vessels beside nodules are thinner, large nodules' lobules wider
+RESTORE_MAX_MM = 1.0  # the edge the opening rounded off comes back up to this far (lobules' tips; spicules' bases)
 
 
 @dataclass(frozen=True)
@@ -44,23 +53,30 @@ class NoduleMeasurement:
         return {f"measured_{k}": round(v, 2) if found else math.nan for k, v in asdict(self).items()}
 
 
-def nodule_mask(crop_hu: np.ndarray, spacing_mm: float, max_radius_mm: float = 20.0) -> np.ndarray:
+def nodule_mask(crop_hu: np.ndarray, spacing_mm: float) -> np.ndarray:
     """Boolean mask of the nodule at the centre of ``crop_hu`` (``[X, Y, Z]`` HU, isotropic).
 
-    The threshold is halfway between the lung around it (median of the crop's voxels below -650 HU)
-    and the nodule's core
-    (90th percentile within 1.5 mm of the centre): the 50 % point of a blurred edge, so the border
-    does not move with the scanner's blur; ground-glass nodules get a lower threshold than solid ones.
+    The threshold is halfway between the lung around it (median of the crop's aerated voxels,
+    -950..-650 HU) and the nodule's core (90th percentile within 1.5 mm of the centre): the 50 % point
+    of a blurred edge, so the border does not move with the scanner's blur; ground-glass nodules get
+    a lower threshold than solid ones. What touches the nodule is cut off by the nodule's own
+    thickness ``r`` (the largest ball inside it within 3 mm of the centre): the region is held within
+    ``2 r + 1 mm`` of the centre; the chest wall is what balls of radius ``1.5 r + 1 mm`` reach in the
+    tissue and air beyond the lung; vessels and strands are what an opening by a ball of ``0.6 r``
+    (at most 3 mm) drops, the region's own edge within ``0.6 r`` (at most 1 mm) of what the opening keeps
+    restored (lobules keep their tips, spicules grow back 1 mm at most). Tuned on the real-geometry
+    training split (``bench realism``), checked on the phantom.
     """
     smooth = ndi.gaussian_filter(crop_hu.astype(np.float32), 0.5 / spacing_mm)
     centre = tuple(s // 2 for s in crop_hu.shape)
     distance = _distance_from_centre(crop_hu.shape, spacing_mm)
-    lung = smooth[smooth < LUNG_MAX_HU]  # the parenchyma around it, not the chest wall the crop may hold
+    lung = smooth[(smooth < LUNG_MAX_HU) & (smooth > AIR_HU)]  # the parenchyma around it: not the wall, not the air outside
     background = float(np.median(lung)) if lung.size else float(np.median(smooth))
     core = float(np.percentile(smooth[distance <= 1.5], 90))
     if core - background < 100.0:  # nothing denser than the lung here
         return np.zeros(crop_hu.shape, bool)
-    region, centre = _grow(smooth, (background + core) / 2.0, distance <= max_radius_mm, centre, distance)
+    threshold = (background + core) / 2.0
+    region, centre = _grow(smooth, threshold, centre, distance)
     if not region.any():
         return region
     # a part-solid nodule: a plateau of ground glass around the dense part; then its total extent
@@ -68,19 +84,32 @@ def nodule_mask(crop_hu: np.ndarray, spacing_mm: float, max_radius_mm: float = 2
     outside_mm = _distance_outside(region, 3.0 / spacing_mm) * spacing_mm
     plateau = float(np.median(smooth[(outside_mm > 1.0) & (outside_mm <= 3.0)]))  # beyond the blur of the edge
     if background + 0.5 * (GROUND_GLASS_HU - background) < plateau < SOLID_PLATEAU_HU:
-        region, centre = _grow(smooth, (background + plateau) / 2.0, distance <= max_radius_mm, centre, distance)
-    # what touches it (chest wall, vessels, spicules): the region is kept within 1.5 x (+1 mm) the
-    # largest sphere that fits in it at its centre, then opened (by distance transforms) with a
-    # ball of 0.6 x that sphere, which keeps the nodule and drops thin strands
-    inscribed = _distance_inside(region)[centre] * spacing_mm
-    region = _component_at(region & (distance <= 1.5 * inscribed + 1.0), centre)
-    radius = 0.6 * inscribed / spacing_mm
+        threshold = (background + plateau) / 2.0
+        region, centre = _grow(smooth, threshold, centre, distance)
+    thickness = float(_distance_inside(region)[distance <= THICKNESS_SEARCH_MM].max()) * spacing_mm
+    region = _component_at(region & (distance <= HOLD_FACTOR * thickness + 1.0), centre)
+    wall_ball = (WALL_BALL_FACTOR * thickness + 1.0) / spacing_mm
+    wall = _opened(np.asarray((smooth >= threshold) | (smooth <= AIR_HU)), wall_ball, pad=math.ceil(wall_ball) + 1)
+    if not wall[centre]:
+        region = _component_at(region & ~wall, centre)
+    radius = min(STRAND_BALL_FACTOR * thickness, STRAND_BALL_MAX_MM) / spacing_mm
     if radius >= 1.0:
-        eroded = _distance_inside(region) > radius
-        opened = _distance_outside(eroded, radius) <= radius
+        opened = _opened(region, radius)
         if opened[centre]:
-            region = _component_at(opened & region, centre)
+            kept = _component_at(opened & region, centre)
+            restore = min(radius, RESTORE_MAX_MM / spacing_mm)
+            region = _component_at(region & (_distance_outside(kept, restore + 1.0) <= restore), centre)
     return region
+
+
+def _opened(mask: np.ndarray, radius: float, pad: int = 0) -> np.ndarray:
+    """``mask`` opened by a ball of ``radius`` voxels (through distance transforms); with ``pad``, the
+    array's border is continued that far (a wall that leaves the crop stays a wall)."""
+    if pad:
+        padded = _opened(np.pad(mask, pad, mode="edge"), radius)
+        return padded[tuple(slice(pad, pad + n) for n in mask.shape)]
+    eroded = _distance_inside(mask) > radius
+    return _distance_outside(eroded, radius) <= radius
 
 
 @functools.lru_cache(maxsize=8)
@@ -121,9 +150,9 @@ def _distance_outside(mask: np.ndarray, reach: float) -> np.ndarray:
     return out
 
 
-def _grow(smooth: np.ndarray, threshold: float, allowed: np.ndarray, centre: tuple, distance: np.ndarray):
+def _grow(smooth: np.ndarray, threshold: float, centre: tuple, distance: np.ndarray):
     """The connected region above ``threshold`` at ``centre`` (or at the nearest such voxel within 2 mm)."""
-    tissue = (smooth > threshold) & allowed
+    tissue = smooth > threshold
     if not tissue[centre]:
         near = tissue & (distance <= 2.0)
         if not near.any():
@@ -137,14 +166,18 @@ def _component_at(mask: np.ndarray, index: tuple[int, ...]) -> np.ndarray:
     return labels == labels[index] if labels[index] else np.zeros_like(mask)
 
 
-def axial_diameters(mask: np.ndarray, spacing_mm: float) -> tuple[float, float]:
-    """Long and perpendicular short axis (mm) on the axial slice where the mask's area is largest."""
+def axial_diameters(mask: np.ndarray, spacing_mm: float | tuple[float, ...]) -> tuple[float, float]:
+    """Long and perpendicular short axis (mm) on the axial slice (``mask[:, :, k]``) where the mask's
+    area is largest, from outer pixel edge to outer pixel edge. ``spacing_mm``: the pixel size, one
+    number or per axis (the first two are the slice's)."""
+    pixel = np.broadcast_to(np.asarray(spacing_mm, dtype=np.float64), (3,))[:2]
+    spacing_mm = float(pixel.mean())
     areas = mask.sum(axis=(0, 1))
     if areas.max() == 0:
         return 0.0, 0.0
     k = int(np.argmax(areas))
     edge = mask[:, :, k] & ~ndi.binary_erosion(mask[:, :, k])
-    points = np.argwhere(edge).astype(np.float64) * spacing_mm
+    points = np.argwhere(edge).astype(np.float64) * pixel
     if len(points) < 2:
         return spacing_mm, spacing_mm
     gaps = np.linalg.norm(points[:, None] - points[None], axis=-1)
@@ -160,8 +193,9 @@ def measure_nodule(crop_hu: np.ndarray, spacing_mm: float, solid_hu: float = -30
     return measure_mask(nodule_mask(crop_hu, spacing_mm), crop_hu, spacing_mm, solid_hu)
 
 
-def measure_mask(mask: np.ndarray, crop_hu: np.ndarray, spacing_mm: float, solid_hu: float = -300.0) -> NoduleMeasurement:
-    """The Lung-RADS measurements of a nodule mask (:func:`nodule_mask`) in its isotropic HU crop."""
+def measure_mask(mask: np.ndarray, crop_hu: np.ndarray, spacing_mm: float | tuple[float, float, float], solid_hu: float = -300.0) -> NoduleMeasurement:
+    """The Lung-RADS measurements of a nodule mask in its HU crop (``[X, Y, Z]``, axial slices
+    ``[:, :, k]``; ``spacing_mm`` one number, or per axis)."""
     long_axis, short_axis = axial_diameters(mask, spacing_mm)
     solid = mask & (crop_hu > solid_hu)
     solid_long, solid_short = axial_diameters(solid, spacing_mm) if solid.any() else (0.0, 0.0)
@@ -169,6 +203,17 @@ def measure_mask(mask: np.ndarray, crop_hu: np.ndarray, spacing_mm: float, solid
         long_axis_mm=long_axis,
         short_axis_mm=short_axis,
         mean_diameter_mm=(long_axis + short_axis) / 2.0,
-        volume_mm3=float(mask.sum() * spacing_mm**3),
+        volume_mm3=float(mask.sum() * np.prod(np.broadcast_to(np.asarray(spacing_mm, dtype=np.float64), (3,)))),
         solid_mean_diameter_mm=(solid_long + solid_short) / 2.0,
     )
+
+
+def measure_on_acquired_grid(mask: np.ndarray, hu: np.ndarray, affine: np.ndarray, solid_hu: float = -300.0) -> NoduleMeasurement:
+    """:func:`measure_mask` on a box of the scan's own voxels (``affine``: voxel -> world mm, any
+    orientation): the axial slices are the acquired ones, along the voxel axis nearest the world's z,
+    and a voxel counts whole or not at all, as a reader's outline on those slices counts it."""
+    columns = np.asarray(affine, dtype=np.float64)[:3, :3]
+    slice_axis = int(np.argmax(np.abs(columns[2])))
+    order = [a for a in range(3) if a != slice_axis] + [slice_axis]
+    spacing = tuple(float(v) for v in np.linalg.norm(columns, axis=0)[order])
+    return measure_mask(np.transpose(mask, order), np.transpose(hu, order), spacing, solid_hu)

@@ -31,7 +31,7 @@ from monai.utils import SpaceKeys
 from nodule_bundle.errors import NoduleBundleError
 from nodule_bundle.filters import gaussian_blur
 from nodule_bundle.geometry import LPS_TO_RAS, lps_to_ras, world_to_voxel
-from nodule_bundle.measure import MEASUREMENT_KEYS, measure_mask, nodule_mask
+from nodule_bundle.measure import MEASUREMENT_KEYS, measure_mask, measure_on_acquired_grid, nodule_mask
 from nodule_bundle.networks import DIAMETER, MALIGNANCY, NODULE, SIZE_BAND
 from nodule_bundle.nodule import size_band
 from nodule_bundle.readers import DicomSeriesReader, NiftiReader
@@ -206,7 +206,9 @@ class NoduleMeasured(MapTransform):
     """Segment and measure every nodule of a scan item (:mod:`nodule_bundle.measure`).
 
     For each centre in ``data[center_key]`` (``(N, 3)`` LPS world mm) a fine isotropic HU crop
-    (``patch_size`` voxels of ``spacing_mm``) is cut from ``data[key]`` and measured; the item gains
+    (``patch_size`` voxels of ``spacing_mm``; ``large_patch_size`` for a nodule that reaches the
+    border of the first, 67 mm by default, for nodules up to about 50 mm) is cut from ``data[key]``
+    and measured on the scan's own voxels; the item gains
     length-N lists ``measured_long_axis_mm``, ``measured_short_axis_mm``, ``measured_mean_diameter_mm``,
     ``measured_volume_mm3`` and ``measured_solid_mean_diameter_mm``, which :class:`NoduleCropd` hands
     to each nodule's sample (``per_nodule_keys``). Run it before the crop, on the whole scan.
@@ -220,11 +222,13 @@ class NoduleMeasured(MapTransform):
 
     def __init__(
         self, keys: KeysCollection, center_key: str = "center_world_mm", patch_size: int = 64, spacing_mm: float = 0.6,
-        label_key: str | None = None, crop_key: str | None = None, workers: int | None = None,
+        label_key: str | None = None, crop_key: str | None = None, workers: int | None = None, large_patch_size: int = 112,
     ):  # fmt: skip
         super().__init__(keys)
         self.center_key, self.spacing_mm, self.label_key, self.crop_key = center_key, float(spacing_mm), label_key, crop_key
         self.cropper = NoduleCrop(patch_size, spacing_mm)
+        self.large_cropper = NoduleCrop(large_patch_size, spacing_mm)
+        self.to_source = SpatialResample(mode="nearest", padding_mode="zeros", dtype=torch.float32)
         self.workers = workers
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
@@ -242,12 +246,28 @@ class NoduleMeasured(MapTransform):
         return d
 
     def _measure(self, image: MetaTensor, center: np.ndarray) -> tuple[dict, MetaTensor]:
-        """One nodule's measurements and its ``[2, n, n, n]`` crop (HU, mask)."""
-        crop = self.cropper(image, center)
-        hu = crop[0].numpy()
-        mask = nodule_mask(hu, self.spacing_mm)
+        """One nodule's measurements and its ``[2, n, n, n]`` crop (HU, mask): segmented on the fine
+        crop (the large one when the mask reaches the crop's border), measured on the scan's own
+        voxels under it (the mask resampled nearest onto them)."""
+        for cropper in (self.cropper, self.large_cropper):
+            crop = cropper(image, center)
+            hu = crop[0].numpy()
+            mask = nodule_mask(hu, self.spacing_mm)
+            if not _touches_border(mask):
+                break
         both = torch.stack([torch.from_numpy(np.rint(hu).astype(np.int16)), torch.from_numpy(mask.astype(np.int16))])
-        return measure_mask(mask, hu, self.spacing_mm).as_dict(), MetaTensor(both, affine=crop.affine, meta={"space": image.meta.get("space", SpaceKeys.RAS)})
+        source = cropper.source_box(image, center)
+        fine = MetaTensor(torch.from_numpy(mask[None].astype(np.float32)), affine=crop.affine)
+        acquired = self.to_source(fine, dst_affine=source.affine, spatial_size=source.shape[1:])[0].numpy() > 0.5
+        if acquired.any():
+            measured = measure_on_acquired_grid(acquired, source[0].numpy(), np.asarray(source.affine))
+        else:  # smaller than one acquired voxel: measured on the fine crop
+            measured = measure_mask(mask, hu, self.spacing_mm)
+        return measured.as_dict(), MetaTensor(both, affine=crop.affine, meta={"space": image.meta.get("space", SpaceKeys.RAS)})
+
+
+def _touches_border(mask: np.ndarray) -> bool:
+    return any(np.take(mask, index, axis=axis).any() for axis in range(mask.ndim) for index in (0, -1))
 
 
 def label_map(crops: Sequence[MetaTensor], spatial_shape: Sequence[int], affine, space=SpaceKeys.RAS) -> MetaTensor:

@@ -63,3 +63,33 @@ def test_a_ground_glass_nodule_is_measured_whole():
 def test_lung_without_a_nodule_measures_nothing():
     m = measure_nodule(_scan_like(np.full((N, N, N), -850.0)), SPACING)
     assert m.mean_diameter_mm == 0.0 and m.volume_mm3 == 0.0
+
+
+def test_a_40_mm_lobulated_nodule_on_thick_slices_is_measured_whole():
+    """The large crop takes over when the nodule reaches the first crop's border (38 mm); sizes come
+    from the acquired 2.5 mm slices, as a reader outlines them: the voxel count is the volume."""
+    import torch
+    from monai.data import MetaTensor
+
+    from nodule_bundle.transforms import NoduleMeasured
+
+    spacing = np.array([0.7, 0.7, 2.5])
+    shape = (120, 120, 32)
+    centre = (np.array(shape) - 1) / 2 * spacing
+    x, y, z = (np.indices(shape, dtype=np.float64) * spacing[:, None, None, None]) - centre[:, None, None, None]
+    body = (x / 15.0) ** 2 + (y / 11.0) ** 2 + (z / 11.0) ** 2 <= 1  # 30 mm across ...
+    body |= (x - 14.0) ** 2 + y**2 + z**2 <= 6.0**2  # ... and a lobe: 41 mm long in x
+    hu = np.where(body, 30.0, -850.0)
+    hu = ndi.gaussian_filter(hu, [0.6 / 0.7, 0.6 / 0.7, 0.42]) + np.random.default_rng(0).normal(0, 15, shape)
+    affine = np.diag([*spacing, 1.0])
+    image = MetaTensor(torch.from_numpy(hu[None].astype(np.float32)), affine=torch.as_tensor(affine), meta={"space": "RAS"})
+    measured = NoduleMeasured("image", workers=1)({"image": image, "center_world_mm": [[-centre[0], -centre[1], centre[2]]]})
+    long_axis = float(axial_long_axis(body, spacing))
+    assert measured["measured_long_axis_mm"][0] == pytest.approx(long_axis, abs=1.0)
+    assert measured["measured_volume_mm3"][0] == pytest.approx(body.sum() * spacing.prod(), rel=0.1)
+
+
+def axial_long_axis(mask, spacing):
+    from nodule_bundle.measure import axial_diameters
+
+    return axial_diameters(mask, tuple(spacing))[0]
