@@ -31,7 +31,6 @@ LUNG_MAX_HU = -650.0  # aerated lung is below; ground glass and tissue above
 GROUND_GLASS_HU = -550.0  # a typical ground-glass density (lung about -850, solid tissue about 30)
 SOLID_PLATEAU_HU = -300.0  # a "plateau" this dense is attached solid tissue (vessels, spicules), not ground glass
 AIR_HU = -950.0  # air outside the body and in the airways is below; aerated lung above
-THICKNESS_SEARCH_MM = 3.0  # the nodule's thickness: the largest ball inside it within this distance of the centre
 HOLD_FACTOR = 2.0  # the region is held within this many thicknesses (+1 mm) of the centre
 WALL_BALL_FACTOR = 1.5  # balls this many thicknesses (+1 mm) across fit in the chest wall, not in the nodule
 STRAND_BALL_FACTOR = 0.6  # an opening by a ball of this many thicknesses drops vessels and strands
@@ -60,7 +59,8 @@ def nodule_mask(crop_hu: np.ndarray, spacing_mm: float) -> np.ndarray:
     -950..-650 HU) and the nodule's core (90th percentile within 1.5 mm of the centre): the 50 % point
     of a blurred edge, so the border does not move with the scanner's blur; ground-glass nodules get
     a lower threshold than solid ones. What touches the nodule is cut off by the nodule's own
-    thickness ``r`` (the largest ball inside it within 3 mm of the centre): the region is held within
+    thickness ``r`` (the largest ball inside it at the centre; searching 3 mm around the centre
+    leaked into the chest wall of small phantoms): the region is held within
     ``2 r + 1 mm`` of the centre; the chest wall is what balls of radius ``1.5 r + 1 mm`` reach in the
     tissue and air beyond the lung; vessels and strands are what an opening by a ball of ``0.6 r``
     (at most 3 mm) drops, the region's own edge within ``0.6 r`` (at most 1 mm) of what the opening keeps
@@ -86,7 +86,7 @@ def nodule_mask(crop_hu: np.ndarray, spacing_mm: float) -> np.ndarray:
     if background + 0.5 * (GROUND_GLASS_HU - background) < plateau < SOLID_PLATEAU_HU:
         threshold = (background + plateau) / 2.0
         region, centre = _grow(smooth, threshold, centre, distance)
-    thickness = float(_distance_inside(region)[distance <= THICKNESS_SEARCH_MM].max()) * spacing_mm
+    thickness = float(_distance_inside(region)[centre]) * spacing_mm
     region = _component_at(region & (distance <= HOLD_FACTOR * thickness + 1.0), centre)
     wall_ball = (WALL_BALL_FACTOR * thickness + 1.0) / spacing_mm
     wall = _opened(np.asarray((smooth >= threshold) | (smooth <= AIR_HU)), wall_ball, pad=math.ceil(wall_ball) + 1)
