@@ -28,7 +28,7 @@ from monai.metrics import compute_roc_auc
 from monai.transforms import Compose
 
 from nodule_bundle.data.datalist import load_nodule_datalist
-from nodule_bundle.data.nodule_csv import RATING_COLUMNS
+from nodule_bundle.nodule import RATING_COLUMNS
 from nodule_bundle.errors import NoduleBundleError
 from nodule_bundle.nodule import lung_rads_category, texture_from_measurement
 
@@ -146,16 +146,19 @@ def _auc(labels: list[int], scores: list[float]) -> float | None:
     return float(compute_roc_auc(torch.tensor(scores, dtype=torch.float32), torch.tensor(labels)))
 
 
-def _features(item: dict) -> list[float]:
-    missing = [k for k in RATING_FEATURES if item.get(k) is None]
+def _features(item: dict, references: dict) -> list[float]:
+    """The item's ratings and reference diameter, and its texture score from ``annotations.csv``."""
+    values = {**item, "texture_score": references.get((item["seriesuid"], item["nodule_id"]), {}).get("texture_score")}
+    missing = [k for k in RATING_FEATURES if values.get(k) in (None, "")]
     if missing:
-        raise NoduleBundleError(f"{item['image']}: nodule {item.get('nodule_id')} has no {', '.join(missing)}: not a real-geometry datalist")
-    return [float(item[k]) for k in RATING_FEATURES]
+        raise NoduleBundleError(f"{item['image']}: nodule {item.get('nodule_id')} has no {', '.join(missing)}: not a real-geometry dataset")
+    return [float(values[k]) for k in RATING_FEATURES]
 
 
-def ratings_model(training: list[dict]):
+def ratings_model(training: list[dict], references: dict):
     """Logistic regression (scikit-learn, standardised features) of malignancy on the readers'
-    ratings, the texture score and the reference diameter of the labelled ``training`` items."""
+    ratings, the texture score and the reference diameter of the labelled ``training`` items
+    (``references``: :func:`read_references`)."""
     try:
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
@@ -164,7 +167,7 @@ def ratings_model(training: list[dict]):
         raise NoduleBundleError(f"bench realism needs scikit-learn ({err}); pip install 'nodule-bundle[bench]'") from None
     labelled = [i for i in training if i.get("malignancy") in (0, 1)]
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    return model.fit(np.array([_features(i) for i in labelled]), np.array([i["malignancy"] for i in labelled]))
+    return model.fit(np.array([_features(i, references) for i in labelled]), np.array([i["malignancy"] for i in labelled]))
 
 
 def read_malignancy_predictions(path: str | Path) -> dict[tuple[str, str], float]:
@@ -173,17 +176,20 @@ def read_malignancy_predictions(path: str | Path) -> dict[tuple[str, str], float
         return {(r["seriesuid"], r["nodule_id"]): float(r["malignancy_prob"]) for r in csv.DictReader(file) if r["malignancy_prob"]}
 
 
-def malignancy_against_baselines(datalist: str | Path, predictions: str | Path) -> dict:
-    """Test AUC of the network (``predictions``), the reference diameter and the ratings' regression,
-    overall and per stratum of the reference mean diameter; paired network-minus-diameter intervals."""
+def malignancy_against_baselines(datalist: str | Path, predictions: str | Path, split: str = "test") -> dict:
+    """AUC on ``split`` of the network (``predictions``), the reference diameter and the ratings'
+    regression, overall and per stratum of the reference mean diameter; paired network-minus-diameter
+    intervals."""
     from nodule_bundle.metrics import paired_auc_difference
 
     network = read_malignancy_predictions(predictions)
-    test = [i for i in _nodule_items(Path(datalist), "test") if i.get("malignancy") in (0, 1)]
+    test = [i for i in _nodule_items(Path(datalist), split) if i.get("malignancy") in (0, 1)]
     missing = [i["nodule_id"] for i in test if (i["seriesuid"], i["nodule_id"]) not in network]
     if missing:
-        raise NoduleBundleError(f"{predictions}: no prediction for {len(missing)} test nodules ({', '.join(missing[:3])}, ...)")
-    ratings = ratings_model(_nodule_items(Path(datalist), "training")).predict_proba(np.array([_features(i) for i in test]))[:, 1]
+        raise NoduleBundleError(f"{predictions}: no prediction for {len(missing)} {split} nodules ({', '.join(missing[:3])}, ...)")
+    references = read_references(Path(datalist).parent)
+    model = ratings_model(_nodule_items(Path(datalist), "training"), references)
+    ratings = model.predict_proba(np.array([_features(i, references) for i in test]))[:, 1]
     scores = {
         "network": [network[(i["seriesuid"], i["nodule_id"])] for i in test],
         "diameter": [float(i["diameter_mm"]) for i in test],
@@ -204,30 +210,52 @@ def malignancy_against_baselines(datalist: str | Path, predictions: str | Path) 
     return result
 
 
+def training_datalist(data: Path, phantom: Path | None, out: Path) -> Path:
+    """``data``'s datalist, or with ``phantom`` (a phantom dataset) one whose training split also
+    holds the phantom's training items (validation and test stay ``data``'s), written to ``out``
+    with absolute image paths."""
+    if phantom is None:
+        return data / "datalist.json"
+    splits = {split: load_nodule_datalist(data / "datalist.json", split) for split in ("training", "validation", "test")}
+    splits["training"] += load_nodule_datalist(phantom / "datalist.json", "training")
+    from nodule_bundle.io_utils import write_json_atomic
+
+    write_json_atomic(out, {"description": f"{data} with {phantom}'s training split", **splits})
+    return out
+
+
 def bench_realism(data: str | Path, work: str | Path | None = None, epochs: int = 30, split: str = "test", seed: int = 0,
-                  bundle_root: str | Path | None = None) -> dict:  # fmt: skip
+                  bundle_root: str | Path | None = None, configs: tuple[str, ...] = (), phantom: str | Path | None = None,
+                  overrides: dict | None = None) -> dict:  # fmt: skip
     """Measurement on ``split`` of the real-geometry dataset ``data``; with ``work``, also malignancy:
-    a network trained there from scratch through ``configs/train.json`` (``epochs``; an earlier run's
-    ``work/models/model.pt`` is reused) and evaluated on the test split."""
+    a network trained there from scratch through ``configs/train.json`` (merged with ``configs``,
+    e.g. ``backbone_resnet``; config ``overrides``; ``epochs``; with the ``phantom`` dataset's
+    training split beside ``data``'s; an earlier run's ``work/models/model.pt`` is reused) and
+    evaluated on the validation split (where a recipe is chosen) and the test split."""
     from nodule_bundle.io_utils import write_json_atomic
     from nodule_bundle.workflow import find_bundle_root, run_bundle
 
     data = Path(data)
-    datalist = data / "datalist.json"
     measured = measure_against_reference(data, split, bundle_root)
     result: dict = {"benchmark": "realism", "data": str(data), "split": split, "measurement": summarise_measurement(measured["rows"]),
                     "seconds_per_nodule": measured["seconds_per_nodule"]}  # fmt: skip
     if work is not None:
         work, root = Path(work), find_bundle_root(bundle_root)
+        work.mkdir(parents=True, exist_ok=True)
+        datalist = training_datalist(data, None if phantom is None else Path(phantom), work / "datalist.json")
         common = dict(dataset_dir=str(data), datalist=str(datalist), ckpt_dir=str(work / "models"), output_dir=str(work / "eval"),
-                      num_workers=0, show_progress=False, seed=seed)  # fmt: skip
+                      num_workers=0, show_progress=False, seed=seed, **(overrides or {}))  # fmt: skip
         if not (work / "models" / "model.pt").is_file():
             start = time.perf_counter()
-            run_bundle(["train"], root, epochs=epochs, **common)
-            write_json_atomic(work / "training.json", {"epochs": epochs, "seed": seed, "train_s": time.perf_counter() - start})
-        run_bundle(["train", "evaluate"], root, **common)
+            run_bundle(["train", *configs], root, epochs=epochs, **common)
+            write_json_atomic(work / "training.json", {"epochs": epochs, "seed": seed, "configs": list(configs), "overrides": overrides or {},
+                                                       "phantom": None if phantom is None else str(phantom),
+                                                       "train_s": time.perf_counter() - start})  # fmt: skip
         result["training"] = json.loads((work / "training.json").read_text()) if (work / "training.json").is_file() else None
-        result["malignancy"] = malignancy_against_baselines(datalist, work / "eval" / "predictions.csv")
+        for split_name, key in (("validation", "malignancy_validation"), ("test", "malignancy")):
+            evaluation = {**common, "output_dir": str(work / ("eval" if split_name == "test" else f"eval_{split_name}"))}
+            run_bundle(["train", *configs, "evaluate"], root, evaluate_split=split_name, **evaluation)
+            result[key] = malignancy_against_baselines(data / "datalist.json", Path(evaluation["output_dir"]) / "predictions.csv", split_name)
     return result
 
 
@@ -246,9 +274,11 @@ def format_realism_result(result: dict) -> str:
     lines.append(f"  Lung-RADS category agreement {m['lung_rads_agreement']:.3f} (texture given), "
                  f"{m['lung_rads_agreement_measured_texture']:.3f} (texture from the mask)")  # fmt: skip
     lines.append(f"  {result['seconds_per_nodule']:.3f} s per nodule (median over scans)")
-    if "malignancy" in result:
-        lines.append("malignancy ROC-AUC on the test split: network / diameter alone / readers' ratings (logistic regression)")
-        for name, e in result["malignancy"].items():
+    for key, split in (("malignancy_validation", "validation"), ("malignancy", "test")):
+        if key not in result:
+            continue
+        lines.append(f"malignancy ROC-AUC on the {split} split: network / diameter alone / readers' ratings (logistic regression)")
+        for name, e in result[key].items():
             aucs = " / ".join("n/a" if e[f"{s}_auc"] is None else f"{e[f'{s}_auc']:.3f}" for s in ("network", "diameter", "ratings_regression"))
             paired = e.get("network_minus_diameter")
             versus = f"  network - diameter {paired['difference']:+.3f} (95 % CI {paired['ci95'][0]:+.3f} to {paired['ci95'][1]:+.3f})" if paired else ""

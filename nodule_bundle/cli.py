@@ -17,7 +17,8 @@
     nodule-bundle bench    memory [--shape 512 512 300] [--nodules 20] [--out bench.json]
     nodule-bundle bench    backbones [--repeats 3] [--out bench.json]
     nodule-bundle bench    backbone-accuracy --work DIR [--scans 24] [--test-scans N] [--epochs 15] [--backbones NAME ...] [--evaluate-only] [--out bench.json]
-    nodule-bundle bench    realism --data DIR [--split test] [--work DIR [--epochs 30]] [--out bench.json]
+    nodule-bundle bench    realism --data DIR [--split test] [--work DIR [--epochs 30] [--seed 0] [--configs NAME ...] [--phantom DIR]
+                           [--set ID=JSON ...]] [--out bench.json]
     nodule-bundle bench    label [--label-venv .venv-label] [--shape 512 512 300] [--repeats 5] [--out bench.json]
     nodule-bundle export   --out DIR|FILE.zip [--ckpt models/model.pt] [--weights-url URL]
     nodule-bundle verify   DIR|FILE.zip
@@ -180,7 +181,8 @@ def _bench(args: argparse.Namespace) -> None:
     elif args.benchmark == "realism":
         from nodule_bundle.bench_realism import bench_realism, format_realism_result
 
-        result = bench_realism(args.data, args.work, args.epochs, args.split)
+        result = bench_realism(args.data, args.work, args.epochs, args.split, args.seed, configs=tuple(args.configs), phantom=args.phantom,
+                               overrides=dict(args.set))  # fmt: skip
         print(format_realism_result(result))
     elif args.benchmark == "label":
         result = bench.bench_label(args.label_venv, tuple(args.shape), args.repeats)
@@ -197,6 +199,17 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be a positive integer")
     return value
+
+
+def _override(text: str) -> tuple[str, object]:
+    """``ID=JSON`` (``loss#rating_weight=1.0``, ``patch_spacing_mm=0.9``) as a config override."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected ID=JSON, e.g. epochs=60")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value {value!r} is not JSON (a string needs quotes: key='\"text\"')") from None
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -354,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     realism.add_argument("--split", choices=("training", "validation", "test"), default="test", help="the nodules to measure")
     realism.add_argument("--work", type=Path, default=None, help="train there from scratch (train.json) and compare malignancy AUCs")
     realism.add_argument("--epochs", type=_positive_int, default=30)
+    realism.add_argument("--seed", type=int, default=0)
+    realism.add_argument("--configs", nargs="+", default=[], help="configs merged over train.json (e.g. backbone_resnet)")
+    realism.add_argument("--phantom", type=Path, default=None, help="a phantom dataset whose training split joins the real-geometry one")
+    realism.add_argument("--set", type=_override, action="append", default=[], metavar="ID=JSON",
+                         help="a config override, e.g. loss#rating_weight=1.0 (repeatable)")
     realism.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
     realism.set_defaults(func=_bench)
     kinds.choices["label"].add_argument("--label-venv", type=Path, default=Path(".venv-label"), help="MONAI Label's environment (.ci/label-venv)")

@@ -11,13 +11,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.engines.utils import IterationEvents
 from monai.handlers import CheckpointLoader
+from monai.utils import CommonKeys as Keys
 from monai.metrics import compute_roc_auc
 
 from nodule_bundle.data.image_index import scan_stem
 from nodule_bundle.errors import NoduleBundleError, require_yes_no
 from nodule_bundle.froc import froc, hit_matrix, system_score
 from nodule_bundle.io_utils import write_json_atomic, write_text_atomic
+from nodule_bundle.nodule import RATING_COLUMNS
 from nodule_bundle.sharing.archive import listed_sha256, sha256_file
 from nodule_bundle.plots import plot_froc
 from nodule_bundle.report import BUNDLE_NAME, is_rejected_candidate, nodule_finding, scan_identity, write_report, write_scan_pictures
@@ -127,9 +130,11 @@ class MetricsJSONWriter:
         write_json_atomic(self.path, {**metrics, self.count_key: self._count})
 
 
-#: ``predictions.csv``: the item's identity, then each reference label beside the network's prediction.
+#: ``predictions.csv``: the item's identity, then each reference label beside the network's prediction
+#: (each semantic rating as ``<rating>_true``, ``<rating>_pred``).
 PREDICTION_COLUMNS = ("seriesuid", "nodule_id", "nodule_true", "nodule_prob", "malignancy_true", "malignancy_prob",
-                      "size_band_true", "size_band", "diameter_mm_true", "diameter_mm_pred")  # fmt: skip
+                      "size_band_true", "size_band", "diameter_mm_true", "diameter_mm_pred",
+                      *(f"{name}_{kind}" for name in RATING_COLUMNS for kind in ("true", "pred")))  # fmt: skip
 
 
 class PredictionsWriter:
@@ -149,7 +154,8 @@ class PredictionsWriter:
 
     def _collect(self, engine: Engine) -> None:
         for item, output in zip(engine.state.batch, engine.state.output):
-            cells = (_cell(output.get(key), is_label=key.endswith("_true")) for key in PREDICTION_COLUMNS[2:])
+            values = {**output, **_per_rating(output, "ratings_true", "true"), **_per_rating(output, "ratings_pred", "pred")}
+            cells = (_cell(values.get(key), is_label=key.endswith("_true")) for key in PREDICTION_COLUMNS[2:])
             self._rows.append([str(item.get("seriesuid", "")), str(item.get("nodule_id", "")), *cells])
 
     def _write(self, engine: Engine) -> None:
@@ -160,12 +166,35 @@ class PredictionsWriter:
         write_text_atomic(self.path, buffer.getvalue())
 
 
+def _per_rating(output: dict, key: str, kind: str) -> dict:
+    """``{"<rating>_<kind>": value}`` from an output's ratings vector ``key`` (nothing without it)."""
+    values = output.get(key)
+    return {} if values is None else {f"{name}_{kind}": v for name, v in zip(RATING_COLUMNS, torch.as_tensor(values).flatten())}
+
+
 def _cell(value, is_label: bool) -> str:
     """One prediction or label as a CSV cell: ``""`` when absent, NaN or (a label) an unknown class (< 0)."""
     if value is None:
         return ""
     number = float(torch.as_tensor(value).flatten()[0])
     return "" if not math.isfinite(number) or (is_label and number < 0) else f"{number:.9g}"  # float32 round trip
+
+
+class RatedNodulesCounter:
+    """Count the rated nodules (any semantic rating known in the loss's targets) each training step
+    shows ``network``, into its ``rated_nodules_seen`` buffer: saved with the weights, it tells
+    inference whether the rating heads were ever trained (a phantom-only model's are not)."""
+
+    def __init__(self, network: torch.nn.Module):
+        self.network = network
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(IterationEvents.MODEL_COMPLETED, self._count)
+
+    def _count(self, engine: Engine) -> None:
+        output = engine.state.output  # decollated into items first when the trainer decollates (its default)
+        targets = torch.stack([torch.as_tensor(o[Keys.LABEL]) for o in output]) if isinstance(output, list) else output[Keys.LABEL]
+        self.network.rated_nodules_seen += torch.isfinite(targets[:, 4:]).any(dim=1).sum().to(self.network.rated_nodules_seen)
 
 
 class TrainedItemsWriter:

@@ -1,12 +1,15 @@
-"""Multi-task 3D CNN for nodule patches: one shared encoder, four heads, one output tensor.
+"""Multi-task 3D CNN for nodule patches: one shared encoder, five heads, one output tensor.
 
-Output ``[B, 9]`` (documented in ``configs/metadata.json``):
+Output ``[B, 16]`` (documented in ``configs/metadata.json``):
 
 ====== ==========================================================
 0, 1   malignancy logits (benign, malignant)
 2..5   Lung-RADS size band logits (<6, 6-<8, 8-<15, >=15 mm)
 6      diameter in mm (regression)
 7, 8   nodule logits (not a nodule, nodule): false-positive reduction
+9..15  the readers' semantic ratings (regression on LIDC's scales, in
+       :data:`~nodule_bundle.nodule.RATING_COLUMNS` order: subtlety, internal
+       structure, calcification, sphericity, margin, lobulation, spiculation)
 ====== ==========================================================
 
 A single tensor keeps ``verify_net_in_out``, TorchScript and ONNX export working; the post-transform
@@ -25,15 +28,19 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from nodule_bundle.errors import require_yes_no
+from nodule_bundle.nodule import RATING_COLUMNS
 
 MALIGNANCY = slice(0, 2)
 SIZE_BAND = slice(2, 6)
 DIAMETER = slice(6, 7)
 NODULE = slice(7, 9)
-OUT_CHANNELS = 9
+RATINGS = slice(9, 9 + len(RATING_COLUMNS))
+OUT_CHANNELS = RATINGS.stop
 
 #: Diameter head scale: the layer predicts (d - 10 mm) / 10 mm, so its initial outputs are plausible.
 DIAMETER_OFFSET_MM, DIAMETER_SCALE_MM = 10.0, 10.0
+#: Rating heads' offset: the layer predicts the rating minus 3, the middle of LIDC's scales.
+RATING_OFFSET = 3.0
 
 
 RELU = ("relu", {"inplace": True})  # on the output of the norm (and dropout) before it, which nothing else reads
@@ -113,7 +120,8 @@ def fold_batch_norm(module: nn.Module) -> nn.Module:
 
 
 class MultiTaskNoduleNet(nn.Module):
-    """Shared encoder + fully connected heads for malignancy, size band, diameter and nodule-vs-not.
+    """Shared encoder + fully connected heads for malignancy, size band, diameter, nodule-vs-not and
+    the readers' semantic ratings (auxiliary targets: what radiologists see beyond size).
 
     Args:
         in_channels: input channels (1 for CT, 2 with the optional edge-map channel).
@@ -137,12 +145,17 @@ class MultiTaskNoduleNet(nn.Module):
         features = backbone_features if backbone_features is not None else self.encoder.out_features
         self.frozen_encoder = frozen_encoder
         self.diameter_scale_mm, self.diameter_offset_mm = DIAMETER_SCALE_MM, DIAMETER_OFFSET_MM  # attributes for TorchScript
+        self.rating_offset = RATING_OFFSET
+        #: rated nodules training has shown the rating heads (:class:`~nodule_bundle.handlers.RatedNodulesCounter`),
+        #: saved with the weights; while none, the heads answer NaN in eval mode: they have learned nothing
+        self.register_buffer("rated_nodules_seen", torch.zeros(()))
         self.encoder.requires_grad_(not frozen_encoder)
         self.shared = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
         self.malignancy = nn.Linear(hidden, MALIGNANCY.stop - MALIGNANCY.start)
         self.size_band = nn.Linear(hidden, SIZE_BAND.stop - SIZE_BAND.start)
         self.diameter = nn.Linear(hidden, 1)
         self.nodule = nn.Linear(hidden, NODULE.stop - NODULE.start)
+        self.ratings = nn.Linear(hidden, RATINGS.stop - RATINGS.start)
 
     def train(self, mode: bool = True) -> "MultiTaskNoduleNet":
         super().train(mode)
@@ -153,5 +166,8 @@ class MultiTaskNoduleNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.shared(self.encoder(x))
         diameter = self.diameter(h) * self.diameter_scale_mm + self.diameter_offset_mm
-        return torch.cat([self.malignancy(h), self.size_band(h), diameter, self.nodule(h)], dim=1)
+        ratings = self.ratings(h) + self.rating_offset
+        if not self.training:
+            ratings = torch.where(self.rated_nodules_seen > 0, ratings, torch.full_like(ratings, float("nan")))
+        return torch.cat([self.malignancy(h), self.size_band(h), diameter, self.nodule(h), ratings], dim=1)
 

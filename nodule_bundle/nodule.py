@@ -9,6 +9,10 @@ from dataclasses import dataclass
 SIZE_BAND_EDGES_MM = (6.0, 8.0, 15.0)
 SIZE_BAND_NAMES = ("<6 mm", "6-<8 mm", "8-<15 mm", ">=15 mm")
 TEXTURES = ("solid", "part-solid", "ground-glass")
+#: the LIDC-IDRI readers' semantic ratings a nodule may carry (their mean, on LIDC's scales: subtlety
+#: 1-5, internal structure 1-4, calcification 1-6 with 6 none, sphericity, margin, lobulation and
+#: spiculation 1-5); datalist keys, CSV columns and the network's semantic heads, in this order
+RATING_COLUMNS = ("subtlety", "internal_structure", "calcification", "sphericity", "margin", "lobulation", "spiculation")
 
 
 def size_band(diameter_mm: float) -> int:

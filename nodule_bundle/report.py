@@ -11,6 +11,9 @@
           "malignancy_probability" (calibrated when the bundle has models/calibration.json),
           "malignancy_uncertainty" (spread of P(malignant) over the flip passes, or null),
           "nodule_probability" (not a vessel, wall or scar),
+          "semantic_ratings": {"subtlety", "internal_structure", "calcification", "sphericity", "margin",
+              "lobulation", "spiculation"} (the network's estimate of the LIDC-IDRI readers' mean rating,
+              on LIDC's scales; null from a model never trained on rated nodules),
           "measured_long_axis_mm", "measured_short_axis_mm", "measured_mean_diameter_mm" (Lung-RADS),
           "measured_volume_mm3", "measured_solid_mean_diameter_mm" (from the nodule's mask; "diameter_mm"
           is the network's regression, a second opinion; null where no mask could be grown),
@@ -39,7 +42,7 @@ import torch
 from nodule_bundle.froc import hit_matrix
 from nodule_bundle.io_utils import write_json_atomic, write_text_atomic
 from nodule_bundle.measure import MEASUREMENT_KEYS
-from nodule_bundle.nodule import SIZE_BAND_NAMES, lung_rads_category, size_band, texture_from_measurement
+from nodule_bundle.nodule import RATING_COLUMNS, SIZE_BAND_NAMES, lung_rads_category, size_band, texture_from_measurement
 
 BUNDLE_NAME = "lung_nodule_ct_classification"
 CSV_COLUMNS = (
@@ -57,6 +60,12 @@ def _number(value) -> float | None:
     """A finite float, or ``None`` for a value that could not be measured (NaN)."""
     value = float(torch.as_tensor(value).flatten()[0])
     return value if math.isfinite(value) else None
+
+
+def _ratings(values) -> dict[str, float] | None:
+    """The rating heads' answers by name, or ``None`` from a network never trained on ratings (NaN)."""
+    ratings = _floats(values, 2)
+    return None if all(math.isnan(r) for r in ratings) else dict(zip(RATING_COLUMNS, ratings))
 
 
 def is_rejected_candidate(finding: Mapping, min_nodule_probability: float) -> bool:
@@ -78,6 +87,7 @@ def nodule_finding(item: Mapping, output: Mapping) -> dict:
         "malignancy_probability": _floats(output["malignancy_prob"], 4)[0],
         "nodule_probability": _floats(output["nodule_prob"], 4)[0],
         "malignancy_uncertainty": _floats(output["malignancy_prob_spread"], 4)[0] if "malignancy_prob_spread" in output else None,
+        "semantic_ratings": _ratings(output["ratings_pred"]),
         **{key: _number(item[key]) for key in ("detection_score", "detection_radius_mm", *MEASUREMENT_KEYS) if key in item},
     }
     return finding | lung_rads_fields(finding, str(item.get("texture") or ""))

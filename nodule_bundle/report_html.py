@@ -27,7 +27,7 @@ _COLUMNS = (
     ("solid part (mm)", "measured_solid_mean_diameter_mm", "{:.1f}"), ("texture", "texture", "{}"),
     ("size band", "size_band_name", "{}"), ("Lung-RADS", "lung_rads_category", "{}"),
     ("P(malignant)", "malignancy_probability", "{:.2f}"), ("± (TTA)", "malignancy_uncertainty", "{:.2f}"),
-    ("P(nodule)", "nodule_probability", "{:.2f}"),
+    ("P(nodule)", "nodule_probability", "{:.2f}"), ("spiculation · lobulation · calcification (readers' scales)", "semantic_ratings", None),
 )  # fmt: skip
 
 
@@ -38,6 +38,8 @@ def _cell(nodule: Mapping, key: str | None, fmt: str | None) -> str:
     value = nodule.get(key)
     if value is None or value == "":
         return "–"
+    if key == "semantic_ratings":
+        return " · ".join(f"{value[name]:.1f}" for name in ("spiculation", "lobulation", "calcification"))
     if key == "center_world_mm":
         return ", ".join(f"{v:.1f}" for v in value)
     text = fmt.format(value)

@@ -37,7 +37,7 @@ def test_scan_to_report_benchmark_compares_both_baselines(tmp_path, capsys):
     assert set(result["stages"]) == {"read", "measure", "crop_resample", "preprocess", "network", "report"}
     total = result["total"]["median_s"]
     assert result["ratio_to_floor"] == total / result["plain_read_floor"]["median_s"]
-    assert result["ratio_to_decompression"] == total / result["decompression_only"]["median_s"] > result["ratio_to_floor"]
+    assert result["ratio_to_decompression"] == total / result["decompression_only"]["median_s"]  # which floor is lower is timing, not asserted
     assert result["speedup_over_whole_volume"] == result["whole_volume_baseline"]["median_s"] / total
     assert 1 <= result["nodules"] <= 3  # as many as the phantom fits
     assert 0 <= result["max_patch_difference"] <= 0.02  # crop-first samples the scan where the whole-volume pipeline does

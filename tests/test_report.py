@@ -107,6 +107,17 @@ def test_label_map_puts_each_mask_where_its_crop_came_from():
     assert 0.5 * 216 < float(label.sum()) * 0.7 * 0.7 * 2.0 < 2.0 * 216  # about the cube's 216 mm3
 
 
+def test_html_shows_the_rating_heads_answers_or_a_dash():
+    nodule = {"nodule_id": "n1", "center_world_mm": [1.0, 2.0, 3.0], "diameter_mm": 9.0, "size_band_name": "8-<15 mm",
+              "malignancy_probability": 0.7, "nodule_probability": 0.9, "texture": "solid", "semantic_ratings": None}  # fmt: skip
+    rated = {**nodule, "nodule_id": "n2", "semantic_ratings": {"spiculation": 4.26, "lobulation": 3.0, "calcification": 6.0}}
+    page = render_report_html({"seriesuid": "s", "nodules": [nodule, rated]}, {}, {"name": "b", "version": "1"})
+    row = page[page.index('id="row-n2"'):]
+    assert "4.3 · 3.0 · 6.0" in row[: row.index("</tr>")]
+    row = page[page.index('id="row-n1"'):]
+    assert "4.3" not in row[: row.index("</tr>")] and row[: row.index("</tr>")].endswith("<td>–</td>")
+
+
 def test_html_escapes_what_it_is_given():
     nodule = {"nodule_id": "<script>x</script>", "center_world_mm": [1.0, 2.0, 3.0], "diameter_mm": 5.0, "size_band_name": "<6 mm",
               "malignancy_probability": 0.1, "nodule_probability": 0.9, "texture": None}  # fmt: skip

