@@ -36,6 +36,7 @@ WALL_BALL_FACTOR = 1.5  # balls this many thicknesses (+1 mm) across fit in the 
 STRAND_BALL_FACTOR = 0.6  # an opening by a ball of this many thicknesses drops vessels and strands
 STRAND_BALL_MAX_MM = 3.0  # ... and no wider than this: vessels beside nodules are thinner, large nodules' lobules wider
 RESTORE_MAX_MM = 1.0  # the edge the opening rounded off comes back up to this far (lobules' tips; spicules' bases)
+CORE_MAX_HU = 100.0  # the core's density for the threshold: calcium (300-900 HU) is not what a nodule's edge is made of
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,8 @@ def nodule_mask(crop_hu: np.ndarray, spacing_mm: float) -> np.ndarray:
     """Boolean mask of the nodule at the centre of ``crop_hu`` (``[X, Y, Z]`` HU, isotropic).
 
     The threshold is halfway between the lung around it (median of the crop's aerated voxels,
-    -950..-650 HU) and the nodule's core (90th percentile within 1.5 mm of the centre): the 50 % point
+    -950..-650 HU) and the nodule's core (90th percentile within 1.5 mm of the centre, at most
+    100 HU: a calcified core would raise the threshold into the soft tissue): the 50 % point
     of a blurred edge, so the border does not move with the scanner's blur; ground-glass nodules get
     a lower threshold than solid ones. What touches the nodule is cut off by the nodule's own
     thickness ``r`` (the largest ball inside it at the centre; searching 3 mm around the centre
@@ -72,7 +74,7 @@ def nodule_mask(crop_hu: np.ndarray, spacing_mm: float) -> np.ndarray:
     distance = _distance_from_centre(crop_hu.shape, spacing_mm)
     lung = smooth[(smooth < LUNG_MAX_HU) & (smooth > AIR_HU)]  # the parenchyma around it: not the wall, not the air outside
     background = float(np.median(lung)) if lung.size else float(np.median(smooth))
-    core = float(np.percentile(smooth[distance <= 1.5], 90))
+    core = min(float(np.percentile(smooth[distance <= 1.5], 90)), CORE_MAX_HU)
     if core - background < 100.0:  # nothing denser than the lung here
         return np.zeros(crop_hu.shape, bool)
     threshold = (background + core) / 2.0

@@ -34,6 +34,13 @@ def test_a_solid_sphere_is_measured_within_half_a_millimetre(diameter):
     assert m.solid_mean_diameter_mm == pytest.approx(diameter, abs=0.8)
 
 
+def test_a_calcified_core_does_not_shrink_the_nodule():
+    """A 10 mm soft-tissue nodule with a 4 mm core of calcium: its edge is the soft tissue's."""
+    hu = _ellipsoid([5.0] * 3, 30.0)
+    m = measure_nodule(_scan_like(_ellipsoid([2.0] * 3, 700.0, base=hu)), SPACING)
+    assert m.mean_diameter_mm == pytest.approx(10.0, abs=0.6)  # a threshold halfway to the calcium cut 1.5 mm off
+
+
 def test_long_and_short_axes_of_an_ellipsoid():
     m = measure_nodule(_scan_like(_ellipsoid([7.0, 4.0, 5.0], 30.0)), SPACING)
     assert m.long_axis_mm == pytest.approx(14.0, abs=0.8) and m.short_axis_mm == pytest.approx(8.0, abs=0.8)
