@@ -90,10 +90,17 @@ def test_a_40_mm_lobulated_nodule_on_thick_slices_is_measured_whole():
     hu = ndi.gaussian_filter(hu, [0.6 / 0.7, 0.6 / 0.7, 0.42]) + np.random.default_rng(0).normal(0, 15, shape)
     affine = np.diag([*spacing, 1.0])
     image = MetaTensor(torch.from_numpy(hu[None].astype(np.float32)), affine=torch.as_tensor(affine), meta={"space": "RAS"})
-    measured = NoduleMeasured("image", workers=1)({"image": image, "center_world_mm": [[-centre[0], -centre[1], centre[2]]]})
+    small = [-centre[0] + 30.0, -centre[1] + 30.0, centre[2]]  # lung only: nothing to measure, a 64-voxel crop
+    measurer = NoduleMeasured("image", workers=1, crop_key="crop", label_key="labels")
+    measured = measurer({"image": image, "center_world_mm": [[-centre[0], -centre[1], centre[2]], small]})
     long_axis = float(axial_long_axis(body, spacing))
     assert measured["measured_long_axis_mm"][0] == pytest.approx(long_axis, abs=1.0)
     assert measured["measured_volume_mm3"][0] == pytest.approx(body.sum() * spacing.prod(), rel=0.1)
+    crops = measured["crop"]  # one size for every nodule, so that a scan's samples collate: the large one resampled
+    assert [tuple(c.shape) for c in crops] == [(2, 64, 64, 64)] * 2 and crops[0].dtype == torch.int16
+    assert np.diag(np.asarray(crops[0].affine))[:3] == pytest.approx([0.6 * 112 / 64] * 3, rel=1e-3)
+    labelled = np.asarray(measured["labels"][0]) == 1  # the label map from the kept crop still covers the whole nodule
+    assert (labelled & body).sum() / body.sum() > 0.9 and (labelled & ~body).sum() < 0.1 * body.sum()
 
 
 def axial_long_axis(mask, spacing):
