@@ -143,11 +143,12 @@ def _draw_nodule_traits(rng: np.random.Generator, diameter_mm: float) -> tuple[i
     return malignant, str(margin), str(texture), calcified
 
 
-def _render_nodule(canvas: Canvas, rng: np.random.Generator, center: np.ndarray, pn: PhantomNodule) -> float:
+def _render_nodule(canvas: Canvas, rng: np.random.Generator, center: np.ndarray, pn: PhantomNodule) -> tuple[float, tuple, np.ndarray]:
     """Draw one nodule: smooth / lobulated / spiculated body, texture, optional calcification.
 
     Occupancy is averaged over three sub-positions per slice (slice-thickness partial volume).
-    Returns the body's reference diameter (:func:`_reference_diameter`).
+    Returns the body's reference diameter (:func:`_reference_diameter`) and its reference mask: the
+    canvas box it was drawn in and, on it, the voxels the body (spicules excluded) fills at least half.
     """
     radius = pn.nodule.diameter_mm / 2.0
     spikes = _random_unit(rng, int(rng.integers(14, 24))) if pn.margin == "spiculated" else np.zeros((0, 3))
@@ -190,7 +191,7 @@ def _render_nodule(canvas: Canvas, rng: np.random.Generator, center: np.ndarray,
     if pn.calcified:
         canvas.blend(sl, core * occ, rng.uniform(350, 900))
     lobes = [(offset * w, r_lobe) for w, r_lobe, offset in zip(lobe_dirs, lobe_r, lobe_offset)]
-    return _reference_diameter(core_r, lobes, stretch)
+    return _reference_diameter(core_r, lobes, stretch), sl, occ >= 0.5
 
 
 def _reference_diameter(core_r: float, lobes: list[tuple[np.ndarray, float]], stretch: np.ndarray) -> float:
@@ -326,9 +327,10 @@ def make_scan(seed: int, index: int, cfg: PhantomConfig = PhantomConfig()) -> Ph
     canvas = Canvas(shape, spacing, origin)
     lungs, _ = draw_chest(canvas, rng, fov, centre)
     placed = _place_nodules(rng, cfg, lungs, seriesuid)
-    nodules = []
-    for center, pn in placed:
-        reference = _render_nodule(canvas, rng, center, pn)
+    nodules, label_map = [], np.zeros(shape, np.uint8)
+    for value, (center, pn) in enumerate(placed, start=1):
+        reference, box, mask = _render_nodule(canvas, rng, center, pn)
+        label_map[box][mask] = value
         nodules.append(replace(pn, nodule=replace(pn.nodule, diameter_mm=round(float(reference), 3))))
     volume = scanner(canvas.hu, spacing, rng, float(rng.uniform(*cfg.noise_hu)))
     return PhantomScan(
@@ -337,4 +339,5 @@ def make_scan(seed: int, index: int, cfg: PhantomConfig = PhantomConfig()) -> Ph
         spacing_mm=tuple(float(s) for s in spacing),
         origin_mm=tuple(float(o) for o in origin),
         nodules=tuple(nodules),
+        label_map=label_map,
     )

@@ -8,7 +8,7 @@ Layout of ``out``::
     dicom/<seriesuid>/IM*.dcm      a DICOM CT series
     annotations.csv                LUNA16 columns + malignancy, texture, nodule_id and the source's own
                                    (phantom: shape, calcified; real geometry: see real_geometry.py)
-    labels/<seriesuid>.nii.gz      the nodules' reference masks (real geometry only; nodule i = i + 1)
+    labels/<seriesuid>.nii.gz      the nodules' reference masks (nodule i labelled i + 1)
     candidates.csv                 LUNA16 candidates_V2 columns (class 1 nodules, class 0 the detector's
                                    strongest false candidates: vessels, airway walls, pleura) + score
     datalist.json                  MONAI datalist (training / validation / test, split by scan); the
