@@ -510,23 +510,26 @@ def format_backbone_accuracy_result(result: dict) -> str:
     return "\n".join(lines)
 
 
-def bench_measure(scans: int = 8, seed: int = 0, first_index: int = 70) -> dict:
-    """Measured mean diameter (:class:`~nodule_bundle.transforms.NoduleMeasured`, as inference.json
-    measures) against each phantom nodule's reference diameter, over ``scans`` phantom scans not used
+def bench_measure(scans: int = 8, seed: int = 0, first_index: int = 70, bundle_root: str | Path | None = None, overrides: dict | None = None) -> dict:
+    """Measured mean diameter (:class:`~nodule_bundle.transforms.NoduleMeasured` as the bundle's
+    inference.json configures it, with config ``overrides``: its learned segmentation too, when it has
+    one) against each phantom nodule's reference diameter, over ``scans`` phantom scans not used
     by the demo's dataset (indices from ``first_index``): MAE and bias per texture and margin, and the
     time per nodule."""
+    from nodule_bundle.bench_realism import measurement_transforms
     from nodule_bundle.data.phantom import make_scan
     from nodule_bundle.geometry import LPS_TO_RAS
     from nodule_bundle.nodule import texture_from_measurement
-    from nodule_bundle.transforms import NoduleMeasured
 
-    measure, errors, seconds, textures = NoduleMeasured("image", workers=1), {}, [], {}
+    measure, errors, seconds, textures, learned = measurement_transforms(bundle_root, overrides).transforms[-1], {}, [], {}, 0
+    measure.workers = 1
     for index in range(first_index, first_index + scans):
         scan = make_scan(seed, index)
         image = MetaTensor(torch.from_numpy(scan.volume_hu[None].astype(np.float32)), affine=torch.as_tensor(LPS_TO_RAS @ scan.affine_lps))
         start = time.perf_counter()
         measured = measure({"image": image, "center_world_mm": [pn.nodule.center_world_mm for pn in scan.nodules]})
         seconds.append((time.perf_counter() - start) / len(scan.nodules))
+        learned += measured["measured_by"].count("learned")
         for k, pn in enumerate(scan.nodules):
             # not segmented (NaN) counts as 0 mm: missed by the whole diameter
             mean_diameter, solid = (float(np.nan_to_num(measured[key][k])) for key in ("measured_mean_diameter_mm", "measured_solid_mean_diameter_mm"))
@@ -544,6 +547,7 @@ def bench_measure(scans: int = 8, seed: int = 0, first_index: int = 70) -> dict:
         "solid": stats(solid),
         "all": stats([e for values in errors.values() for e in values]),
         "texture_agreement": {texture: {"n": len(v), "agreement": float(np.mean(v))} for texture, v in sorted(textures.items())},
+        "measured_by_learned_mask": learned,
         "seconds_per_nodule": _summary(seconds),
     }
 
@@ -554,7 +558,7 @@ def format_measure_result(result: dict) -> str:
         lines.append(f"  {name:<26} n={g['n']:<4} MAE {g['mae_mm']:.2f} mm  bias {g['bias_mm']:+.2f} mm")
     for texture, t in result["texture_agreement"].items():
         lines.append(f"  texture from the mask, {texture:<14} n={t['n']:<4} agrees {t['agreement']:.0%}")
-    lines.append(f"  {result['seconds_per_nodule']['median_s']:.3f} s per nodule (median)")
+    lines.append(f"  {result['measured_by_learned_mask']} measured on the learned mask, {result['seconds_per_nodule']['median_s']:.3f} s per nodule (median)")
     return "\n".join(lines)
 
 

@@ -27,7 +27,7 @@ import torch
 from monai.metrics import compute_roc_auc
 from monai.transforms import Compose
 
-from nodule_bundle.data.datalist import load_nodule_datalist
+from nodule_bundle.data.datalist import has_reference_masks, load_nodule_datalist
 from nodule_bundle.nodule import RATING_COLUMNS
 from nodule_bundle.errors import NoduleBundleError
 from nodule_bundle.nodule import lung_rads_category, texture_from_measurement
@@ -43,15 +43,21 @@ def _stratum(value: float, strata) -> str:
     return f">={low:g} mm" if math.isinf(high) else f"<{high:g} mm" if low == 0 else f"{low:g}-{high:g} mm"
 
 
-def measurement_transforms(bundle_root: str | Path | None = None) -> Compose:
-    """The reading and measuring transforms of the bundle's ``configs/inference.json``, as it configures them."""
+def measurement_transforms(bundle_root: str | Path | None = None, overrides: dict | None = None) -> Compose:
+    """The reading and measuring transforms of the bundle's ``configs/inference.json``, as it
+    configures them (with those config ``overrides`` whose ids it has), the learned segmentation's
+    weights loaded when it has them."""
     from monai.bundle import ConfigParser
 
+    from nodule_bundle.segmentation import load_learned_masks
     from nodule_bundle.transforms import LoadCTImaged, NoduleMeasured
     from nodule_bundle.workflow import find_bundle_root
 
+    root = find_bundle_root(bundle_root)
     parser = ConfigParser()
-    parser.read_config(str(find_bundle_root(bundle_root) / "configs" / "inference.json"))
+    parser.read_config(str(root / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(root), **{k: v for k, v in (overrides or {}).items() if k.split("#")[0] in parser.config}})
+    load_learned_masks(parser)
     transforms = parser.get_parsed_content("preprocessing").transforms
     return Compose([t for t in transforms if isinstance(t, (LoadCTImaged, NoduleMeasured))])
 
@@ -70,14 +76,15 @@ def _nodule_items(datalist: Path, split: str) -> list[dict]:
     return [item for item in load_nodule_datalist(datalist, split) if item.get("is_nodule", 1) != 0]
 
 
-def measure_against_reference(data_dir: str | Path, split: str = "test", bundle_root: str | Path | None = None) -> dict:
-    """Per nodule of ``split``: the measurement and the outline's reference (see the module docstring)."""
+def measure_against_reference(data_dir: str | Path, split: str = "test", bundle_root: str | Path | None = None, overrides: dict | None = None) -> dict:
+    """Per nodule of ``split``: the measurement (``inference.json`` with config ``overrides``) and the
+    outline's reference (see the module docstring)."""
     data_dir = Path(data_dir)
     references = read_references(data_dir)
     by_image: dict[str, list[dict]] = defaultdict(list)
     for item in _nodule_items(data_dir / "datalist.json", split):
         by_image[item["image"]].append(item)
-    pipeline = measurement_transforms(bundle_root)
+    pipeline = measurement_transforms(bundle_root, overrides)
     rows, seconds = [], []
     for image, items in by_image.items():
         start = time.perf_counter()
@@ -89,6 +96,7 @@ def measure_against_reference(data_dir: str | Path, split: str = "test", bundle_
                 "texture": ref["texture"], "juxtapleural": ref["juxtapleural"] == "1", "juxtavascular": ref["juxtavascular"] == "1",
                 **{f"reference_{key}": float(ref[key]) for key in ("long_axis_mm", "short_axis_mm", "volume_mm3", "solid_mean_diameter_mm", "diameter_mm")},
                 **{key: float(measured[f"measured_{key}"][k]) for key in ("long_axis_mm", "mean_diameter_mm", "volume_mm3", "solid_mean_diameter_mm")},
+                "measured_by": measured["measured_by"][k],
             })  # fmt: skip
     if not rows:
         raise NoduleBundleError(f"{data_dir / 'datalist.json'}: no nodules in the {split!r} split")
@@ -137,6 +145,7 @@ def summarise_measurement(rows: list[dict]) -> dict:
         "groups": {name: _size_errors(groups[name]) for name in names},
         "lung_rads_agreement": float(np.mean([a == b for a, b in zip(given_texture, reference)])),
         "lung_rads_agreement_measured_texture": float(np.mean([a == b for a, b in zip(own_texture, reference)])),
+        "measured_by_learned_mask": sum(r.get("measured_by") == "learned" for r in rows),
     }
 
 
@@ -227,18 +236,19 @@ def training_datalist(data: Path, phantom: Path | None, out: Path) -> Path:
 def bench_realism(data: str | Path, work: str | Path | None = None, epochs: int = 30, split: str = "test", seed: int = 0,
                   bundle_root: str | Path | None = None, configs: tuple[str, ...] = (), phantom: str | Path | None = None,
                   overrides: dict | None = None) -> dict:  # fmt: skip
-    """Measurement on ``split`` of the real-geometry dataset ``data``; with ``work``, also malignancy:
-    a network trained there from scratch through ``configs/train.json`` (merged with ``configs``,
-    e.g. ``backbone_resnet``; config ``overrides``; ``epochs``; with the ``phantom`` dataset's
-    training split beside ``data``'s; an earlier run's ``work/models/model.pt`` is reused) and
-    evaluated on the validation split (where a recipe is chosen) and the test split."""
+    """Measurement on ``split`` of the real-geometry dataset ``data`` (the bundle's own models, if it
+    has a learned segmentation); with ``work``, trained there from scratch on the training split
+    (with the ``phantom`` dataset's training split beside ``data``'s; an earlier run's models in
+    ``work/models`` are reused): the learned segmentation (``configs/train_segmentation.json``), which
+    the measurement then uses, and the classifier (``configs/train.json`` merged with ``configs``,
+    e.g. ``backbone_resnet``; config ``overrides``; ``epochs``), whose malignancy is evaluated on the
+    validation split (where a recipe is chosen) and the test split."""
     from nodule_bundle.io_utils import write_json_atomic
     from nodule_bundle.workflow import find_bundle_root, run_bundle
 
     data = Path(data)
-    measured = measure_against_reference(data, split, bundle_root)
-    result: dict = {"benchmark": "realism", "data": str(data), "split": split, "measurement": summarise_measurement(measured["rows"]),
-                    "seconds_per_nodule": measured["seconds_per_nodule"]}  # fmt: skip
+    result: dict = {"benchmark": "realism", "data": str(data), "split": split}
+    measuring = dict(overrides or {})
     if work is not None:
         work, root = Path(work), find_bundle_root(bundle_root)
         work.mkdir(parents=True, exist_ok=True)
@@ -252,6 +262,13 @@ def bench_realism(data: str | Path, work: str | Path | None = None, epochs: int 
                                                        "phantom": None if phantom is None else str(phantom),
                                                        "train_s": time.perf_counter() - start})  # fmt: skip
         result["training"] = json.loads((work / "training.json").read_text()) if (work / "training.json").is_file() else None
+        if has_reference_masks(datalist) and not (work / "models" / "segmenter.pt").is_file():  # the learned mask, on the same split
+            segmentation = {k: common[k] for k in ("dataset_dir", "datalist", "ckpt_dir", "num_workers", "show_progress", "seed")}
+            run_bundle(["train_segmentation"], root, output_dir=str(work / "eval" / "segmentation"), **segmentation)
+        measuring = {"segmenter_path": str(work / "models" / "segmenter.pt"), **measuring}
+    measured = measure_against_reference(data, split, bundle_root, measuring)
+    result |= {"measurement": summarise_measurement(measured["rows"]), "seconds_per_nodule": measured["seconds_per_nodule"]}
+    if work is not None:
         for split_name, key in (("validation", "malignancy_validation"), ("test", "malignancy")):
             evaluation = {**common, "output_dir": str(work / ("eval" if split_name == "test" else f"eval_{split_name}"))}
             run_bundle(["train", *configs, "evaluate"], root, evaluate_split=split_name, **evaluation)
@@ -273,7 +290,8 @@ def format_realism_result(result: dict) -> str:
         )
     lines.append(f"  Lung-RADS category agreement {m['lung_rads_agreement']:.3f} (texture given), "
                  f"{m['lung_rads_agreement_measured_texture']:.3f} (texture from the mask)")  # fmt: skip
-    lines.append(f"  {result['seconds_per_nodule']:.3f} s per nodule (median over scans)")
+    lines.append(f"  {m['measured_by_learned_mask']} of {m['all']['n']} measured on the learned mask, "
+                 f"{result['seconds_per_nodule']:.3f} s per nodule (median over scans)")  # fmt: skip
     for key, split in (("malignancy_validation", "validation"), ("malignancy", "test")):
         if key not in result:
             continue

@@ -28,6 +28,7 @@ from nodule_bundle.errors import NoduleBundleError
 from nodule_bundle.geometry import voxel_to_world
 from nodule_bundle.networks import fold_batch_norm
 from nodule_bundle.report import is_rejected_candidate, nodule_finding
+from nodule_bundle.segmentation import load_learned_masks
 from nodule_bundle.sharing.network_checks import load_weights
 from nodule_bundle.transforms import LoadCTImaged, NoduleMeasured
 
@@ -58,6 +59,7 @@ class NoduleService:
         steps = parser.get_parsed_content("preprocessing").transforms
         if not (isinstance(steps[0], LoadCTImaged) and isinstance(steps[1], NoduleMeasured)):
             raise NoduleBundleError(f"{self.bundle_root}: inference.json's preprocessing must start with LoadCTImaged, NoduleMeasured")
+        load_learned_masks(parser)  # the measurement's learned segmentation, when the bundle has one
         self.load, self.measure, self.rest = steps[0], steps[1], Compose(steps[2:])
         self.measure.label_key = LABEL_KEY
         memory_format = torch.channels_last_3d if parser.get_parsed_content("channels_last") else torch.preserve_format

@@ -17,6 +17,8 @@
           "measured_long_axis_mm", "measured_short_axis_mm", "measured_mean_diameter_mm" (Lung-RADS),
           "measured_volume_mm3", "measured_solid_mean_diameter_mm" (from the nodule's mask; "diameter_mm"
           is the network's regression, a second opinion; null where no mask could be grown),
+          "measured_by" ("threshold": the HU threshold segmentation, or "learned": the learned mask,
+              which the bundle asks for nodules at least learned_mask_min_long_axis_mm long),
           "texture", "texture_source" ("given" by the nodule list, "measured" from the mask, or null),
           "lung_rads_category", "lung_rads_size_source" ("measured" or "network"),
           "label_value" (the nodule's value in nodule_labels.nii.gz),
@@ -89,6 +91,7 @@ def nodule_finding(item: Mapping, output: Mapping) -> dict:
         "malignancy_uncertainty": _floats(output["malignancy_prob_spread"], 4)[0] if "malignancy_prob_spread" in output else None,
         "semantic_ratings": _ratings(output["ratings_pred"]),
         **{key: _number(item[key]) for key in ("detection_score", "detection_radius_mm", *MEASUREMENT_KEYS) if key in item},
+        **({"measured_by": str(item["measured_by"])} if "measured_by" in item else {}),
     }
     return finding | lung_rads_fields(finding, str(item.get("texture") or ""))
 

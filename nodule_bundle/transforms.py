@@ -11,9 +11,11 @@ import math
 import os
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from scipy import ndimage as ndi
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import (
@@ -32,10 +34,13 @@ from monai.utils import SpaceKeys
 from nodule_bundle.errors import NoduleBundleError
 from nodule_bundle.filters import gaussian_blur
 from nodule_bundle.geometry import LPS_TO_RAS, lps_to_ras, world_to_voxel
-from nodule_bundle.measure import MEASUREMENT_KEYS, measure_mask, measure_on_acquired_grid, nodule_mask
+from nodule_bundle.measure import MEASUREMENT_KEYS, NoduleMeasurement, measure_mask, measure_on_acquired_grid, nodule_mask
 from nodule_bundle.networks import DIAMETER, MALIGNANCY, NODULE, RATINGS, SIZE_BAND
 from nodule_bundle.nodule import RATING_COLUMNS, size_band
 from nodule_bundle.readers import DicomSeriesReader, NiftiReader
+
+if TYPE_CHECKING:
+    from nodule_bundle.segmentation import NoduleSegmenter
 
 
 class NoduleOutsideVolumeError(NoduleBundleError):
@@ -225,40 +230,45 @@ class NoduleMeasured(MapTransform):
     def __init__(
         self, keys: KeysCollection, center_key: str = "center_world_mm", patch_size: int = 64, spacing_mm: float = 0.6,
         label_key: str | None = None, crop_key: str | None = None, workers: int | None = None, large_patch_size: int = 112,
+        segmenter: NoduleSegmenter | None = None,
     ):  # fmt: skip
         super().__init__(keys)
         self.center_key, self.spacing_mm, self.label_key, self.crop_key = center_key, float(spacing_mm), label_key, crop_key
         self.cropper = NoduleCrop(patch_size, spacing_mm)
         self.large_cropper = NoduleCrop(large_patch_size, spacing_mm)
         self.to_source = SpatialResample(mode="nearest", padding_mode="zeros", dtype=torch.float32)
+        self.interpolate = SpatialResample(mode="bilinear", padding_mode="zeros", dtype=torch.float32)
         self.to_crop_size = Resize((patch_size,) * 3, mode="nearest")
-        self.workers = workers
+        self.workers, self.segmenter = workers, segmenter
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         image = d[self.first_key(d)]
         centers = np.asarray(d[self.center_key], dtype=np.float64).reshape(-1, 3)
         results = on_threads(lambda center: self._measure(image, center), centers, self.workers)
-        found, crops = [m for m, _ in results], [c for _, c in results]
+        found, crops = [m for m, _, _ in results], [c for _, c, _ in results]
         for key in MEASUREMENT_KEYS:
             d[key] = [m[key] for m in found]
+        d["measured_by"] = [by for _, _, by in results]
         if self.crop_key:
             d[self.crop_key] = crops
         if self.label_key:
             d[self.label_key] = label_map(crops, image.shape[1:], image.affine, image.meta.get("space", SpaceKeys.RAS))
         return d
 
-    def _measure(self, image: MetaTensor, center: np.ndarray) -> tuple[dict, MetaTensor]:
-        """One nodule's measurements and its ``[2, n, n, n]`` crop (HU, mask): segmented on the fine
-        crop (the large one when the mask reaches the crop's border), measured on the scan's own
-        voxels under it (the mask resampled nearest onto them)."""
+    def _measure(self, image: MetaTensor, center: np.ndarray) -> tuple[dict, MetaTensor, str]:
+        """One nodule's measurements, its ``[2, n, n, n]`` crop (HU, mask) and what outlined it
+        (``"threshold"`` or ``"learned"``): segmented on the fine crop (the large one when the mask
+        reaches the crop's border), measured on the scan's own voxels under it (the mask resampled
+        nearest onto them). With a ``segmenter``, a nodule whose threshold mask is at least its
+        ``min_long_axis_mm`` long is measured on the learned mask instead (its probability resampled
+        linearly onto those voxels, above 0.5, the part at the centre), if that finds one."""
         for cropper in (self.cropper, self.large_cropper):
             crop = cropper(image, center)
             hu = crop[0].numpy()
             mask = nodule_mask(hu, self.spacing_mm)
             if not _touches_border(mask):
                 break
-        both = torch.stack([torch.from_numpy(np.rint(hu).astype(np.int16)), torch.from_numpy(mask.astype(np.int16))])
         source = cropper.source_box(image, center)
         fine = MetaTensor(torch.from_numpy(mask[None].astype(np.float32)), affine=crop.affine)
         acquired = self.to_source(fine, dst_affine=source.affine, spatial_size=source.shape[1:])[0].numpy() > 0.5
@@ -266,10 +276,38 @@ class NoduleMeasured(MapTransform):
             measured = measure_on_acquired_grid(acquired, source[0].numpy(), np.asarray(source.affine))
         else:  # smaller than one acquired voxel: measured on the fine crop
             measured = measure_mask(mask, hu, self.spacing_mm)
+        by = "threshold"
+        if self.segmenter is not None and measured.long_axis_mm >= self.segmenter.min_long_axis_mm:
+            learned = self._learned(image, center, crop)
+            if learned is not None:
+                measured, mask, by = learned[0], learned[1], "learned"
+        both = torch.stack([torch.from_numpy(np.rint(hu).astype(np.int16)), torch.from_numpy(mask.astype(np.int16))])
         kept = MetaTensor(both, affine=crop.affine, meta={"space": image.meta.get("space", SpaceKeys.RAS)})
         if cropper is self.large_cropper:  # the pictures' and label map's crops share one size, so that a scan's samples collate
             kept = self.to_crop_size(kept.float()).round().to(torch.int16)
-        return measured.as_dict(), kept
+        return measured.as_dict(), kept, by
+
+    def _learned(self, image: MetaTensor, center: np.ndarray, crop: MetaTensor) -> tuple[NoduleMeasurement, np.ndarray] | None:
+        """The learned mask's measurement on the scan's own voxels and the mask on ``crop``'s grid; ``None`` if it finds nothing."""
+        probability = self.segmenter.probability(image, center)  # type: ignore[union-attr]
+        source = self.segmenter.cropper.source_box(image, center)  # type: ignore[union-attr]
+        on_source = self.interpolate(probability, dst_affine=source.affine, spatial_size=source.shape[1:])[0].numpy() > 0.5
+        voxel = world_to_voxel(center, source.affine, image.meta.get("space", SpaceKeys.RAS))
+        acquired = _component_nearest(on_source, voxel)
+        if not acquired.any():
+            return None
+        on_crop = self.interpolate(probability, dst_affine=crop.affine, spatial_size=crop.shape[1:])[0].numpy() > 0.5
+        return measure_on_acquired_grid(acquired, source[0].numpy(), np.asarray(source.affine)), _component_nearest(on_crop, (np.array(crop.shape[1:]) - 1) / 2)
+
+
+def _component_nearest(mask: np.ndarray, voxel: Sequence[float]) -> np.ndarray:
+    """The connected part of ``mask`` nearest the continuous voxel index ``voxel`` (all false if ``mask`` is)."""
+    labels, count = ndi.label(mask)
+    if count <= 1:
+        return labels > 0
+    points = np.argwhere(labels)
+    nearest = points[np.argmin(np.linalg.norm(points - np.asarray(voxel, dtype=np.float64), axis=1))]
+    return labels == labels[tuple(nearest)]
 
 
 def _touches_border(mask: np.ndarray) -> bool:

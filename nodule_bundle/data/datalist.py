@@ -85,7 +85,7 @@ REQUIRED_ITEM_KEYS = ("image", "center_world_mm")
 
 
 def load_nodule_datalist(datalist: str | Path, split: str, dataset_dir: str | Path | None = None) -> list[dict]:
-    """Items of one split, image paths resolved against ``dataset_dir`` (default: the datalist's folder).
+    """Items of one split, image (and reference mask) paths resolved against ``dataset_dir`` (default: the datalist's folder).
 
     Uses ``monai.data.load_decathlon_datalist``; checks first that the file, the split, the keys and
     the image files exist, so that a bad datalist fails before training starts, naming what is wrong.
@@ -104,12 +104,36 @@ def load_nodule_datalist(datalist: str | Path, split: str, dataset_dir: str | Pa
     base = Path(dataset_dir) if dataset_dir is not None else path.parent
     items = load_decathlon_datalist(str(path), False, split, str(base))
     for i, item in enumerate(items):
+        if isinstance(item.get("mask"), str):  # a reference label map, resolved as the image is
+            item["mask"] = os.path.normpath(os.path.join(base, item["mask"]))
         missing = [k for k in REQUIRED_ITEM_KEYS if k not in item]
         if missing:
             raise DatalistError(f"{path}: {split}[{i}] lacks {', '.join(missing)}")
         if not os.path.exists(item["image"]):
             raise DatalistError(f"{path}: {split}[{i}]: image not found: {item['image']}")
     return items
+
+
+def load_mask_datalist(datalist: str | Path, split: str, dataset_dir: str | Path | None = None) -> list[dict]:
+    """The nodules of one split that have a reference mask (``mask``: their scan's label map, and
+    ``mask_value`` > 0: their value in it, as ``synth`` writes them).
+    For training and validating the learned segmentation (``configs/train_segmentation.json``)."""
+    items = [item for item in load_nodule_datalist(datalist, split, dataset_dir) if int(item.get("mask_value") or 0) > 0]
+    if not items:
+        raise DatalistError(f"{datalist}: no nodule of the {split!r} split has a reference mask (items with mask and mask_value > 0, as synth writes)")
+    for item in items:
+        if not os.path.exists(item["mask"]):
+            raise DatalistError(f"{datalist}: {split} nodule {item.get('nodule_id', '?')}: mask not found: {item['mask']}")
+    return items
+
+
+def has_reference_masks(datalist: str | Path) -> bool:
+    """Whether a datalist's training nodules have reference masks (:func:`load_mask_datalist` finds some)."""
+    try:
+        load_mask_datalist(datalist, "training")
+    except DatalistError:
+        return False
+    return True
 
 
 def scan_item(image: str | Path | None, nodules: str | Path | None, seriesuid: str | None = None) -> dict:

@@ -12,7 +12,9 @@ Layout of ``out``::
     candidates.csv                 LUNA16 candidates_V2 columns (class 1 nodules, class 0 the detector's
                                    strongest false candidates: vessels, airway walls, pleura) + score
     datalist.json                  MONAI datalist (training / validation / test, split by scan); the
-                                   false candidates are items with ``is_nodule: 0`` and no size or label
+                                   false candidates are items with ``is_nodule: 0`` and no size or label;
+                                   every item names its scan's label map (``mask``) and its value
+                                   there (``mask_value``, 0 for a false candidate)
 
 ``datalist.json`` is written last, so a dataset without it is incomplete.
 """
@@ -140,9 +142,11 @@ def write_synthetic_dataset(
     items: dict[str, list[dict]] = {}
     for scan, negatives in results:
         image = _image_path(image_format, scan.seriesuid)
+        mask = {"mask": f"labels/{scan.seriesuid}.nii.gz"} if scan.label_map is not None else None
         items.setdefault(scan.patient_id or scan.seriesuid, []).extend(
-            [{**nodule_item(image, sn.nodule), **sn.item_fields()} for sn in scan.nodules] + [
-                {**nodule_item(image, Nodule(f"{scan.seriesuid[-6:]}-c{k:02d}", scan.seriesuid, c.center_world_mm, math.nan)), "is_nodule": 0}
+            [{**nodule_item(image, sn.nodule), **sn.item_fields(), **({**mask, "mask_value": v} if mask else {})} for v, sn in enumerate(scan.nodules, 1)] + [
+                {**nodule_item(image, Nodule(f"{scan.seriesuid[-6:]}-c{k:02d}", scan.seriesuid, c.center_world_mm, math.nan)), "is_nodule": 0,
+                 **({**mask, "mask_value": 0} if mask else {})}
                 for k, c in enumerate(negatives)
             ]
         )  # fmt: skip

@@ -6,6 +6,7 @@ Layout (the MONAI bundle specification's, plus the code the configs import)::
     models/model.pt     the network's state dict (weights only)
     models/model.ts     the same network as TorchScript (MONAI ckpt_export, configs embedded)
     models/calibration.json  the malignancy temperature, when the checkpoint's folder has one
+    models/segmenter.pt the learned segmentation's state dict, when the checkpoint's folder has one
     docs/               model card (README.md) and data_license.txt
     nodule_bundle/      the custom components; MONAI puts the bundle root on sys.path
     LICENSE  large_files.yml  manifest.sha256
@@ -59,7 +60,9 @@ def export_bundle(
         calibration = ckpt.parent / "calibration.json"
         if calibration.is_file():
             load_temperature(calibration)  # a broken one fails here, naming the file, and does not travel
-        _assemble(staging, root, load_weights(ckpt), weights_url, calibration if calibration.is_file() else None)
+        segmenter = ckpt.parent / "segmenter.pt"
+        learned = load_weights(segmenter) if segmenter.is_file() else None  # a broken one fails here, naming the file
+        _assemble(staging, root, load_weights(ckpt), weights_url, calibration if calibration.is_file() else None, learned)
         if out.suffix == ".zip":
             partial = staging.with_suffix(".zip.partial")
             write_zip(staging, partial)
@@ -72,7 +75,7 @@ def export_bundle(
     return out
 
 
-def _assemble(staging: Path, root: Path, weights: dict, weights_url: str, calibration: Path | None) -> None:
+def _assemble(staging: Path, root: Path, weights: dict, weights_url: str, calibration: Path | None, segmenter: dict | None) -> None:
     configs = staging / "configs"
     configs.mkdir()
     for path in sorted((root / "configs").iterdir()):
@@ -92,10 +95,12 @@ def _assemble(staging: Path, root: Path, weights: dict, weights_url: str, calibr
     export_torchscript(staging, staging / "models" / "model.ts")
     if calibration is not None:
         shutil.copy2(calibration, staging / "models" / "calibration.json")
+    if segmenter is not None:
+        torch.save(segmenter, staging / "models" / "segmenter.pt")
     large = [
         {"path": f"models/{name}", "url": weights_url and f"{weights_url.rstrip('/')}/{name}",
          "hash_val": sha256_file(staging / "models" / name), "hash_type": "sha256"}
-        for name in ("model.pt", "model.ts")
+        for name in ("model.pt", "model.ts", *(("segmenter.pt",) if segmenter is not None else ()))
     ]  # fmt: skip
     (staging / "large_files.yml").write_text(yaml.safe_dump({"large_files": large}, sort_keys=False))
     too_big = [p.name for p in staging.rglob("*") if p.is_file() and p.stat().st_size > MAX_FILE_BYTES and p.parent.name != "models"]
