@@ -3,8 +3,9 @@
 The threshold segmentation of :mod:`nodule_bundle.measure` holds a region within a few thicknesses of
 its centre and opens it, which cuts the lobes off large irregular nodules; a network trained on
 reference masks (the real-geometry outlines and the phantom's bodies, ``configs/train_segmentation.json``)
-follows them. :class:`~nodule_bundle.transforms.NoduleMeasured` asks it for the nodules whose threshold
-mask is at least ``min_long_axis_mm`` long, where it measures better on the validation split.
+follows them. :class:`~nodule_bundle.transforms.NoduleMeasured` measures a nodule on it when the learned
+mask is at least ``min_long_axis_mm`` long (6 mm: chosen on the real-geometry validation split), on the
+threshold's mask below that or when the network outlines nothing.
 """
 
 from __future__ import annotations
@@ -66,12 +67,12 @@ class ReferenceMaskd(MapTransform):
 class NoduleSegmenter:
     """The learned mask's probability around a world point: ``network`` (a :class:`CentredUNet`, its
     weights loaded) on a ``patch_size`` crop of ``spacing_mm`` voxels, the HU window scaled to [0, 1]
-    as in training. ``min_long_axis_mm``: :class:`~nodule_bundle.transforms.NoduleMeasured` uses the
-    learned mask for nodules whose threshold mask is at least this long."""
+    as in training. ``min_long_axis_mm``: :class:`~nodule_bundle.transforms.NoduleMeasured` measures on
+    the learned mask when it is at least this long."""
 
     def __init__(
         self, network: nn.Module, patch_size: int = 48, spacing_mm: float = 1.0, hu_window: Sequence[float] = (-1000.0, 400.0),
-        min_long_axis_mm: float = 15.0, device: str | torch.device = "cpu",
+        min_long_axis_mm: float = 6.0, device: str | torch.device = "cpu",
     ):  # fmt: skip
         self.network, self.device = network, torch.device(device)
         self.cropper = NoduleCrop(patch_size, spacing_mm)

@@ -260,9 +260,10 @@ class NoduleMeasured(MapTransform):
         """One nodule's measurements, its ``[2, n, n, n]`` crop (HU, mask) and what outlined it
         (``"threshold"`` or ``"learned"``): segmented on the fine crop (the large one when the mask
         reaches the crop's border), measured on the scan's own voxels under it (the mask resampled
-        nearest onto them). With a ``segmenter``, a nodule whose threshold mask is at least its
-        ``min_long_axis_mm`` long is measured on the learned mask instead (its probability resampled
-        linearly onto those voxels, above 0.5, the part at the centre), if that finds one."""
+        nearest onto them). With a ``segmenter``, the nodule is measured on the learned mask instead
+        (its probability resampled linearly onto those voxels, above 0.5, the part nearest the centre)
+        when that mask is at least the segmenter's ``min_long_axis_mm`` long: below, the threshold's
+        sub-voxel edge measures better."""
         for cropper in (self.cropper, self.large_cropper):
             crop = cropper(image, center)
             hu = crop[0].numpy()
@@ -277,10 +278,9 @@ class NoduleMeasured(MapTransform):
         else:  # smaller than one acquired voxel: measured on the fine crop
             measured = measure_mask(mask, hu, self.spacing_mm)
         by = "threshold"
-        if self.segmenter is not None and measured.long_axis_mm >= self.segmenter.min_long_axis_mm:
-            learned = self._learned(image, center, crop)
-            if learned is not None:
-                measured, mask, by = learned[0], learned[1], "learned"
+        learned = self._learned(image, center, crop) if self.segmenter is not None else None
+        if learned is not None and learned[0].long_axis_mm >= self.segmenter.min_long_axis_mm:  # type: ignore[union-attr]
+            measured, mask, by = learned[0], learned[1], "learned"
         both = torch.stack([torch.from_numpy(np.rint(hu).astype(np.int16)), torch.from_numpy(mask.astype(np.int16))])
         kept = MetaTensor(both, affine=crop.affine, meta={"space": image.meta.get("space", SpaceKeys.RAS)})
         if cropper is self.large_cropper:  # the pictures' and label map's crops share one size, so that a scan's samples collate

@@ -64,18 +64,24 @@ def _scan_with_two_nodules() -> tuple[MetaTensor, list[list[float]]]:
     return image, [[-30.0, -50.0, 30.0], [-75.0, -50.0, 30.0]]  # LPS world mm of the voxel centres
 
 
-def test_nodules_at_least_the_threshold_long_are_measured_on_the_learned_mask():
+def test_nodules_are_measured_on_the_learned_mask_where_it_is_long_enough():
     image, centres = _scan_with_two_nodules()
-    segmenter = NoduleSegmenter(KnownBall(radius_voxels=10.0), patch_size=48, spacing_mm=1.0, min_long_axis_mm=15.0)
     plain = NoduleMeasured("image")({"image": image, "center_world_mm": centres})
-    learned = NoduleMeasured("image", segmenter=segmenter, crop_key="crop")({"image": image, "center_world_mm": centres})
-    assert plain["measured_by"] == ["threshold", "threshold"] and plain["measured_long_axis_mm"][0] >= 15.0  # held near its centre
-    assert learned["measured_by"] == ["learned", "threshold"]
-    assert learned["measured_long_axis_mm"][0] == pytest.approx(21.0, abs=1.0)  # the ball's 20 mm plus a voxel, not the rod's
-    assert learned["measured_volume_mm3"][0] == pytest.approx(4 / 3 * np.pi * 10.0**3, rel=0.08)  # the rod holds 1,600 mm³
-    assert learned["measured_long_axis_mm"][1] == plain["measured_long_axis_mm"][1]  # the small one: the threshold's
-    picture_mask = learned["crop"][0][1].numpy().astype(bool)  # the report's pictures show the mask that measured
-    assert picture_mask.sum() * 0.6**3 == pytest.approx(4 / 3 * np.pi * 10.0**3, rel=0.08)
+    assert plain["measured_by"] == ["threshold", "threshold"]
+    assert plain["measured_long_axis_mm"][0] >= 15.0 and plain["measured_long_axis_mm"][1] < 8.0  # the rod held near its centre; the ball
+    ball = NoduleSegmenter(KnownBall(radius_voxels=10.0), patch_size=48, spacing_mm=1.0, min_long_axis_mm=15.0)
+    learned = NoduleMeasured("image", segmenter=ball, crop_key="crop")({"image": image, "center_world_mm": centres})
+    assert learned["measured_by"] == ["learned", "learned"]
+    for k in range(2):  # what the network outlined, whatever the image holds: the ball's 20 mm plus a voxel
+        assert learned["measured_long_axis_mm"][k] == pytest.approx(21.0, abs=1.0)
+        assert learned["measured_volume_mm3"][k] == pytest.approx(4 / 3 * np.pi * 10.0**3, rel=0.08)  # the rod holds 1,600 mm³
+        picture_mask = learned["crop"][k][1].numpy().astype(bool)  # the report's pictures show the mask that measured
+        assert picture_mask.sum() * 0.6**3 == pytest.approx(4 / 3 * np.pi * 10.0**3, rel=0.08)
+    too_short = NoduleSegmenter(KnownBall(radius_voxels=10.0), patch_size=48, spacing_mm=1.0, min_long_axis_mm=25.0)
+    kept = NoduleMeasured("image", segmenter=too_short)({"image": image, "center_world_mm": centres})
+    assert kept["measured_by"] == ["threshold", "threshold"] and kept["measured_long_axis_mm"] == plain["measured_long_axis_mm"]
+    nothing = NoduleSegmenter(KnownBall(radius_voxels=0.0), patch_size=48, spacing_mm=1.0)  # outlines nothing: the threshold's answer
+    assert NoduleMeasured("image", segmenter=nothing)({"image": image, "center_world_mm": centres})["measured_by"] == ["threshold", "threshold"]
 
 
 def test_mask_datalist_holds_the_nodules_with_reference_masks(phantom_dir, tmp_path):
@@ -114,7 +120,7 @@ def test_inference_reports_what_measured_each_nodule(segmenter_run, trained, pha
     image = phantom_dir / "images" / f"{uid}.nii.gz"
     common = dict(image=image, nodules=csv_path, seriesuid=uid, ckpt_path=trained / "models" / "model.pt")
     answers = {}
-    for name, extra in (("default", {}), ("learned", dict(segmenter_path=segmenter, learned_masks=True, learned_mask_min_long_axis_mm=0.0))):
+    for name, extra in (("default", {}), ("learned", dict(segmenter_path=segmenter, learned_masks=True))):
         result = monai_bundle_run(["inference"], output_dir=tmp_path / name, **common, **extra)
         assert result.returncode == 0, result.stderr[-3000:]
         nodules = json.loads((tmp_path / name / "report.json").read_text())["scans"][0]["nodules"]
