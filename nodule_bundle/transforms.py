@@ -34,7 +34,7 @@ from monai.utils import SpaceKeys
 from nodule_bundle.errors import NoduleBundleError
 from nodule_bundle.filters import gaussian_blur
 from nodule_bundle.geometry import LPS_TO_RAS, lps_to_ras, world_to_voxel
-from nodule_bundle.measure import MEASUREMENT_KEYS, NoduleMeasurement, measure_mask, measure_on_acquired_grid, nodule_mask
+from nodule_bundle.measure import MEASUREMENT_KEYS, NoduleMeasurement, edge_on_acquired_grid, measure_mask, measure_on_acquired_grid, segment_nodule
 from nodule_bundle.networks import DIAMETER, MALIGNANCY, NODULE, RATINGS, SIZE_BAND
 from nodule_bundle.nodule import RATING_COLUMNS, size_band
 from nodule_bundle.readers import DicomSeriesReader, NiftiReader
@@ -267,12 +267,14 @@ class NoduleMeasured(MapTransform):
         for cropper in (self.cropper, self.large_cropper):
             crop = cropper(image, center)
             hu = crop[0].numpy()
-            mask = nodule_mask(hu, self.spacing_mm)
+            segmentation = segment_nodule(hu, self.spacing_mm)
+            mask = segmentation.mask
             if not _touches_border(mask):
                 break
         source = cropper.source_box(image, center)
-        fine = MetaTensor(torch.from_numpy(mask[None].astype(np.float32)), affine=crop.affine)
-        acquired = self.to_source(fine, dst_affine=source.affine, spatial_size=source.shape[1:])[0].numpy() > 0.5
+        fine = MetaTensor(torch.from_numpy(np.stack([mask, segmentation.attached]).astype(np.float32)), affine=crop.affine)
+        region, attached = self.to_source(fine, dst_affine=source.affine, spatial_size=source.shape[1:]).numpy() > 0.5
+        acquired = edge_on_acquired_grid(region, source[0].numpy(), segmentation.threshold, attached)
         if acquired.any():
             measured = measure_on_acquired_grid(acquired, source[0].numpy(), np.asarray(source.affine))
         else:  # smaller than one acquired voxel: measured on the fine crop
