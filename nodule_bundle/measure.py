@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
-
 
 MEASUREMENT_KEYS = (
     "measured_long_axis_mm", "measured_short_axis_mm", "measured_mean_diameter_mm", "measured_volume_mm3",
@@ -33,7 +33,7 @@ SOLID_PLATEAU_HU = -300.0  # a "plateau" this dense is attached solid tissue (ve
 AIR_HU = -950.0  # air outside the body and in the airways is below; aerated lung above
 HOLD_FACTOR = 2.0  # the region is held within this many thicknesses (+1 mm) of the centre
 WALL_BALL_FACTOR = 1.5  # balls this many thicknesses (+1 mm) across fit in the chest wall, not in the nodule
-STRAND_BALL_FACTOR = 0.6  # an opening by a ball of this many thicknesses drops vessels and strands
+STRAND_BALL_FACTOR = 0.8  # an opening by a ball of this many thicknesses drops vessels and strands (0.6 before 0.14.0; chosen on validation)
 STRAND_BALL_MAX_MM = 3.0  # ... and no wider than this: vessels beside nodules are thinner, large nodules' lobules wider
 RESTORE_MAX_MM = 1.0  # the edge the opening rounded off comes back up to this far (lobules' tips; spicules' bases)
 CORE_MAX_HU = 100.0  # the core's density for the threshold: calcium (300-900 HU) is not what a nodule's edge is made of
@@ -80,8 +80,8 @@ def segment_nodule(crop_hu: np.ndarray, spacing_mm: float) -> NoduleSegmentation
     thickness ``r`` (the largest ball inside it at the centre; searching 3 mm around the centre
     leaked into the chest wall of small phantoms): the region is held within
     ``2 r + 1 mm`` of the centre; the chest wall is what balls of radius ``1.5 r + 1 mm`` reach in the
-    tissue and air beyond the lung; vessels and strands are what an opening by a ball of ``0.6 r``
-    (at most 3 mm) drops, the region's own edge within ``0.6 r`` (at most 1 mm) of what the opening keeps
+    tissue and air beyond the lung; vessels and strands are what an opening by a ball of ``0.8 r``
+    (at most 3 mm) drops, the region's own edge within ``0.8 r`` (at most 1 mm) of what the opening keeps
     restored (lobules keep their tips, spicules grow back 1 mm at most). Tuned on the real-geometry
     training split (``bench realism``), checked on the phantom.
     """
@@ -137,6 +137,22 @@ def edge_on_acquired_grid(region: np.ndarray, hu: np.ndarray, threshold: float, 
     kept = np.unique(labels[region & above])
     edge = ndi.binary_fill_holes(np.isin(labels, kept[kept > 0]))
     return edge if edge.any() else region
+
+
+def rim_threshold(region: np.ndarray, hu: np.ndarray, spacing_mm: Sequence[float]) -> float:
+    """The HU halfway between the lung around ``region`` (median of the aerated voxels of ``hu``) and
+    the region's rim (median 1-2.5 mm inside its border, at most 100 HU): the 50 % point of the edge a
+    region from elsewhere (a learned mask) outlines. Unlike the core's density, the rim's is that of the
+    nodule's outer part: the ground glass of a part-solid nodule, the tissue around a calcified core.
+    NaN when the region has no such rim, the crop no lung, or the rim is not 100 HU denser than the
+    lung (the region is mostly lung: its edge says nothing)."""
+    depth = ndi.distance_transform_edt(np.pad(region, 1), sampling=spacing_mm)[1:-1, 1:-1, 1:-1]
+    rim = hu[(depth >= 1.0) & (depth <= 2.5)]
+    lung = hu[(hu < LUNG_MAX_HU) & (hu > AIR_HU)]
+    if rim.size < 5 or not lung.size:
+        return math.nan
+    background, outer = float(np.median(lung)), min(float(np.median(rim)), CORE_MAX_HU)
+    return (background + outer) / 2.0 if outer - background >= 100.0 else math.nan
 
 
 def _opened(mask: np.ndarray, radius: float, pad: int = 0) -> np.ndarray:
@@ -201,6 +217,21 @@ def _grow(smooth: np.ndarray, threshold: float, centre: tuple, distance: np.ndar
 def _component_at(mask: np.ndarray, index: tuple[int, ...]) -> np.ndarray:
     labels, _ = ndi.label(mask)
     return labels == labels[index] if labels[index] else np.zeros_like(mask)
+
+
+def component_nearest(mask: np.ndarray, voxel: Sequence[float]) -> np.ndarray:
+    """The connected part of ``mask`` nearest the continuous voxel index ``voxel`` (all false if ``mask`` is)."""
+    labels, count = ndi.label(mask)
+    if count <= 1:
+        return labels > 0
+    points = np.argwhere(labels)
+    nearest = points[np.argmin(np.linalg.norm(points - np.asarray(voxel, dtype=np.float64), axis=1))]
+    return labels == labels[tuple(nearest)]
+
+
+def touches_border(mask: np.ndarray) -> bool:
+    """Whether ``mask`` reaches its array's border."""
+    return any(np.take(mask, index, axis=axis).any() for axis in range(mask.ndim) for index in (0, -1))
 
 
 def axial_diameters(mask: np.ndarray, spacing_mm: float | tuple[float, ...]) -> tuple[float, float]:

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from scipy import ndimage as ndi
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import (
@@ -34,7 +33,10 @@ from monai.utils import SpaceKeys
 from nodule_bundle.errors import NoduleBundleError
 from nodule_bundle.filters import gaussian_blur
 from nodule_bundle.geometry import LPS_TO_RAS, lps_to_ras, world_to_voxel
-from nodule_bundle.measure import MEASUREMENT_KEYS, NoduleMeasurement, edge_on_acquired_grid, measure_mask, measure_on_acquired_grid, segment_nodule
+from nodule_bundle.measure import (
+    MEASUREMENT_KEYS, NoduleMeasurement, component_nearest, edge_on_acquired_grid, measure_mask, measure_on_acquired_grid, rim_threshold,
+    segment_nodule, touches_border,
+)  # fmt: skip
 from nodule_bundle.networks import DIAMETER, MALIGNANCY, NODULE, RATINGS, SIZE_BAND
 from nodule_bundle.nodule import RATING_COLUMNS, size_band
 from nodule_bundle.readers import DicomSeriesReader, NiftiReader
@@ -260,16 +262,16 @@ class NoduleMeasured(MapTransform):
         """One nodule's measurements, its ``[2, n, n, n]`` crop (HU, mask) and what outlined it
         (``"threshold"`` or ``"learned"``): segmented on the fine crop (the large one when the mask
         reaches the crop's border), measured on the scan's own voxels under it (the mask resampled
-        nearest onto them). With a ``segmenter``, the nodule is measured on the learned mask instead
-        (its probability resampled linearly onto those voxels, above 0.5, the part nearest the centre)
+        nearest onto them, its edge decided by those voxels: :func:`~nodule_bundle.measure.edge_on_acquired_grid`).
+        With a ``segmenter``, the nodule is measured on the learned mask instead (:meth:`_learned`)
         when that mask is at least the segmenter's ``min_long_axis_mm`` long: below, the threshold's
-        sub-voxel edge measures better."""
+        segmentation measures better."""
         for cropper in (self.cropper, self.large_cropper):
             crop = cropper(image, center)
             hu = crop[0].numpy()
             segmentation = segment_nodule(hu, self.spacing_mm)
             mask = segmentation.mask
-            if not _touches_border(mask):
+            if not touches_border(mask):
                 break
         source = cropper.source_box(image, center)
         fine = MetaTensor(torch.from_numpy(np.stack([mask, segmentation.attached]).astype(np.float32)), affine=crop.affine)
@@ -280,40 +282,47 @@ class NoduleMeasured(MapTransform):
         else:  # smaller than one acquired voxel: measured on the fine crop
             measured = measure_mask(mask, hu, self.spacing_mm)
         by = "threshold"
-        learned = self._learned(image, center, crop) if self.segmenter is not None else None
+        learned = self._learned(image, center, segmentation.threshold) if self.segmenter is not None else None
         if learned is not None and learned[0].long_axis_mm >= self.segmenter.min_long_axis_mm:  # type: ignore[union-attr]
-            measured, mask, by = learned[0], learned[1], "learned"
+            (measured, acquired, source), by = learned, "learned"
+        if acquired.any():  # the pictures and the label map show the voxels that were measured
+            mask = self._on_crop(acquired, source, crop)
+            if touches_border(mask) and cropper is self.cropper:
+                cropper, crop = self.large_cropper, self.large_cropper(image, center)
+                hu, mask = crop[0].numpy(), self._on_crop(acquired, source, crop)
         both = torch.stack([torch.from_numpy(np.rint(hu).astype(np.int16)), torch.from_numpy(mask.astype(np.int16))])
         kept = MetaTensor(both, affine=crop.affine, meta={"space": image.meta.get("space", SpaceKeys.RAS)})
         if cropper is self.large_cropper:  # the pictures' and label map's crops share one size, so that a scan's samples collate
             kept = self.to_crop_size(kept.float()).round().to(torch.int16)
         return measured.as_dict(), kept, by
 
-    def _learned(self, image: MetaTensor, center: np.ndarray, crop: MetaTensor) -> tuple[NoduleMeasurement, np.ndarray] | None:
-        """The learned mask's measurement on the scan's own voxels and the mask on ``crop``'s grid; ``None`` if it finds nothing."""
-        probability = self.segmenter.probability(image, center)  # type: ignore[union-attr]
-        source = self.segmenter.cropper.source_box(image, center)  # type: ignore[union-attr]
-        on_source = self.interpolate(probability, dst_affine=source.affine, spatial_size=source.shape[1:])[0].numpy() > 0.5
+    def _on_crop(self, acquired: np.ndarray, source: MetaTensor, crop: MetaTensor) -> np.ndarray:
+        """A mask on the scan's voxels of ``source`` carried (nearest) onto ``crop``'s grid."""
+        on_source = MetaTensor(torch.from_numpy(acquired[None].astype(np.float32)), affine=source.affine)
+        return self.to_source(on_source, dst_affine=crop.affine, spatial_size=crop.shape[1:])[0].numpy() > 0.5
+
+    def _learned(self, image: MetaTensor, center: np.ndarray, fallback_threshold: float) -> tuple[NoduleMeasurement, np.ndarray, MetaTensor] | None:
+        """The learned mask's measurement, the mask on the scan's own voxels and the part of the scan they
+        are (its ``source_box``); ``None`` if it finds nothing. The network's mask (its probability resampled
+        linearly onto those voxels, above 0.5, the part nearest the centre) chooses the nodule's voxels;
+        their edge is decided on the voxels' own values (:func:`~nodule_bundle.measure.edge_on_acquired_grid`
+        at :func:`~nodule_bundle.measure.rim_threshold`, or at ``fallback_threshold``, the threshold segmentation's,
+        where the mask's rim is lung) where the network gives at least :data:`LEARNED_MASK_REACH`."""
+        probability, cropper = self.segmenter.probability(image, center)  # type: ignore[union-attr]
+        source = cropper.source_box(image, center)
+        on_source = self.interpolate(probability, dst_affine=source.affine, spatial_size=source.shape[1:])[0].numpy()
         voxel = world_to_voxel(center, source.affine, image.meta.get("space", SpaceKeys.RAS))
-        acquired = _component_nearest(on_source, voxel)
-        if not acquired.any():
+        chosen = component_nearest(on_source > 0.5, voxel)
+        if not chosen.any():
             return None
-        on_crop = self.interpolate(probability, dst_affine=crop.affine, spatial_size=crop.shape[1:])[0].numpy() > 0.5
-        return measure_on_acquired_grid(acquired, source[0].numpy(), np.asarray(source.affine)), _component_nearest(on_crop, (np.array(crop.shape[1:]) - 1) / 2)
+        hu = source[0].numpy()
+        threshold = rim_threshold(chosen, hu, _voxel_size(source.affine))
+        threshold = fallback_threshold if math.isnan(threshold) else threshold
+        acquired = edge_on_acquired_grid(chosen, hu, threshold, attached=on_source < LEARNED_MASK_REACH) if math.isfinite(threshold) else chosen
+        return measure_on_acquired_grid(acquired, hu, np.asarray(source.affine)), acquired, source
 
 
-def _component_nearest(mask: np.ndarray, voxel: Sequence[float]) -> np.ndarray:
-    """The connected part of ``mask`` nearest the continuous voxel index ``voxel`` (all false if ``mask`` is)."""
-    labels, count = ndi.label(mask)
-    if count <= 1:
-        return labels > 0
-    points = np.argwhere(labels)
-    nearest = points[np.argmin(np.linalg.norm(points - np.asarray(voxel, dtype=np.float64), axis=1))]
-    return labels == labels[tuple(nearest)]
-
-
-def _touches_border(mask: np.ndarray) -> bool:
-    return any(np.take(mask, index, axis=axis).any() for axis in range(mask.ndim) for index in (0, -1))
+LEARNED_MASK_REACH = 0.1  # where the segmentation network gives less, a voxel is not the nodule's, however dense (chosen on validation)
 
 
 def label_map(crops: Sequence[MetaTensor], spatial_shape: Sequence[int], affine, space=SpaceKeys.RAS) -> MetaTensor:

@@ -125,7 +125,7 @@ def _acquired_scan(body: np.ndarray, spacing: np.ndarray, extra: np.ndarray | No
 def _lobulated(shape, spacing, centre_mm):
     x, y, z = (np.indices(shape, dtype=np.float64) * spacing[:, None, None, None]) - np.asarray(centre_mm)[:, None, None, None]
     body = (x / 6.5) ** 2 + (y / 4.5) ** 2 + (z / 5.0) ** 2 <= 1
-    return body | ((x - 5.5) ** 2 + (y - 2.5) ** 2 + z**2 <= 3.2**2), x
+    return body | ((x - 5.0) ** 2 + (y - 2.5) ** 2 + z**2 <= 4.0**2), x
 
 
 def test_the_edge_is_decided_on_the_acquired_voxels():

@@ -16,6 +16,7 @@ from torch import nn
 from bundle_run import monai_bundle_run
 from nodule_bundle.data.datalist import DatalistError, load_mask_datalist
 from nodule_bundle.errors import NoduleBundleError
+from nodule_bundle.measure import axial_diameters
 from nodule_bundle.segmentation import CentredUNet, NoduleSegmenter, ReferenceMaskd
 from nodule_bundle.sharing.archive import sha256_file
 from nodule_bundle.sharing.export import export_bundle
@@ -32,12 +33,15 @@ def test_reference_mask_is_the_items_own_nodule_and_a_missing_one_is_named():
         ReferenceMaskd()({"mask": labels, "mask_value": 3, "nodule_id": "n3"})
 
 
-def test_centred_unet_outlines_one_crop_size_and_refuses_another():
+def test_centred_unet_outlines_any_crop_its_levels_can_halve_with_one_prior_width():
     net = CentredUNet(patch_size=16, channels=(4, 8))
     assert net(torch.zeros(2, 1, 16, 16, 16)).shape == (2, 1, 16, 16, 16)
+    assert net(torch.zeros(1, 1, 32, 32, 32)).shape == (1, 1, 32, 32, 32)  # a larger crop, for a nodule that fills the first
     assert "prior" not in net.state_dict()  # made from the crop size, not saved
-    with pytest.raises(ValueError, match=r"takes \(16, 16, 16\) crops, got \(24, 24, 24\)"):
-        net(torch.zeros(1, 1, 24, 24, 24))
+    small, large = net.prior(16)[0, 0], net.prior(32)[0, 0]
+    assert torch.allclose(small[:, 7, 7], large[8:24, 15, 15])  # the same bump in voxels, whatever the crop
+    with pytest.raises(ValueError, match=r"multiple of 2, got \(15, 15, 15\)"):
+        net(torch.zeros(1, 1, 15, 15, 15))
 
 
 class KnownBall(nn.Module):
@@ -65,23 +69,41 @@ def _scan_with_two_nodules() -> tuple[MetaTensor, list[list[float]]]:
 
 
 def test_nodules_are_measured_on_the_learned_mask_where_it_is_long_enough():
+    """The network chooses the nodule's voxels, the scan's voxels decide its edge: a 20 mm ball outlined
+    around the rod keeps the rod's 21 mm inside it at the rod's own width; around the 5 mm ball, the ball
+    itself, too short for the learned mask to measure it."""
     image, centres = _scan_with_two_nodules()
     plain = NoduleMeasured("image")({"image": image, "center_world_mm": centres})
     assert plain["measured_by"] == ["threshold", "threshold"]
     assert plain["measured_long_axis_mm"][0] >= 15.0 and plain["measured_long_axis_mm"][1] < 8.0  # the rod held near its centre; the ball
     ball = NoduleSegmenter(KnownBall(radius_voxels=10.0), patch_size=48, spacing_mm=1.0, min_long_axis_mm=15.0)
     learned = NoduleMeasured("image", segmenter=ball, crop_key="crop")({"image": image, "center_world_mm": centres})
-    assert learned["measured_by"] == ["learned", "learned"]
-    for k in range(2):  # what the network outlined, whatever the image holds: the ball's 20 mm plus a voxel
-        assert learned["measured_long_axis_mm"][k] == pytest.approx(21.0, abs=1.0)
-        assert learned["measured_volume_mm3"][k] == pytest.approx(4 / 3 * np.pi * 10.0**3, rel=0.08)  # the rod holds 1,600 mm³
-        picture_mask = learned["crop"][k][1].numpy().astype(bool)  # the report's pictures show the mask that measured
-        assert picture_mask.sum() * 0.6**3 == pytest.approx(4 / 3 * np.pi * 10.0**3, rel=0.08)
+    assert learned["measured_by"] == ["learned", "threshold"]
+    assert learned["measured_long_axis_mm"][0] == pytest.approx(21.0, abs=1.0)
+    rod = image[0].numpy() > -400
+    distance = np.linalg.norm(np.indices(rod.shape) - np.array([30, 50, 30])[:, None, None, None], axis=0)
+    # the rod's voxels within the ball, give or take the edge voxel; not the ball's 4,200 mm³
+    assert (rod & (distance <= 9.5)).sum() <= learned["measured_volume_mm3"][0] <= (rod & (distance <= 11.5)).sum()
+    picture_mask = learned["crop"][0][1].numpy().astype(bool)  # the report's pictures show the voxels that were measured
+    assert picture_mask.sum() * 0.6**3 == pytest.approx(learned["measured_volume_mm3"][0], rel=0.08)
+    assert learned["measured_long_axis_mm"][1] == plain["measured_long_axis_mm"][1]
     too_short = NoduleSegmenter(KnownBall(radius_voxels=10.0), patch_size=48, spacing_mm=1.0, min_long_axis_mm=25.0)
     kept = NoduleMeasured("image", segmenter=too_short)({"image": image, "center_world_mm": centres})
     assert kept["measured_by"] == ["threshold", "threshold"] and kept["measured_long_axis_mm"] == plain["measured_long_axis_mm"]
     nothing = NoduleSegmenter(KnownBall(radius_voxels=0.0), patch_size=48, spacing_mm=1.0)  # outlines nothing: the threshold's answer
     assert NoduleMeasured("image", segmenter=nothing)({"image": image, "center_world_mm": centres})["measured_by"] == ["threshold", "threshold"]
+
+
+def test_a_nodule_that_fills_the_segmenters_crop_is_outlined_in_the_larger_one():
+    """A 31 mm rod outlined by a 53 mm ball reaches the border of the 48 mm crop: the 96 mm crop outlines it, whole."""
+    image, centres = _scan_with_two_nodules()
+    segmenter = NoduleSegmenter(KnownBall(radius_voxels=26.0), patch_size=48, large_patch_size=96, spacing_mm=1.0, min_long_axis_mm=15.0)
+    probability, cropper = segmenter.probability(image, centres[0])
+    assert probability.shape == (1, 96, 96, 96) and cropper.patch_size == 96
+    measured = NoduleMeasured("image", segmenter=segmenter)({"image": image, "center_world_mm": centres[:1]})
+    rod = image[0].numpy() > -400
+    rod[60:] = False  # not the other ball
+    assert measured["measured_by"] == ["learned"] and measured["measured_long_axis_mm"][0] == pytest.approx(axial_diameters(rod, 1.0)[0], abs=0.5)
 
 
 def test_mask_datalist_holds_the_nodules_with_reference_masks(phantom_dir, tmp_path):
