@@ -146,13 +146,19 @@ def rim_threshold(region: np.ndarray, hu: np.ndarray, spacing_mm: Sequence[float
     nodule's outer part: the ground glass of a part-solid nodule, the tissue around a calcified core.
     NaN when the region has no such rim, the crop no lung, or the rim is not 100 HU denser than the
     lung (the region is mostly lung: its edge says nothing)."""
-    depth = ndi.distance_transform_edt(np.pad(region, 1), sampling=spacing_mm)[1:-1, 1:-1, 1:-1]
+    depth = depth_inside_mm(region, spacing_mm)
     rim = hu[(depth >= 1.0) & (depth <= 2.5)]
     lung = hu[(hu < LUNG_MAX_HU) & (hu > AIR_HU)]
     if rim.size < 5 or not lung.size:
         return math.nan
     background, outer = float(np.median(lung)), min(float(np.median(rim)), CORE_MAX_HU)
     return (background + outer) / 2.0 if outer - background >= 100.0 else math.nan
+
+
+def depth_inside_mm(mask: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray:
+    """Distance (mm) from each voxel of ``mask`` to the nearest voxel outside it, the array's border
+    counting as outside (0 outside); ``spacing_mm`` per axis."""
+    return ndi.distance_transform_edt(np.pad(mask, 1), sampling=spacing_mm)[tuple(slice(1, -1) for _ in mask.shape)]
 
 
 def _opened(mask: np.ndarray, radius: float, pad: int = 0) -> np.ndarray:

@@ -63,6 +63,7 @@ def _voxel_size(affine: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 MAX_AIR_HU = -500.0  # every chest CT holds air (lungs, outside the body) far below this
+LEARNED_MASK_REACH = 0.1  # where the segmentation network gives less, a voxel is not the nodule's, however dense (chosen on validation)
 MAX_IMAGE_BYTES = 16 * 2**30  # as float32: a 1024 x 1024 x 4000 scan; a header claiming more is refused unread
 
 
@@ -273,18 +274,19 @@ class NoduleMeasured(MapTransform):
             mask = segmentation.mask
             if not touches_border(mask):
                 break
-        source = cropper.source_box(image, center)
-        fine = MetaTensor(torch.from_numpy(np.stack([mask, segmentation.attached]).astype(np.float32)), affine=crop.affine)
-        region, attached = self.to_source(fine, dst_affine=source.affine, spatial_size=source.shape[1:]).numpy() > 0.5
-        acquired = edge_on_acquired_grid(region, source[0].numpy(), segmentation.threshold, attached)
-        if acquired.any():
-            measured = measure_on_acquired_grid(acquired, source[0].numpy(), np.asarray(source.affine))
-        else:  # smaller than one acquired voxel: measured on the fine crop
-            measured = measure_mask(mask, hu, self.spacing_mm)
-        by = "threshold"
         learned = self._learned(image, center, segmentation.threshold) if self.segmenter is not None else None
         if learned is not None and learned[0].long_axis_mm >= self.segmenter.min_long_axis_mm:  # type: ignore[union-attr]
             (measured, acquired, source), by = learned, "learned"
+        else:
+            source = cropper.source_box(image, center)
+            fine = MetaTensor(torch.from_numpy(np.stack([mask, segmentation.attached]).astype(np.float32)), affine=crop.affine)
+            region, attached = self.to_source(fine, dst_affine=source.affine, spatial_size=source.shape[1:]).numpy() > 0.5
+            acquired = edge_on_acquired_grid(region, source[0].numpy(), segmentation.threshold, attached)
+            if acquired.any():
+                measured = measure_on_acquired_grid(acquired, source[0].numpy(), np.asarray(source.affine))
+            else:  # smaller than one acquired voxel: measured on the fine crop
+                measured = measure_mask(mask, hu, self.spacing_mm)
+            by = "threshold"
         if acquired.any():  # the pictures and the label map show the voxels that were measured
             mask = self._on_crop(acquired, source, crop)
             if touches_border(mask) and cropper is self.cropper:
@@ -317,12 +319,11 @@ class NoduleMeasured(MapTransform):
             return None
         hu = source[0].numpy()
         threshold = rim_threshold(chosen, hu, _voxel_size(source.affine))
-        threshold = fallback_threshold if math.isnan(threshold) else threshold
-        acquired = edge_on_acquired_grid(chosen, hu, threshold, attached=on_source < LEARNED_MASK_REACH) if math.isfinite(threshold) else chosen
+        if math.isnan(threshold):
+            threshold = fallback_threshold
+        acquired = chosen if math.isnan(threshold) else edge_on_acquired_grid(chosen, hu, threshold, attached=on_source < LEARNED_MASK_REACH)
         return measure_on_acquired_grid(acquired, hu, np.asarray(source.affine)), acquired, source
 
-
-LEARNED_MASK_REACH = 0.1  # where the segmentation network gives less, a voxel is not the nodule's, however dense (chosen on validation)
 
 
 def label_map(crops: Sequence[MetaTensor], spatial_shape: Sequence[int], affine, space=SpaceKeys.RAS) -> MetaTensor:

@@ -53,7 +53,7 @@ from nodule_bundle.nodule import RATING_COLUMNS
 from nodule_bundle.data.phantom import HU_SOFT, Canvas, PhantomScan, draw_chest, scanner
 from nodule_bundle.errors import NoduleBundleError
 from nodule_bundle.io_utils import write_json_atomic
-from nodule_bundle.measure import axial_diameters
+from nodule_bundle.measure import axial_diameters, depth_inside_mm
 from nodule_bundle.nodule import Nodule
 
 NO_CALCIFICATION = 6  # LIDC's calcification scale: 1 popcorn, 2 laminated, 3 solid, 4 non-central, 5 central, 6 absent
@@ -192,11 +192,6 @@ def outlined_scans(limit: int | None = None, min_readers: int = 3, cache: str | 
     return found
 
 
-def _padded_depth_mm(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-    """Distance (mm) from each voxel of ``mask`` to the nearest voxel outside it (0 outside)."""
-    return ndi.distance_transform_edt(np.pad(mask, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
-
-
 def _ball(shape, centre_index, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
     grid = np.indices(shape, dtype=np.float32)
     return sum(((g - c) * s) ** 2 for g, c, s in zip(grid, centre_index, spacing)) <= radius_mm**2
@@ -205,7 +200,7 @@ def _ball(shape, centre_index, radius_mm: float, spacing: np.ndarray) -> np.ndar
 def _outline_hu(rng: np.random.Generator, outline: OutlinedNodule, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """HU inside the outline (see the module docstring) and its solid component (mask)."""
     mask = outline.mask
-    depth = _padded_depth_mm(mask, spacing)
+    depth = depth_inside_mm(mask, spacing)
     deepest = max(float(depth.max()), 1e-6)
     if outline.texture == "solid":
         solid = mask.copy()
