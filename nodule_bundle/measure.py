@@ -31,7 +31,8 @@ LUNG_MAX_HU = -650.0  # aerated lung is below; ground glass and tissue above
 GROUND_GLASS_HU = -550.0  # a typical ground-glass density (lung about -850, solid tissue about 30)
 SOLID_PLATEAU_HU = -300.0  # a "plateau" this dense is attached solid tissue (vessels, spicules), not ground glass
 AIR_HU = -950.0  # air outside the body and in the airways is below; aerated lung above
-HOLD_FACTOR = 2.0  # the region is held within this many thicknesses (+1 mm) of the centre
+HOLD_FACTOR = 2.0  # the region is held within this many thicknesses of the centre ...
+HOLD_MARGIN_MM = 1.0  # ... and this much more (0 where a learned mask measures the larger nodules: chosen on validation)
 WALL_BALL_FACTOR = 1.5  # balls this many thicknesses (+1 mm) across fit in the chest wall, not in the nodule
 STRAND_BALL_FACTOR = 0.8  # an opening by a ball of this many thicknesses drops vessels and strands (0.6 before 0.14.0; chosen on validation)
 STRAND_BALL_MAX_MM = 3.0  # ... and no wider than this: vessels beside nodules are thinner, large nodules' lobules wider
@@ -69,7 +70,7 @@ def nodule_mask(crop_hu: np.ndarray, spacing_mm: float) -> np.ndarray:
     return segment_nodule(crop_hu, spacing_mm).mask
 
 
-def segment_nodule(crop_hu: np.ndarray, spacing_mm: float) -> NoduleSegmentation:
+def segment_nodule(crop_hu: np.ndarray, spacing_mm: float, hold_margin_mm: float = HOLD_MARGIN_MM) -> NoduleSegmentation:
     """Segment the nodule at the centre of ``crop_hu`` (``[X, Y, Z]`` HU, isotropic).
 
     The threshold is halfway between the lung around it (median of the crop's aerated voxels,
@@ -79,7 +80,7 @@ def segment_nodule(crop_hu: np.ndarray, spacing_mm: float) -> NoduleSegmentation
     a lower threshold than solid ones. What touches the nodule is cut off by the nodule's own
     thickness ``r`` (the largest ball inside it at the centre; searching 3 mm around the centre
     leaked into the chest wall of small phantoms): the region is held within
-    ``2 r + 1 mm`` of the centre; the chest wall is what balls of radius ``1.5 r + 1 mm`` reach in the
+    ``2 r + hold_margin_mm`` of the centre; the chest wall is what balls of radius ``1.5 r + 1 mm`` reach in the
     tissue and air beyond the lung; vessels and strands are what an opening by a ball of ``0.8 r``
     (at most 3 mm) drops, the region's own edge within ``0.8 r`` (at most 1 mm) of what the opening keeps
     restored (lobules keep their tips, spicules grow back 1 mm at most). Tuned on the real-geometry
@@ -106,19 +107,29 @@ def segment_nodule(crop_hu: np.ndarray, spacing_mm: float) -> NoduleSegmentation
         threshold = (background + plateau) / 2.0
         region, centre = _grow(smooth, threshold, centre, distance)
     thickness = float(_distance_inside(region)[centre]) * spacing_mm
-    region = _component_at(region & (distance <= HOLD_FACTOR * thickness + 1.0), centre)
+    region = _component_at(region & (distance <= HOLD_FACTOR * thickness + hold_margin_mm), centre)
     wall_ball = (WALL_BALL_FACTOR * thickness + 1.0) / spacing_mm
     wall = _opened(np.asarray((smooth >= threshold) | (smooth <= AIR_HU)), wall_ball, pad=math.ceil(wall_ball) + 1)
     if not wall[centre]:
         region = _component_at(region & ~wall, centre)
-    radius = min(STRAND_BALL_FACTOR * thickness, STRAND_BALL_MAX_MM) / spacing_mm
-    if radius >= 1.0:
-        opened = _opened(region, radius)
-        if opened[centre]:
-            kept = _component_at(opened & region, centre)
-            restore = min(radius, RESTORE_MAX_MM / spacing_mm)
-            region = _component_at(region & (_distance_outside(kept, restore + 1.0) <= restore), centre)
+    region = without_strands(region, centre, thickness, spacing_mm)
     return NoduleSegmentation(region, threshold, (smooth >= threshold) & ~region)
+
+
+def without_strands(region: np.ndarray, centre: tuple[int, ...], thickness_mm: float, spacing_mm: float) -> np.ndarray:
+    """``region`` (isotropic voxels of ``spacing_mm``) without the vessels and strands that touch it:
+    what an opening by a ball of ``STRAND_BALL_FACTOR`` times the nodule's ``thickness_mm`` (at most
+    ``STRAND_BALL_MAX_MM``) drops, the region's own edge within that radius (at most ``RESTORE_MAX_MM``)
+    of what it keeps restored; ``region`` itself where the opening loses the ``centre`` voxel."""
+    radius = min(STRAND_BALL_FACTOR * thickness_mm, STRAND_BALL_MAX_MM) / spacing_mm
+    if radius < 1.0:
+        return region
+    opened = _opened(region, radius)
+    if not opened[centre]:
+        return region
+    kept = _component_at(opened & region, centre)
+    restore = min(radius, RESTORE_MAX_MM / spacing_mm)
+    return _component_at(region & (_distance_outside(kept, restore + 1.0) <= restore), centre)
 
 
 def edge_on_acquired_grid(region: np.ndarray, hu: np.ndarray, threshold: float, attached: np.ndarray) -> np.ndarray:

@@ -25,17 +25,19 @@ from monai.transforms import (
     SobelGradients,
     SpatialCrop,
     Resize,
+    Spacing,
     SpatialResample,
     Transform,
 )
+from monai.transforms.utils import generate_spatial_bounding_box
 from monai.utils import SpaceKeys
 
 from nodule_bundle.errors import NoduleBundleError
 from nodule_bundle.filters import gaussian_blur
 from nodule_bundle.geometry import LPS_TO_RAS, lps_to_ras, world_to_voxel
 from nodule_bundle.measure import (
-    MEASUREMENT_KEYS, NoduleMeasurement, component_nearest, edge_on_acquired_grid, measure_mask, measure_on_acquired_grid, rim_threshold,
-    segment_nodule, touches_border,
+    HOLD_MARGIN_MM, MEASUREMENT_KEYS, NoduleMeasurement, component_nearest, depth_inside_mm, edge_on_acquired_grid, measure_mask,
+    measure_on_acquired_grid, rim_threshold, segment_nodule, touches_border, without_strands,
 )  # fmt: skip
 from nodule_bundle.networks import DIAMETER, MALIGNANCY, NODULE, RATINGS, SIZE_BAND
 from nodule_bundle.nodule import RATING_COLUMNS, size_band
@@ -228,19 +230,24 @@ class NoduleMeasured(MapTransform):
     scan's own grid (``[1, X, Y, Z]`` uint8 MetaTensor, nodule ``i`` labelled ``i + 1``).
     Nodules are measured side by side on ``workers`` threads (``None``: one per CPU core); the crop
     (torch) and the segmentation (scipy) release the GIL, so 2 cores measure 20 nodules 1.7x faster.
+    ``hold_margin_mm``: the threshold segmentation's (:func:`~nodule_bundle.measure.segment_nodule`);
+    ``inference.json`` sets 0 where a ``segmenter`` measures the larger nodules, leaving the threshold's
+    mask the small ones, whose touching vessels the wider hold lets in.
     """
 
     def __init__(
         self, keys: KeysCollection, center_key: str = "center_world_mm", patch_size: int = 64, spacing_mm: float = 0.6,
         label_key: str | None = None, crop_key: str | None = None, workers: int | None = None, large_patch_size: int = 112,
-        segmenter: NoduleSegmenter | None = None,
+        segmenter: NoduleSegmenter | None = None, hold_margin_mm: float = HOLD_MARGIN_MM,
     ):  # fmt: skip
         super().__init__(keys)
         self.center_key, self.spacing_mm, self.label_key, self.crop_key = center_key, float(spacing_mm), label_key, crop_key
+        self.hold_margin_mm = float(hold_margin_mm)
         self.cropper = NoduleCrop(patch_size, spacing_mm)
         self.large_cropper = NoduleCrop(large_patch_size, spacing_mm)
         self.to_source = SpatialResample(mode="nearest", padding_mode="zeros", dtype=torch.float32)
         self.interpolate = SpatialResample(mode="bilinear", padding_mode="zeros", dtype=torch.float32)
+        self.to_fine = Spacing(pixdim=spacing_mm, mode="bilinear")
         self.to_crop_size = Resize((patch_size,) * 3, mode="nearest")
         self.workers, self.segmenter = workers, segmenter
 
@@ -270,7 +277,7 @@ class NoduleMeasured(MapTransform):
         for cropper in (self.cropper, self.large_cropper):
             crop = cropper(image, center)
             hu = crop[0].numpy()
-            segmentation = segment_nodule(hu, self.spacing_mm)
+            segmentation = segment_nodule(hu, self.spacing_mm, self.hold_margin_mm)
             mask = segmentation.mask
             if not touches_border(mask):
                 break
@@ -306,23 +313,48 @@ class NoduleMeasured(MapTransform):
     def _learned(self, image: MetaTensor, center: np.ndarray, fallback_threshold: float) -> tuple[NoduleMeasurement, np.ndarray, MetaTensor] | None:
         """The learned mask's measurement, the mask on the scan's own voxels and the part of the scan they
         are (its ``source_box``); ``None`` if it finds nothing. The network's mask (its probability resampled
-        linearly onto those voxels, above 0.5, the part nearest the centre) chooses the nodule's voxels;
-        their edge is decided on the voxels' own values (:func:`~nodule_bundle.measure.edge_on_acquired_grid`
-        at :func:`~nodule_bundle.measure.rim_threshold`, or at ``fallback_threshold``, the threshold segmentation's,
-        where the mask's rim is lung) where the network gives at least :data:`LEARNED_MASK_REACH`."""
+        linearly onto those voxels, above 0.5, the part nearest the centre, without the vessels it runs
+        into: :meth:`_strands`) chooses the nodule's voxels; their edge is decided on the voxels' own values
+        (:func:`~nodule_bundle.measure.edge_on_acquired_grid` at :func:`~nodule_bundle.measure.rim_threshold`,
+        or at ``fallback_threshold``, the threshold segmentation's, where the mask's rim is lung) where the
+        network gives at least :data:`LEARNED_MASK_REACH`."""
         probability, cropper = self.segmenter.probability(image, center)  # type: ignore[union-attr]
         source = cropper.source_box(image, center)
+        space = image.meta.get("space", SpaceKeys.RAS)
+        strands = self._strands(probability, center, space, source)
         on_source = self.interpolate(probability, dst_affine=source.affine, spatial_size=source.shape[1:])[0].numpy()
-        voxel = world_to_voxel(center, source.affine, image.meta.get("space", SpaceKeys.RAS))
-        chosen = component_nearest(on_source > 0.5, voxel)
+        voxel = world_to_voxel(center, source.affine, space)
+        chosen = component_nearest((on_source > 0.5) & ~strands, voxel)
         if not chosen.any():
             return None
         hu = source[0].numpy()
         threshold = rim_threshold(chosen, hu, _voxel_size(source.affine))
         if math.isnan(threshold):
             threshold = fallback_threshold
-        acquired = chosen if math.isnan(threshold) else edge_on_acquired_grid(chosen, hu, threshold, attached=on_source < LEARNED_MASK_REACH)
+        attached = (on_source < LEARNED_MASK_REACH) | strands
+        acquired = chosen if math.isnan(threshold) else edge_on_acquired_grid(chosen, hu, threshold, attached)
         return measure_on_acquired_grid(acquired, hu, np.asarray(source.affine)), acquired, source
+
+    def _strands(self, probability: MetaTensor, center: np.ndarray, space: str, source: MetaTensor) -> np.ndarray:
+        """The vessels and strands the network's mask (above 0.5, the part nearest ``center``) runs into, on
+        ``source``'s voxels: what :func:`~nodule_bundle.measure.without_strands` drops from it on the
+        threshold segmentation's isotropic voxels, the nodule's thickness taken at ``center``. The network
+        follows a vessel as far as the nodule's own density goes (on the real-geometry validation split,
+        removing them: long axis MAE 0.92 -> 0.83 mm; phantom 1.08 -> 0.99 mm)."""
+        outline = component_nearest(probability[0].numpy() > 0.5, world_to_voxel(center, probability.affine, space))
+        if not outline.any():
+            return np.zeros(source.shape[1:], dtype=bool)
+        start, end = generate_spatial_bounding_box(outline[None], margin=2)
+        fine = self.to_fine(SpatialCrop(roi_start=start, roi_end=end)(probability))  # the outline's box only: 4-40x fewer voxels
+        voxel = world_to_voxel(center, fine.affine, space)
+        region = component_nearest(fine[0].numpy() > 0.5, voxel)
+        index = tuple(int(i) for i in np.clip(np.rint(voxel), 0, np.array(region.shape) - 1))
+        if not region[index]:
+            return np.zeros(source.shape[1:], dtype=bool)
+        thickness = float(depth_inside_mm(region, (self.spacing_mm,) * 3)[index])
+        dropped = region & ~without_strands(region, index, thickness, self.spacing_mm)
+        on_fine = MetaTensor(torch.from_numpy(dropped[None].astype(np.float32)), affine=fine.affine)
+        return self.to_source(on_fine, dst_affine=source.affine, spatial_size=source.shape[1:])[0].numpy() > 0.5
 
 
 

@@ -58,6 +58,14 @@ class KnownBall(nn.Module):
         return torch.where(inside, 10.0, -10.0).expand(x.shape[0], 1, n, n, n)
 
 
+class KnownTissue(KnownBall):
+    """Logits of the tissue (denser than -400 HU in the segmenter's -1000..400 window) within ``radius_voxels``
+    of the crop's centre: a network that follows what is dense, as a trained one does."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where((super().forward(x) > 0) & (x[:, :1] > 600 / 1400), 10.0, -10.0)
+
+
 def _scan_with_two_nodules() -> tuple[MetaTensor, list[list[float]]]:
     """Lung at -850 HU on 1 mm voxels with an 8 mm x 31 mm solid rod and a 5 mm ball."""
     hu = np.full((100, 100, 60), -850.0, np.float32)
@@ -75,7 +83,10 @@ def test_nodules_are_measured_on_the_learned_mask_where_it_is_long_enough():
     image, centres = _scan_with_two_nodules()
     plain = NoduleMeasured("image")({"image": image, "center_world_mm": centres})
     assert plain["measured_by"] == ["threshold", "threshold"]
-    assert plain["measured_long_axis_mm"][0] >= 15.0 and plain["measured_long_axis_mm"][1] < 8.0  # the rod held near its centre; the ball
+    assert plain["measured_long_axis_mm"][0] == pytest.approx(17.0, abs=1.0)  # the rod held within 2 r + 1 mm = 9 mm of its centre
+    assert plain["measured_long_axis_mm"][1] < 8.0  # the ball
+    held = NoduleMeasured("image", hold_margin_mm=0.0)({"image": image, "center_world_mm": centres})  # as inference.json has it with a segmenter
+    assert plain["measured_long_axis_mm"][0] - held["measured_long_axis_mm"][0] == pytest.approx(2.0, abs=0.5)
     ball = NoduleSegmenter(KnownBall(radius_voxels=10.0), patch_size=48, spacing_mm=1.0, min_long_axis_mm=15.0)
     learned = NoduleMeasured("image", segmenter=ball, crop_key="crop")({"image": image, "center_world_mm": centres})
     assert learned["measured_by"] == ["learned", "threshold"]
@@ -92,6 +103,22 @@ def test_nodules_are_measured_on_the_learned_mask_where_it_is_long_enough():
     assert kept["measured_by"] == ["threshold", "threshold"] and kept["measured_long_axis_mm"] == plain["measured_long_axis_mm"]
     nothing = NoduleSegmenter(KnownBall(radius_voxels=0.0), patch_size=48, spacing_mm=1.0)  # outlines nothing: the threshold's answer
     assert NoduleMeasured("image", segmenter=nothing)({"image": image, "center_world_mm": centres})["measured_by"] == ["threshold", "threshold"]
+
+
+def test_the_learned_mask_leaves_out_the_vessel_it_runs_into():
+    """A network that outlines the tissue within 12 mm of a 12 mm ball takes in 6 mm of the 4 mm vessel leaving it: the
+    opening that drops vessels from the threshold's mask drops it from the learned mask too, but for its
+    last millimetre at the nodule (the restored edge); the ball alone is what is measured."""
+    hu = np.full((80, 80, 60), -850.0, np.float32)
+    x, y, z = np.indices(hu.shape)
+    hu[(x - 40) ** 2 + (y - 40) ** 2 + (z - 30) ** 2 <= 36] = 30.0
+    hu[(x >= 40) & ((y - 40) ** 2 + (z - 30) ** 2 <= 4)] = 30.0
+    image = MetaTensor(torch.from_numpy(hu)[None], affine=torch.eye(4, dtype=torch.float64), meta={"space": "RAS"})
+    segmenter = NoduleSegmenter(KnownTissue(radius_voxels=12.0), patch_size=48, spacing_mm=1.0, min_long_axis_mm=10.0)
+    measured = NoduleMeasured("image", segmenter=segmenter)({"image": image, "center_world_mm": [[-40.0, -40.0, 30.0]]})
+    assert measured["measured_by"] == ["learned"]
+    assert 12.0 <= measured["measured_long_axis_mm"][0] <= 14.5  # not the 18 mm out along the vessel
+    assert measured["measured_volume_mm3"][0] < (hu > -400).sum() - 40  # the vessel's 6 mm (75 mm³) inside the outline mostly left out
 
 
 def test_a_nodule_that_fills_the_segmenters_crop_is_outlined_in_the_larger_one():
@@ -142,7 +169,8 @@ def test_inference_reports_what_measured_each_nodule(segmenter_run, trained, pha
     image = phantom_dir / "images" / f"{uid}.nii.gz"
     common = dict(image=image, nodules=csv_path, seriesuid=uid, ckpt_path=trained / "models" / "model.pt")
     answers = {}
-    for name, extra in (("default", {}), ("learned", dict(segmenter_path=segmenter, learned_masks=True))):
+    runs = {"default": {}, "learned": dict(segmenter_path=segmenter, learned_masks=True), "held": dict(threshold_hold_margin_mm=0.0)}
+    for name, extra in runs.items():
         result = monai_bundle_run(["inference"], output_dir=tmp_path / name, **common, **extra)
         assert result.returncode == 0, result.stderr[-3000:]
         nodules = json.loads((tmp_path / name / "report.json").read_text())["scans"][0]["nodules"]
@@ -150,8 +178,8 @@ def test_inference_reports_what_measured_each_nodule(segmenter_run, trained, pha
     assert {n["measured_by"] for n in answers["default"].values()} == {"threshold"}  # no segmenter.pt beside model.pt
     assert "learned" in {n["measured_by"] for n in answers["learned"].values()}
     for nodule_id, finding in answers["learned"].items():
-        if finding["measured_by"] == "threshold":  # the learned mask found nothing there: the threshold's answer stands
-            assert finding["measured_volume_mm3"] == answers["default"][nodule_id]["measured_volume_mm3"]
+        if finding["measured_by"] == "threshold":  # the learned mask found nothing there: the threshold's answer, held at 2 r, stands
+            assert finding["measured_volume_mm3"] == answers["held"][nodule_id]["measured_volume_mm3"]
 
 
 def test_an_export_carries_the_learned_segmentation_and_checks_its_hash(segmenter_run, trained, tmp_path):
