@@ -59,6 +59,7 @@ def _synth(args: argparse.Namespace) -> None:
 
 def _classify(args: argparse.Namespace) -> None:
     from nodule_bundle.report import format_table
+    from nodule_bundle.report_dicom import SEG_NAME, SR_NAME
     from nodule_bundle.workflow import find_bundle_root, run_bundle
 
     root = find_bundle_root(args.bundle_root)
@@ -78,7 +79,8 @@ def _classify(args: argparse.Namespace) -> None:
     for scan in report["scans"]:
         print(f"scan {scan['seriesuid']}  ({len(scan['nodules'])} nodules)")
         print(format_table(scan["nodules"]))
-    written = [Path(args.out) / name for name in ("report.json", "report.csv", "report.html", "nodules.png", "nodule_labels.nii.gz")]
+    names = ("report.json", "report.csv", "report.html", "nodules.png", "nodule_labels.nii.gz", SEG_NAME, SR_NAME)
+    written = [Path(args.out) / name for name in names]
     print(f"report: {', '.join(str(p) for p in written if p.exists())}")
 
 

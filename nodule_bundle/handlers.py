@@ -23,6 +23,7 @@ from nodule_bundle.io_utils import write_json_atomic, write_text_atomic
 from nodule_bundle.nodule import RATING_COLUMNS
 from nodule_bundle.sharing.archive import listed_sha256, sha256_file
 from nodule_bundle.plots import plot_froc
+from nodule_bundle.report_dicom import write_dicom_report
 from nodule_bundle.report import BUNDLE_NAME, is_rejected_candidate, nodule_finding, scan_identity, write_report, write_scan_pictures
 
 
@@ -43,6 +44,8 @@ class NoduleReportWriter:
             (from DICOM headers) in the report; off by default.
         crop_key: the items' nodule crops (:class:`~nodule_bundle.transforms.NoduleMeasured`) that
             the pictures and label map are made from; nodules without one are in the table only.
+        dicom_objects: for a scan read from a DICOM series, also write the masks as a DICOM SEG and
+            the findings as a DICOM SR beside them (:mod:`nodule_bundle.report_dicom`).
     """
 
     def __init__(
@@ -54,10 +57,12 @@ class NoduleReportWriter:
         min_nodule_probability: float = 0.5,
         include_phi: bool = False,
         crop_key: str = "measurement_crop",
+        dicom_objects: bool = True,
     ):
         self.output_dir, self.model_version = Path(output_dir), model_version
         self.image, self.seriesuid, self.min_nodule_probability = image, seriesuid, min_nodule_probability
         self.include_phi, self.crop_key = require_yes_no(include_phi, "include_phi"), crop_key
+        self.dicom_objects = require_yes_no(dicom_objects, "dicom_objects")
         self._scans: dict[str, dict] = {}
         self._crops: dict[str, dict[str, torch.Tensor]] = {}
         self._meta: dict[str, dict] = {}
@@ -78,7 +83,7 @@ class NoduleReportWriter:
             uid = str(item.get("seriesuid") or Path(str(meta["filename_or_obj"])).name)
             if uid not in self._scans:
                 self._scans[uid] = {**scan_identity(uid, meta, self.include_phi), "nodules": []}
-                self._meta[uid] = {k: meta[k] for k in ("original_affine", "spatial_shape", "space") if k in meta}
+                self._meta[uid] = {k: meta[k] for k in ("original_affine", "spatial_shape", "space", "series_uid", "filename_or_obj") if k in meta}
             finding = nodule_finding(item, output)
             if is_rejected_candidate(finding, self.min_nodule_probability):
                 self._scans[uid].setdefault("rejected_candidates", []).append(finding)
@@ -100,7 +105,10 @@ class NoduleReportWriter:
         model = {"name": BUNDLE_NAME, "version": self.model_version}
         for scan in scans:
             folder = self.output_dir if len(scans) == 1 else self.output_dir / scan["seriesuid"]
-            write_scan_pictures(folder, scan, self._crops.get(scan["seriesuid"], {}), self._meta.get(scan["seriesuid"], {}), model)
+            meta = self._meta.get(scan["seriesuid"], {})
+            write_scan_pictures(folder, scan, self._crops.get(scan["seriesuid"], {}), meta, model)
+            if self.dicom_objects and "series_uid" in meta and any(n.get("label_value") for n in scan["nodules"]):
+                write_dicom_report(folder, scan, meta["filename_or_obj"], meta["series_uid"], model)
 
 
 class MetricsJSONWriter:

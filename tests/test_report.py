@@ -13,15 +13,19 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import highdicom as hd
+import pydicom
 import pytest
 import torch
 from monai.data import MetaTensor
 from PIL import Image
+from pydicom.sr.codedict import codes
 from scipy import ndimage as ndi
 
 from bundle_run import monai_bundle_run
 from dicom_helpers import edit
 from nodule_bundle.nodule import lung_rads_category, texture_from_measurement
+from nodule_bundle.report_dicom import SEG_NAME, SR_NAME, frames_from_label_map, read_source_series, write_dicom_report
 from nodule_bundle.report_html import render_report_html
 from nodule_bundle.report_pictures import nodule_views, write_montage
 from nodule_bundle.transforms import LoadCTImaged, label_map
@@ -157,7 +161,8 @@ def report_dirs(trained, phantom_dir, test_scan, phi_scan, tmp_path_factory) -> 
 @pytest.mark.parametrize("name", ["nifti", "dicom"])
 def test_report_files_and_label_map_over_the_scan(report_dirs, phantom_dir, test_scan, name, phi_scan):
     out, uid = report_dirs[name], test_scan[0]
-    assert {p.name for p in out.iterdir()} == {"report.json", "report.csv", "report.html", "nodules.png", "nodule_labels.nii.gz"}
+    dicom = {SEG_NAME, SR_NAME} if name == "dicom" else set()  # a DICOM source gets the masks and findings as DICOM too
+    assert {p.name for p in out.iterdir()} == {"report.json", "report.csv", "report.html", "nodules.png", "nodule_labels.nii.gz", *dicom}
     assert (out / "nodules.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     (scan,) = json.loads((out / "report.json").read_text())["scans"]
     for n in scan["nodules"]:
@@ -175,23 +180,105 @@ def test_report_files_and_label_map_over_the_scan(report_dirs, phantom_dir, test
     assert set(np.unique(values)) - {0} <= {n["label_value"] for n in scan["nodules"] if "label_value" in n}
 
 
+def _debian_tool(package: str, *names: str) -> str:
+    """The path of one of ``names``, from Debian's ``package``: skipped without it, except under CI."""
+    found = next(filter(None, map(shutil.which, names)), None)
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must install Debian's {package} (.ci/run) for this test")
+        pytest.skip(f"{package} is not installed")
+    return found
+
+
+def _dciodvfy() -> str:
+    return _debian_tool("dicom3tools", "dciodvfy")
+
+
+def test_dicom_seg_and_sr_are_valid_and_hold_the_reports_masks_and_numbers(report_dirs, phi_scan):
+    """For a DICOM source: a SEG and a TID 1500 SR that the standard's validator passes, on the source's
+    study and series, the SEG's segments the label map's nodules, the SR's numbers report.json's."""
+    out = report_dirs["dicom"]
+    for name in (SEG_NAME, SR_NAME):
+        result = subprocess.run([_dciodvfy(), str(out / name)], capture_output=True, text=True, timeout=120)
+        errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+        assert not errors, f"{name}: {errors}"
+    (scan,) = json.loads((out / "report.json").read_text())["scans"]
+    series, sources = read_source_series(phi_scan)
+    seg, sr = hd.seg.segread(out / SEG_NAME), hd.sr.srread(out / SR_NAME)
+    assert seg.StudyInstanceUID == sr.StudyInstanceUID == sources[0].StudyInstanceUID
+    assert seg.PatientID == sources[0].PatientID
+    labelled = {int(n["label_value"]): n for n in scan["nodules"] if n.get("label_value")}
+    assert sorted(int(s.SegmentNumber) for s in seg.SegmentSequence) == sorted(labelled)
+    pixels = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=[ds.SOPInstanceUID for ds in sources], combine_segments=True, relabel=False
+    )  # fmt: skip
+    label = nib.load(out / "nodule_labels.nii.gz")  # each labelled voxel, found by its world position in the slices' own headers
+    values = np.asarray(label.dataobj)
+    voxels = np.argwhere(values > 0)
+    world_lps = (np.diag([-1.0, -1.0, 1.0]) @ (label.affine[:3, :3] @ voxels.T + label.affine[:3, 3:4])).T
+    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in sources])
+    orientation = np.array([float(v) for v in sources[0].ImageOrientationPatient]).reshape(2, 3)
+    row_mm, column_mm = (float(v) for v in sources[0].PixelSpacing)
+    offsets = world_lps[:, None, :] - positions[None]  # [voxel, slice, 3]
+    slices = np.argmin(np.abs(offsets @ np.cross(*orientation)), axis=1)
+    local = offsets[np.arange(len(voxels)), slices]
+    columns, rows = np.rint(local @ orientation[0] / column_mm).astype(int), np.rint(local @ orientation[1] / row_mm).astype(int)
+    np.testing.assert_array_equal(pixels[slices, rows, columns], values[tuple(voxels.T)])
+    assert (pixels > 0).sum() == len(voxels) and set(np.unique(pixels)) - {0} == set(labelled)
+    np.testing.assert_array_equal(pixels, frames_from_label_map(out / "nodule_labels.nii.gz", series, sources[0]))
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    assert len(groups) == len(labelled)
+    names = {"measured_long_axis_mm": codes.SCT.LongAxis, "measured_short_axis_mm": codes.SCT.ShortAxis,
+             "measured_mean_diameter_mm": codes.SCT.Diameter, "measured_volume_mm3": codes.SCT.Volume,
+             "malignancy_probability": codes.DCM.ProbabilityOfCancer}  # fmt: skip
+    for group in groups:
+        assert group.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
+        (number,) = group.referenced_segment.referenced_segment_numbers
+        nodule = labelled[number]
+        assert group.tracking_identifier == f"nodule {nodule['nodule_id']}"
+        for key, concept in names.items():
+            (measurement,) = group.get_measurements(name=concept)
+            assert measurement.value == pytest.approx(nodule[key], abs=1e-6), key
+        (category,) = [e for e in group.get_qualitative_evaluations() if e.name.meaning.startswith("Lung-RADS")]
+        assert category.value.meaning == nodule["lung_rads_category"]
+
+
+def test_a_source_without_its_type_2_attributes_still_gets_a_valid_seg_and_sr(report_dirs, phi_scan, tmp_path):
+    """Scanners leave out empty type 2 attributes the SEG and SR must carry: they are carried empty,
+    the source files untouched."""
+    series = tmp_path / "series"
+    series.mkdir()
+    dropped = ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
+    for path in sorted(phi_scan.iterdir()):
+        edit(path, lambda ds: [delattr(ds, k) for k in dropped if k in ds], series / path.name)
+    before = {p.name: p.read_bytes() for p in series.iterdir()}
+    out = tmp_path / "report"
+    out.mkdir()
+    shutil.copy2(report_dirs["dicom"] / "nodule_labels.nii.gz", out)
+    (scan,) = json.loads((report_dirs["dicom"] / "report.json").read_text())["scans"]
+    uid = pydicom.dcmread(next(series.iterdir())).SeriesInstanceUID
+    written = write_dicom_report(out, scan, series, uid, {"name": "lung_nodule_ct_classification", "version": "test"})
+    for path in written:
+        result = subprocess.run([_dciodvfy(), str(path)], capture_output=True, text=True, timeout=120)
+        assert not [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")], path.name
+    assert {p.name: p.read_bytes() for p in series.iterdir()} == before
+
+
 def test_patient_identity_stays_out_unless_asked(report_dirs):
     for name in ("nifti", "dicom"):
         for path in report_dirs[name].iterdir():
             text = path.read_bytes()
-            assert not any(v.encode() in text for v in PHI.values()), f"{name}/{path.name} carries PHI"
+            if path.name in (SEG_NAME, SR_NAME):  # filed in the PACS beside the patient's images: they carry who it is
+                assert all(v.encode() in text for v in PHI.values()), f"{name}/{path.name} lacks the patient's identity"
+            else:
+                assert not any(v.encode() in text for v in PHI.values()), f"{name}/{path.name} carries PHI"
     (scan,) = json.loads((report_dirs["dicom_phi"] / "report.json").read_text())["scans"]
     assert scan["patient"]["patient_id"] == "MRN-0042" and scan["patient"]["birth_date"] == "19500101"
     assert "Doe" in scan["patient"]["patient_name"]
 
 
 def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must install Debian's chromium (.ci/run) for the HTML report test")
-        pytest.skip("chromium is not installed")
-    return found
+    return _debian_tool("chromium", "chromium", "chromium-browser")
 
 
 def test_html_report_renders_offline_in_headless_chromium(report_dirs, tmp_path):

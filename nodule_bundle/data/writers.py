@@ -75,6 +75,11 @@ def write_dicom_series(
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop_uid
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
         ds.Modality, ds.PatientID, ds.PatientName = "CT", patient_id, patient_id
+        ds.PatientBirthDate, ds.PatientSex, ds.ReferringPhysicianName, ds.AccessionNumber = "", "O", "", ""
+        ds.StudyDate = ds.SeriesDate = "20260101"  # the CT image IOD's type 2 attributes, as a scanner writes them
+        ds.StudyTime = ds.SeriesTime = "120000"
+        ds.StudyID, ds.AcquisitionNumber, ds.PatientPosition, ds.BodyPartExamined = "1", 1, "HFS", "CHEST"
+        ds.PositionReferenceIndicator, ds.Manufacturer, ds.KVP = "", "nodule_bundle phantom", "120"
         ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.ImagePositionPatient = [f"{v:.4f}" for v in affine_lps[:3, 3] + affine_lps[:3, 2] * k]
