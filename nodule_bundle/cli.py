@@ -99,6 +99,28 @@ def _report(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _pacs(args: argparse.Namespace) -> None:
+    from nodule_bundle.pacs import process_study, watch_pacs
+
+    if not args.verbose:
+        logging.disable(logging.CRITICAL)
+    if args.watch == (args.study is not None):
+        raise NoduleBundleError("pacs: give --study UID (one study) or --watch (every study the PACS lists), not both")
+    try:
+        if args.watch:
+            record = watch_pacs(args.url, args.out, args.model, args.bundle_root, args.interval, args.passes)
+        else:
+            done = process_study(args.url, args.study, args.out, args.model, args.nodules, args.bundle_root)
+    finally:
+        logging.disable(logging.NOTSET)
+    if args.watch:
+        failed = sum(r["status"] == "failed" for r in record.values())
+        print(f"{len(record)} studies recorded in {args.out / 'studies.json'}: {len(record) - failed} done, {failed} failed")
+        return
+    stored = ", ".join(done["stored"]) or "nothing (no nodule with a mask)"
+    print(f"study {done['study']}: series {done['series']} reported in {done['report']}; stored in the PACS: {stored}")
+
+
 def _train(args: argparse.Namespace) -> None:
     from nodule_bundle.workflow import find_bundle_root, run_bundle
 
@@ -267,6 +289,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-phi", action="store_true", help="put the patient's name, id and birth date in the report")
     p.add_argument("--bundle-root", default=None)
     p.set_defaults(func=_classify)
+
+    p = sub.add_parser("pacs", help="a study from a PACS (DICOMweb) through the bundle; its DICOM SEG and SR stored back")
+    p.add_argument("--url", required=True, help="the PACS's DICOMweb root, e.g. http://pacs:8042/dicom-web")
+    p.add_argument("--study", default=None, help="StudyInstanceUID")
+    p.add_argument("--watch", action="store_true", help="process every study the PACS lists, each once (OUT/studies.json); failed ones again")
+    p.add_argument("--interval", type=float, default=30.0, help="--watch: seconds between passes")
+    p.add_argument("--passes", type=int, default=None, help="--watch: stop after this many passes (default: run until stopped)")
+    p.add_argument("--out", required=True, type=Path, help="the study's files and report go to OUT/<study>/")
+    p.add_argument("--nodules", default=None, help="CSV with coordX,coordY,coordZ in world mm (LPS); without it the scan is searched")
+    p.add_argument("--model", default=None, help="weights (default: <bundle root>/models/model.pt)")
+    p.add_argument("--bundle-root", default=None)
+    p.set_defaults(func=_pacs)
 
     p = sub.add_parser("demo", help="phantom -> train -> evaluate -> classify a held-out scan")
     p.add_argument("--out", required=True, type=Path)

@@ -28,6 +28,7 @@ from nodule_bundle.geometry import LPS_TO_RAS
 from nodule_bundle.io_utils import atomic_path
 
 SEG_NAME, SR_NAME = "nodule_labels.seg.dcm", "nodule_labels.sr.dcm"
+SR_SERIES_DESCRIPTION = "Lung nodules (measurements)"  # how a PACS query finds the bundle's reports
 CODING_SCHEME = "99NODBUNDLE"  # the bundle's private coding scheme, for what DICOM's vocabularies do not name
 LUNG_RADS = ("LUNGRADS", "Lung-RADS v2022 category")
 TEXTURE = ("TEXTURE", "Nodule texture")
@@ -144,7 +145,7 @@ def nodule_measurement_report(
     )
     return hd.sr.Comprehensive3DSR(
         evidence=[*sources, seg], content=report, series_instance_uid=hd.UID(), series_number=902, sop_instance_uid=hd.UID(),
-        instance_number=1, manufacturer=model["name"], series_description="Lung nodules (measurements)", is_complete=True,
+        instance_number=1, manufacturer=model["name"], series_description=SR_SERIES_DESCRIPTION, is_complete=True,
         is_final=False, is_verified=False,
     )  # fmt: skip
 
