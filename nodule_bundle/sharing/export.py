@@ -7,7 +7,7 @@ Layout (the MONAI bundle specification's, plus the code the configs import)::
     models/model.ts     the same network as TorchScript (MONAI ckpt_export, configs embedded)
     models/calibration.json  the malignancy temperature, when the checkpoint's folder has one
     models/segmenter.pt the learned segmentation's state dict, when the checkpoint's folder has one
-    docs/               model card (README.md) and data_license.txt
+    docs/               model card (README.md), its images and data_license.txt
     nodule_bundle/      the custom components; MONAI puts the bundle root on sys.path
     LICENSE  large_files.yml  manifest.sha256
 
