@@ -46,10 +46,10 @@ SOURCE_TYPE_2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "
 
 def read_source_series(dicom_dir: str | Path, series_uid: str | None = None) -> tuple[DicomSeries, list[pydicom.Dataset]]:
     """The CT series the report is about (:func:`~nodule_bundle.dicom_series.find_ct_series`) and its
-    slices' datasets, in slice order; a type 2 patient or study attribute a scanner left out is empty
+    slices' headers (no pixel data), in slice order; a type 2 patient or study attribute a scanner left out is empty
     in these datasets (the files are not touched), as the SEG and SR must carry it."""
     series = find_ct_series(dicom_dir, series_uid)
-    sources = [pydicom.dcmread(path) for path in series.files]
+    sources = [pydicom.dcmread(path, stop_before_pixels=True) for path in series.files]  # the headers are all a SEG and SR take
     for dataset in sources:
         for keyword in SOURCE_TYPE_2:
             if keyword not in dataset:
