@@ -45,7 +45,8 @@ class NoduleReportWriter:
         crop_key: the items' nodule crops (:class:`~nodule_bundle.transforms.NoduleMeasured`) that
             the pictures and label map are made from; nodules without one are in the table only.
         dicom_objects: for a scan read from a DICOM series, also write the masks as a DICOM SEG and
-            the findings as a DICOM SR beside them (:mod:`nodule_bundle.report_dicom`).
+            the findings as a DICOM SR beside them (:mod:`nodule_bundle.report_dicom`); for a scan
+            without nodules, the SR alone, which says so.
     """
 
     def __init__(
@@ -96,6 +97,8 @@ class NoduleReportWriter:
         if not self._scans and self.image is not None:  # a scan without nodules is a finding too
             uid = self.seriesuid or scan_stem(Path(self.image))
             self._scans[uid] = {"seriesuid": uid, "image": Path(self.image).name, "nodules": []}
+            if Path(self.image).is_dir():  # a DICOM series: its SR says so too
+                self._meta[uid] = {"filename_or_obj": str(self.image), "series_uid": self.seriesuid}
         scans = list(self._scans.values())
         for scan in scans:  # the value each nodule has in the label map
             with_crop = [n for n in scan["nodules"] if n["nodule_id"] in self._crops.get(scan["seriesuid"], {})]
@@ -107,7 +110,7 @@ class NoduleReportWriter:
             folder = self.output_dir if len(scans) == 1 else self.output_dir / scan["seriesuid"]
             meta = self._meta.get(scan["seriesuid"], {})
             write_scan_pictures(folder, scan, self._crops.get(scan["seriesuid"], {}), meta, model)
-            if self.dicom_objects and "series_uid" in meta and any(n.get("label_value") for n in scan["nodules"]):
+            if self.dicom_objects and "series_uid" in meta:
                 write_dicom_report(folder, scan, meta["filename_or_obj"], meta["series_uid"], model)
 
 

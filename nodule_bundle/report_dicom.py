@@ -33,6 +33,7 @@ CODING_SCHEME = "99NODBUNDLE"  # the bundle's private coding scheme, for what DI
 LUNG_RADS = ("LUNGRADS", "Lung-RADS v2022 category")
 TEXTURE = ("TEXTURE", "Nodule texture")
 SOLID_COMPONENT = ("SOLIDDIAM", "Solid component mean diameter")
+NODULE_COUNT = ("NODULECOUNT", "Number of lung nodules found")
 
 
 def _code(value: str, meaning: str) -> hd.sr.CodedConcept:
@@ -101,16 +102,17 @@ def _measurement(name: hd.sr.CodedConcept, value: float, unit: hd.sr.CodedConcep
 
 
 def nodule_measurement_report(
-    sources: Sequence[pydicom.Dataset], seg: hd.seg.Segmentation, nodules: Sequence[Mapping], model: Mapping
+    sources: Sequence[pydicom.Dataset], seg: hd.seg.Segmentation | None, nodules: Sequence[Mapping], model: Mapping
 ) -> hd.sr.Comprehensive3DSR:
-    """A Comprehensive 3D SR (TID 1500) with one volumetric finding per segment of ``seg``."""
+    """A Comprehensive 3D SR (TID 1500) with one volumetric finding per segment of ``seg``; without a
+    ``seg`` (no nodule found), a report that the scan was read and holds no finding."""
     algorithm = hd.sr.AlgorithmIdentification(name=model["name"], version=str(model["version"]))
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(uid=hd.UID(), name=model["name"]),
     )
     groups = []
-    for segment in seg.SegmentSequence:
+    for segment in seg.SegmentSequence if seg is not None else ():
         nodule = next(n for n in nodules if int(n.get("label_value") or 0) == segment.SegmentNumber)
         mm, mm3 = codes.UCUM.Millimeter, codes.UCUM.CubicMillimeter
         measurements = [
@@ -139,29 +141,45 @@ def nodule_measurement_report(
                 measurements=measurements, qualitative_evaluations=evaluations,
             )
         )  # fmt: skip
+    count = hd.sr.MeasurementsAndQualitativeEvaluations(  # the scan's own finding, also when it is "none"
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="lung nodules"),
+        measurements=[_measurement(_code(*NODULE_COUNT), len(groups), hd.sr.CodedConcept("{nodules}", "UCUM", "nodules"), algorithm)],
+    )
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
-        procedure_reported=codes.LN.CTUnspecifiedBodyRegion, imaging_measurements=groups,
+        procedure_reported=codes.LN.CTUnspecifiedBodyRegion, imaging_measurements=[count, *groups],
     )
     return hd.sr.Comprehensive3DSR(
-        evidence=[*sources, seg], content=report, series_instance_uid=hd.UID(), series_number=902, sop_instance_uid=hd.UID(),
+        evidence=[*sources, *([seg] if seg is not None else [])], content=report, series_instance_uid=hd.UID(), series_number=902, sop_instance_uid=hd.UID(),
         instance_number=1, manufacturer=model["name"], series_description=SR_SERIES_DESCRIPTION, is_complete=True,
         is_final=False, is_verified=False,
     )  # fmt: skip
 
 
-def write_dicom_report(folder: str | Path, scan: Mapping, dicom_dir: str | Path, series_uid: str, model: Mapping) -> list[Path]:
-    """``nodule_labels.seg.dcm`` and ``nodule_labels.sr.dcm`` in ``folder``, each atomically, from the
-    scan's report (``report.json``'s scan, its ``label_value``s) and ``nodule_labels.nii.gz`` there,
-    and the source series ``series_uid`` in ``dicom_dir``. ``model``: ``{"name", "version"}``."""
-    folder = Path(folder)
+def scan_segmentation(
+    folder: str | Path, scan: Mapping, dicom_dir: str | Path, series_uid: str | None, model: Mapping
+) -> tuple[list[pydicom.Dataset], hd.seg.Segmentation | None]:
+    """The source series' slice headers and the SEG of the scan's nodules (``report.json``'s scan, its
+    ``label_value``s, and ``nodule_labels.nii.gz`` in ``folder``); no SEG when no nodule has a mask."""
     series, sources = read_source_series(dicom_dir, series_uid)
-    frames = frames_from_label_map(folder / "nodule_labels.nii.gz", series, sources[0])
-    seg = nodule_segmentation(sources, frames, scan["nodules"], model)
+    if not any(n.get("label_value") for n in scan["nodules"]):
+        return sources, None
+    frames = frames_from_label_map(Path(folder) / "nodule_labels.nii.gz", series, sources[0])
+    return sources, nodule_segmentation(sources, frames, scan["nodules"], model)
+
+
+def save_dataset(path: Path, dataset: pydicom.Dataset) -> Path:
+    """Write ``dataset`` to ``path`` atomically; returns ``path``."""
+    with atomic_path(path) as tmp:
+        dataset.save_as(tmp)
+    return path
+
+
+def write_dicom_report(folder: str | Path, scan: Mapping, dicom_dir: str | Path, series_uid: str | None, model: Mapping) -> list[Path]:
+    """``nodule_labels.seg.dcm`` (when a nodule has a mask) and ``nodule_labels.sr.dcm`` in ``folder``,
+    each atomically (:func:`scan_segmentation`, :func:`nodule_measurement_report`), for the source
+    series ``series_uid`` in ``dicom_dir``. ``model``: ``{"name", "version"}``."""
+    folder = Path(folder)
+    sources, seg = scan_segmentation(folder, scan, dicom_dir, series_uid, model)
     sr = nodule_measurement_report(sources, seg, scan["nodules"], model)
-    written = []
-    for name, dataset in ((SEG_NAME, seg), (SR_NAME, sr)):
-        with atomic_path(folder / name) as tmp:
-            dataset.save_as(tmp)
-        written.append(folder / name)
-    return written
+    return [save_dataset(folder / name, dataset) for name, dataset in ((SEG_NAME, seg), (SR_NAME, sr)) if dataset is not None]

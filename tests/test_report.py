@@ -24,6 +24,7 @@ from scipy import ndimage as ndi
 
 from bundle_run import monai_bundle_run
 from dicom_helpers import edit
+from nodule_bundle.handlers import NoduleReportWriter
 from nodule_bundle.nodule import lung_rads_category, texture_from_measurement
 from nodule_bundle.report_dicom import SEG_NAME, SR_NAME, frames_from_label_map, read_source_series, write_dicom_report
 from nodule_bundle.report_html import render_report_html
@@ -262,6 +263,21 @@ def test_a_source_without_its_type_2_attributes_still_gets_a_valid_seg_and_sr(re
         result = subprocess.run([_dciodvfy(), str(path)], capture_output=True, text=True, timeout=120)
         assert not [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")], path.name
     assert {p.name: p.read_bytes() for p in series.iterdir()} == before
+
+
+def test_a_dicom_scan_without_nodules_gets_an_sr_that_says_so(phi_scan, tmp_path):
+    """No nodule found is a finding a PACS must hold too: an SR (no SEG) with no nodule in it and a
+    count of zero, on the source's study, valid."""
+    writer = NoduleReportWriter(tmp_path, model_version="test", image=str(phi_scan))
+    writer._write(None)  # the whole-scan path found nothing
+    assert (tmp_path / SR_NAME).exists() and not (tmp_path / SEG_NAME).exists()
+    sr = hd.sr.srread(tmp_path / SR_NAME)
+    assert sr.content.get_volumetric_roi_measurement_groups() == []
+    (count,) = sr.content.get_image_measurement_groups()
+    assert [m.value for m in count.get_measurements()] == [0]
+    assert sr.StudyInstanceUID == pydicom.dcmread(next(phi_scan.iterdir())).StudyInstanceUID
+    result = subprocess.run([_dciodvfy(), str(tmp_path / SR_NAME)], capture_output=True, text=True, timeout=120)
+    assert not [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
 
 
 def test_patient_identity_stays_out_unless_asked(report_dirs):
