@@ -101,16 +101,18 @@ def _report(args: argparse.Namespace) -> int:
 
 def _pacs(args: argparse.Namespace) -> None:
     from nodule_bundle.pacs import process_study, watch_pacs
+    from nodule_bundle.pacs_connections import DicomWebPacs, DimsePacs
 
+    pacs = DicomWebPacs(args.url) if args.url else DimsePacs(args.dimse, args.ae_title, args.port)
     if not args.verbose:
         logging.disable(logging.CRITICAL)
     if args.watch == (args.study is not None):
         raise NoduleBundleError("pacs: give --study UID (one study) or --watch (every study the PACS lists), not both")
     try:
         if args.watch:
-            record = watch_pacs(args.url, args.out, args.model, args.bundle_root, args.interval, args.passes)
+            record = watch_pacs(pacs, args.out, args.model, args.bundle_root, args.interval, args.passes)
         else:
-            done = process_study(args.url, args.study, args.out, args.model, args.nodules, args.bundle_root)
+            done = process_study(pacs, args.study, args.out, args.model, args.nodules, args.bundle_root)
     finally:
         logging.disable(logging.NOTSET)
     if args.watch:
@@ -290,8 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle-root", default=None)
     p.set_defaults(func=_classify)
 
-    p = sub.add_parser("pacs", help="a study from a PACS (DICOMweb) through the bundle; its DICOM SEG and SR stored back")
-    p.add_argument("--url", required=True, help="the PACS's DICOMweb root, e.g. http://pacs:8042/dicom-web")
+    p = sub.add_parser("pacs", help="a study from a PACS (DICOMweb or DIMSE) through the bundle; its DICOM SEG and SR stored back")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="the PACS's DICOMweb root, e.g. http://pacs:8042/dicom-web")
+    where.add_argument("--dimse", metavar="AET@HOST:PORT", help="without DICOMweb: the PACS's DICOM service (C-FIND, C-MOVE, C-STORE)")
+    p.add_argument("--ae-title", default="NODULEBUNDLE", help="--dimse: our AE title, which the PACS must know (for C-MOVE)")
+    p.add_argument("--port", type=int, default=11113, help="--dimse: where we receive the study the PACS sends (C-MOVE)")
     p.add_argument("--study", default=None, help="StudyInstanceUID")
     p.add_argument("--watch", action="store_true", help="process every study the PACS lists, each once (OUT/studies.json); failed ones again")
     p.add_argument("--interval", type=float, default=30.0, help="--watch: seconds between passes")

@@ -1,9 +1,10 @@
-"""A study from a PACS over DICOMweb, through the bundle, and its DICOM SEG and SR back into the PACS.
+"""A study from a PACS, through the bundle, and its DICOM SEG and SR back into the PACS, over DICOMweb
+or DIMSE (:mod:`nodule_bundle.pacs_connections`).
 
-``process_study`` retrieves the study (WADO-RS), writes its instances under ``<out>/<study>/dicom/<series>/``,
+``process_study`` retrieves the study (WADO-RS or C-MOVE), writes its instances under ``<out>/<study>/dicom/<series>/``,
 runs ``configs/inference.json`` on its CT series with the most slices (the report and the SEG and SR,
 :mod:`nodule_bundle.report_dicom`, in ``<out>/<study>/report/``) and stores the SEG and SR in the PACS
-(STOW-RS), in the study they describe. ``watch_pacs`` does so for every study the PACS lists, once:
+(STOW-RS or C-STORE), in the study they describe. ``watch_pacs`` does so for every study the PACS lists, once:
 ``<out>/studies.json`` records each (done, with what was stored, or failed, with the error and the
 number of attempts); a done study is not processed again, a failed one is retried on the next pass.
 """
@@ -17,20 +18,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pydicom
-from dicomweb_client.api import DICOMwebClient
 
 from nodule_bundle.errors import NoduleBundleError
 from nodule_bundle.io_utils import atomic_path, write_json_atomic
+from nodule_bundle.pacs_connections import Pacs
 from nodule_bundle.report_dicom import SEG_NAME, SR_NAME, SR_SERIES_DESCRIPTION
 from nodule_bundle.workflow import find_bundle_root, run_bundle
 
 
-def retrieve_ct_series(client: DICOMwebClient, study_uid: str, folder: Path) -> tuple[str, Path]:
+def retrieve_ct_series(pacs: Pacs, study_uid: str, folder: Path) -> tuple[str, Path]:
     """Write the study's instances to ``folder/<series uid>/<instance uid>.dcm``; the uid and folder of
     its CT series with the most instances."""
-    instances = client.retrieve_study(study_uid)
+    instances = pacs.retrieve_study(study_uid)
     if not instances:
-        raise NoduleBundleError(f"{client.url_prefix}: the PACS holds no instance of study {study_uid}")
+        raise NoduleBundleError(f"{pacs.name}: the PACS holds no instance of study {study_uid}")
     counts: Counter[str] = Counter()
     for dataset in instances:
         series_dir = folder / str(dataset.SeriesInstanceUID)
@@ -40,21 +41,20 @@ def retrieve_ct_series(client: DICOMwebClient, study_uid: str, folder: Path) -> 
         if getattr(dataset, "Modality", "") == "CT":
             counts[str(dataset.SeriesInstanceUID)] += 1
     if not counts:
-        raise NoduleBundleError(f"{client.url_prefix}: study {study_uid} has no CT series")
+        raise NoduleBundleError(f"{pacs.name}: study {study_uid} has no CT series")
     series_uid = counts.most_common(1)[0][0]
     return series_uid, folder / series_uid
 
 
 def process_study(
-    url: str, study_uid: str, out: str | Path, model: str | Path | None = None, nodules: str | Path | None = None,
+    pacs: Pacs, study_uid: str, out: str | Path, model: str | Path | None = None, nodules: str | Path | None = None,
     bundle_root: str | Path | None = None,
 ) -> dict:  # fmt: skip
-    """Retrieve study ``study_uid`` from the DICOMweb service at ``url``, report on its CT series
-    (the nodules of the ``nodules`` CSV, or those the bundle finds) and store the SEG and SR back.
+    """Retrieve study ``study_uid`` from ``pacs``, report on its CT series (the nodules of the
+    ``nodules`` CSV, or those the bundle finds) and store the SEG and SR back.
     Returns the study, the series read, the report's folder and the SOP instance UIDs stored."""
-    client = DICOMwebClient(url)
     folder = Path(out) / study_uid
-    series_uid, series_dir = retrieve_ct_series(client, study_uid, folder / "dicom")
+    series_uid, series_dir = retrieve_ct_series(pacs, study_uid, folder / "dicom")
     root = find_bundle_root(bundle_root)
     report = folder / "report"
     run_bundle(
@@ -63,39 +63,37 @@ def process_study(
     )  # fmt: skip
     objects = [pydicom.dcmread(report / name) for name in (SEG_NAME, SR_NAME) if (report / name).exists()]
     if objects:
-        client.store_instances(objects)
+        pacs.store(objects)
     return {"study": study_uid, "series": series_uid, "report": str(report), "stored": [str(ds.SOPInstanceUID) for ds in objects]}
 
 
-def has_our_report(client: DICOMwebClient, study_uid: str) -> bool:
+def has_our_report(pacs: Pacs, study_uid: str) -> bool:
     """Whether the study already holds an SR series this bundle wrote (its series description)."""
-    found = client.search_for_series(study_uid, search_filters={"Modality": "SR"}, fields=["SeriesDescription"])
-    return any(s.get("0008103E", {}).get("Value", [""])[0] == SR_SERIES_DESCRIPTION for s in found)
+    return SR_SERIES_DESCRIPTION in pacs.series_descriptions(study_uid, "SR")
 
 
 def watch_pacs(
-    url: str, out: str | Path, model: str | Path | None = None, bundle_root: str | Path | None = None, interval_s: float = 30.0,
+    pacs: Pacs, out: str | Path, model: str | Path | None = None, bundle_root: str | Path | None = None, interval_s: float = 30.0,
     passes: int | None = None,
 ) -> dict:  # fmt: skip
     """Every ``interval_s`` seconds (``passes`` times, or until stopped), process each study the PACS lists
     that ``<out>/studies.json`` does not record as done; returns that record."""
-    client, out = DICOMwebClient(url), Path(out)
+    out = Path(out)
     record_path = out / "studies.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     done_passes = 0
     while passes is None or done_passes < passes:
-        for study in client.search_for_studies():
-            study_uid = study["0020000D"]["Value"][0]
+        for study_uid in pacs.study_uids():
             earlier = record.get(study_uid, {})
             if earlier.get("status") == "done":
                 continue
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            if has_our_report(client, study_uid):  # processed before this record was kept (pacs --study, another out)
+            if has_our_report(pacs, study_uid):  # processed before this record was kept (pacs --study, another out)
                 record[study_uid] = {"status": "done", "at": now, "stored": "earlier"}
                 write_json_atomic(record_path, record)
                 continue
             try:
-                done = process_study(url, study_uid, out, model, None, bundle_root)
+                done = process_study(pacs, study_uid, out, model, None, bundle_root)
                 record[study_uid] = {"status": "done", "at": now, "series": done["series"], "stored": done["stored"]}
             except Exception as exc:  # recorded and retried on the next pass; the watch goes on
                 record[study_uid] = {"status": "failed", "at": now, "error": f"{type(exc).__name__}: {exc}", "attempts": earlier.get("attempts", 0) + 1}

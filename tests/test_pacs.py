@@ -1,5 +1,6 @@
 """A real PACS: Debian's Orthanc with its DICOMweb plugin on loopback, a phantom study uploaded to it,
-`nodule-bundle pacs` run against it, and the SEG and SR found back in it, in the study, valid."""
+`nodule-bundle pacs` run against it over DICOMweb and over DIMSE, and the SEG and SR found back in it,
+in the study, valid."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
+from typing import NamedTuple
 
 import pydicom
 import pytest
@@ -28,20 +30,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+class Orthanc(NamedTuple):
+    dicomweb: str  # its DICOMweb root
+    dimse: str  # its DICOM service, AET@HOST:PORT
+    peer_port: int  # where it sends C-MOVEs to NODULEBUNDLE
+
+
+@pytest.fixture
 def orthanc(tmp_path_factory):
-    """The DICOMweb root of a fresh Orthanc listening on loopback only."""
+    """A fresh Orthanc listening on loopback only, which knows NODULEBUNDLE on ``peer_port``."""
     binary = shutil.which("Orthanc")
     if binary is None or not PLUGIN.exists():
         if os.environ.get("CI"):
             pytest.fail("CI must install Debian's orthanc and orthanc-dicomweb (.ci/run) for the PACS test")
         pytest.skip("orthanc and orthanc-dicomweb are not installed")
     folder = tmp_path_factory.mktemp("orthanc")
-    http = _free_port()
+    http, dicom, peer = _free_port(), _free_port(), _free_port()
     config = {
         "Name": "nodule-bundle-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
-        "HttpPort": http, "DicomPort": _free_port(), "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+        "HttpPort": http, "DicomPort": dicom, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
         "Plugins": [str(PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        "DicomModalities": {"bundle": ["NODULEBUNDLE", "127.0.0.1", peer]},
     }  # fmt: skip
     (folder / "orthanc.json").write_text(json.dumps(config))
     log = open(folder / "orthanc.log", "w")
@@ -55,7 +64,7 @@ def orthanc(tmp_path_factory):
                 time.sleep(0.2)
         else:
             pytest.fail(f"Orthanc did not start: {(folder / 'orthanc.log').read_text()[-2000:]}")
-        yield f"http://127.0.0.1:{http}/dicom-web"
+        yield Orthanc(f"http://127.0.0.1:{http}/dicom-web", f"ORTHANC@127.0.0.1:{dicom}", peer)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -72,7 +81,7 @@ def test_studies_from_the_pacs_get_their_seg_and_sr_stored_back_once(orthanc, tr
     after the round trip; `pacs --watch`: every other study the PACS lists processed once, recorded, the
     one processed before left alone, nothing processed twice."""
     uid, _, csv_path = test_scan
-    client = DICOMwebClient(orthanc)
+    client, orthanc = DICOMwebClient(orthanc.dicomweb), orthanc.dicomweb
     client.store_instances([pydicom.dcmread(p) for p in sorted((phantom_dir / "dicom" / uid).iterdir())])
     study_uid = str(pydicom.dcmread(next((phantom_dir / "dicom" / uid).iterdir())).StudyInstanceUID)
     model = str(trained / "models" / "model.pt")
@@ -118,3 +127,37 @@ def test_studies_from_the_pacs_get_their_seg_and_sr_stored_back_once(orthanc, tr
     assert {u: _series(client, u) for u in record} == before
     assert main(["pacs", "--url", orthanc, "--out", str(tmp_path)]) == 2  # neither --study nor --watch
     assert "give --study UID" in capsys.readouterr().err
+
+
+def test_a_pacs_without_dicomweb_is_reached_over_dimse(orthanc, trained, phantom_dir, test_scan, tmp_path, capsys):
+    """`pacs --dimse`: the study comes by C-MOVE (the PACS sends it to our AE title), the SEG and SR go
+    by C-STORE, a watch pass finds them by C-FIND and leaves the study alone; an AE title the PACS does
+    not know gets an error that says what to configure."""
+    uid, _, csv_path = test_scan
+    client = DICOMwebClient(orthanc.dicomweb)  # to upload the study and look at the PACS from outside
+    client.store_instances([pydicom.dcmread(p) for p in sorted((phantom_dir / "dicom" / uid).iterdir())])
+    study_uid = str(pydicom.dcmread(next((phantom_dir / "dicom" / uid).iterdir())).StudyInstanceUID)
+    dimse = ["pacs", "--dimse", orthanc.dimse, "--port", str(orthanc.peer_port), "--model", str(trained / "models" / "model.pt")]
+    assert main([*dimse, "--study", study_uid, "--out", str(tmp_path / "one"), "--nodules", str(csv_path)]) == 0
+    assert f"series {uid} reported" in capsys.readouterr().out
+    received = sorted(p.name for p in (tmp_path / "one" / study_uid / "dicom" / uid).iterdir())
+    assert received == sorted(f"{pydicom.dcmread(p).SOPInstanceUID}.dcm" for p in (phantom_dir / "dicom" / uid).iterdir())
+    series = _series(client, study_uid)
+    assert sorted(series.values()) == ["CT", "SEG", "SR"]
+    (sr_series,) = [k for k, v in series.items() if v == "SR"]
+    (seg_series,) = [k for k, v in series.items() if v == "SEG"]
+    report = tmp_path / "one" / study_uid / "report"
+    for series_uid, name in ((sr_series, "nodule_labels.sr.dcm"), (seg_series, "nodule_labels.seg.dcm")):
+        (stored,) = client.retrieve_series(study_uid, series_uid)
+        local = pydicom.dcmread(report / name)
+        content = "PixelData" if name.endswith("seg.dcm") else "ContentSequence"
+        assert stored.SOPInstanceUID == local.SOPInstanceUID and stored[content].value == local[content].value
+    assert main([*dimse, "--watch", "--passes", "1", "--out", str(tmp_path / "watch")]) == 0
+    record = json.loads((tmp_path / "watch" / "studies.json").read_text())
+    assert record == {study_uid: {**record[study_uid], "status": "done", "stored": "earlier"}}  # found by C-FIND: not again
+    assert _series(client, study_uid) == series
+    stranger = ["pacs", "--dimse", orthanc.dimse, "--ae-title", "STRANGER", "--port", str(_free_port()), "--study", study_uid]
+    assert main([*stranger, "--out", str(tmp_path / "stranger")]) == 2
+    assert "the PACS must know STRANGER" in capsys.readouterr().err
+    assert main(["pacs", "--dimse", "orthanc:4242", "--study", study_uid, "--out", str(tmp_path)]) == 2
+    assert "AET@HOST:PORT" in capsys.readouterr().err
