@@ -52,6 +52,19 @@ def test_scan(phantom_dir, datalist, tmp_path_factory):
     return uid, rows, csv_path
 
 
+#: Fixtures that train a network, run whole bundle workflows or start a server: a test that uses one
+#: (directly or through another fixture) is marked ``slow`` (``pytest -m "not slow"`` leaves it out).
+SLOW_FIXTURES = {"trained", "orthanc", "server", "federation", "segmenter_run", "bundle_runs", "exported", "reports", "report_dirs", "service"}
+#: Modules whose tests train or start servers themselves.
+SLOW_MODULES = {"test_demo", "test_distributed", "test_federated", "test_deploy_app", "test_label_app", "test_pacs"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(item.fixturenames) or item.module.__name__ in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     """The bad-input corpus in one line: cases tried, clear errors, crashes, files left behind."""
     from bad_inputs import RESULTS

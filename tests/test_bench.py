@@ -21,6 +21,7 @@ def test_read_benchmark_reports_medians_and_ratios(tmp_path, capsys):
     assert "ratio bundle / ITK series reader" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_whole_scan_benchmark_reports_every_stage(tmp_path, capsys):
     out = tmp_path / "whole.json"
     assert main(["bench", "whole-scan", "--shape", "160", "140", "60", "--nodules", "3", "--repeats", "1", "--out", str(out)]) == 0
@@ -68,6 +69,7 @@ def test_measurement_benchmark_groups_errors_by_texture_and_margin(tmp_path, cap
     assert "all solid" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_memory_benchmark_measures_a_real_inference_process(tmp_path):
     out = tmp_path / "memory.json"
     assert main(["bench", "memory", "--shape", "128", "112", "50", "--nodules", "3", "--out", str(out)]) == 0
@@ -75,6 +77,7 @@ def test_memory_benchmark_measures_a_real_inference_process(tmp_path):
     assert result["peak_rss_mb_inference"] > result["peak_rss_mb_imports"] > 50  # the scan and network come on top
 
 
+@pytest.mark.slow
 def test_training_benchmark_compares_the_cached_and_plain_pipelines(tmp_path):
     out = tmp_path / "train.json"
     assert main(["bench", "train", "--scans", "2", "--out", str(out)]) == 0
@@ -85,6 +88,7 @@ def test_training_benchmark_compares_the_cached_and_plain_pipelines(tmp_path):
     assert result["cached_speedup"] == result["pipelines"]["cached"]["samples_per_s"] / result["pipelines"]["uncached"]["samples_per_s"]
 
 
+@pytest.mark.slow
 def test_backbone_accuracy_benchmark_trains_and_tests_each_chosen_backbone(tmp_path):
     from nodule_bundle.bench import bench_backbone_accuracy, format_backbone_accuracy_result
     from nodule_bundle.data.phantom import PhantomConfig

@@ -37,6 +37,7 @@ def test_fine_tuning_starts_from_given_weights(trained, phantom_dir, tmp_path):
     assert missing.returncode != 0 and "absent.pt" in missing.stderr
 
 
+@pytest.mark.slow
 def test_training_is_tracked_in_mlflow_on_request(phantom_dir, tmp_path):
     from mlflow.tracking import MlflowClient
 

@@ -75,6 +75,7 @@ def test_luna16_subsets_become_folds_and_nodules_have_sizes_only(luna16_root, ph
     assert load_nodule_datalist(out, "training", luna16_root)  # paths resolve against the LUNA16 root
 
 
+@pytest.mark.slow
 def test_a_luna16_datalist_trains_the_size_heads_through_the_bundle(luna16_root, tmp_path):
     out = luna16_root / "size_only.json"
     assert main(["convert", "luna16", "--root", str(luna16_root), "--out", str(out), "--val-fold", "2", "--test-fold", "3"]) == 0

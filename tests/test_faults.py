@@ -64,6 +64,7 @@ def _train(phantom_dir: Path, models: Path, epochs: int, *extra: str) -> list[st
             "--epochs", str(epochs), "--num_workers", "0", *extra]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(phantom_dir, tmp_path):
     models, epochs = tmp_path / "models", 6
     proc = subprocess.Popen(_train(phantom_dir, models, epochs), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

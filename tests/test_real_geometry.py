@@ -83,6 +83,7 @@ def test_rendered_scan_holds_each_outline_where_its_record_says(sources):
         assert embedded.nodule.diameter_mm == pytest.approx((embedded.long_axis_mm + embedded.short_axis_mm) / 2, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_synth_lidc_writes_the_phantom_layout_with_ratings_and_labels(tmp_path):
     out = tmp_path / "rg"
     code = main(["synth", "--geometry", "lidc", "--out", str(out), "--scans", "3", "--workers", "1", "--negatives-per-scan", "0"])
@@ -122,6 +123,7 @@ def test_realism_measurement_summary_counts_each_stratum():
     assert summary["lung_rads_agreement"] == pytest.approx(0.75)
 
 
+@pytest.mark.slow
 def test_realism_malignancy_compares_the_network_with_size_and_the_ratings(dataset, tmp_path):
     datalist = json.loads((dataset / "datalist.json").read_text())
     datalist["training"], datalist["test"] = datalist["training"] + datalist["test"], datalist["training"] + datalist["test"]
@@ -153,6 +155,7 @@ def test_bench_realism_measures_the_test_outlines(dataset, tmp_path):
     assert "malignancy" not in result  # no --work: no training
 
 
+@pytest.mark.slow
 def test_semantic_heads_train_on_the_ratings_and_are_evaluated_per_nodule(dataset, tmp_path):
     """train.json learns the readers' ratings as auxiliary targets; evaluate.json reports them per nodule."""
     from bundle_run import monai_bundle_run

@@ -1,6 +1,6 @@
 """Start and stop a real ``monailabel start_server`` on this app (the tests and ``bench label``).
 
-MONAI Label lives in its own virtual environment (its pins clash with ours; see the README), so the
+MONAI Label lives in its own virtual environment (its pins clash with ours; see bundle/docs/usage.md), so the
 server runs from that environment's ``monailabel`` command and is talked to over HTTP only. This
 module needs nothing of MONAI Label itself.
 """
@@ -36,7 +36,7 @@ def start_server(
     venv = Path(venv)
     command = venv / "bin" / "monailabel"
     if not command.is_file():
-        raise NoduleBundleError(f"{venv}: no MONAI Label here (bin/monailabel missing); see the README's MONAI Label section")
+        raise NoduleBundleError(f"{venv}: no MONAI Label here (bin/monailabel missing); see bundle/docs/usage.md, MONAI Label")
     port = free_port()
     conf = ["--conf", "models", MODEL, "--conf", "bundle_root", str(bundle_root)]
     if model_path:
