@@ -15,7 +15,7 @@ import pytest
 
 from bad_inputs import CASES, RESULTS, Case, Good, snapshot
 from bundle_run import ROOT
-from nodule_bundle.cli import main
+from nodule_bundle.apps.cli import main
 
 assert len(CASES) >= 30
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from nodule_bundle.cli import main
-from nodule_bundle.errors import NoduleBundleError
+from nodule_bundle.apps.cli import main
+from nodule_bundle.core.errors import NoduleBundleError
 
 
 def test_read_benchmark_reports_medians_and_ratios(tmp_path, capsys):
@@ -46,7 +46,7 @@ def test_scan_to_report_benchmark_compares_both_baselines(tmp_path, capsys):
 
 
 def test_backbone_benchmark_covers_every_backbone_config_and_the_stock_resnet(monkeypatch):
-    from nodule_bundle import bench
+    from nodule_bundle.apps import bench
 
     def one_pass_each(candidates, repeats):  # a real forward pass of every network, a fixed time
         for run in candidates.values():
@@ -90,7 +90,7 @@ def test_training_benchmark_compares_the_cached_and_plain_pipelines(tmp_path):
 
 @pytest.mark.slow
 def test_backbone_accuracy_benchmark_trains_and_tests_each_chosen_backbone(tmp_path):
-    from nodule_bundle.bench import bench_backbone_accuracy, format_backbone_accuracy_result
+    from nodule_bundle.apps.bench import bench_backbone_accuracy, format_backbone_accuracy_result
     from nodule_bundle.data.phantom import PhantomConfig
 
     chosen = ["default", "backbone_vit"]
@@ -122,7 +122,7 @@ def test_backbone_accuracy_benchmark_trains_and_tests_each_chosen_backbone(tmp_p
 
 
 def test_backbone_accuracy_benchmark_refuses_an_unknown_backbone(tmp_path):
-    from nodule_bundle.bench import bench_backbone_accuracy
+    from nodule_bundle.apps.bench import bench_backbone_accuracy
 
     with pytest.raises(NoduleBundleError, match="unknown backbone.*backbone_resnet"):
         bench_backbone_accuracy(tmp_path, backbones=["default", "backbone_resnet50"])

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from nodule_bundle.cli import main
-from nodule_bundle.networks import MultiTaskNoduleNet
+from nodule_bundle.apps.cli import main
+from nodule_bundle.network.networks import MultiTaskNoduleNet
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_missing_model_is_reported(scan, tmp_path, capsys):
 
 def test_console_script_exit_status(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "nodule_bundle.cli", "synth", "--out", str(tmp_path), "--scans", "0"],
+        [sys.executable, "-m", "nodule_bundle.apps.cli", "synth", "--out", str(tmp_path), "--scans", "0"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 2 and "--scans: must be a positive integer" in result.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bundle_run import monai_bundle_run
-from nodule_bundle.cli import main
+from nodule_bundle.apps.cli import main
 from nodule_bundle.data.datalist import load_nodule_datalist
 
 SPLITS = ("training", "validation", "test")

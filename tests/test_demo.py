@@ -2,8 +2,8 @@
 
 import json
 
-from nodule_bundle.cli import main
-from nodule_bundle.demo import METRIC_NAMES
+from nodule_bundle.apps.cli import main
+from nodule_bundle.apps.demo import METRIC_NAMES
 
 
 def test_quick_demo_trains_evaluates_and_reports(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""The MONAI Deploy application (``python -m nodule_bundle.deploy_app``), run in its own environment
+"""The MONAI Deploy application (``python -m nodule_bundle.apps.deploy_app``), run in its own environment
 (``.ci/deploy-venv`` builds ``.venv-deploy``; or set ``NODULE_DEPLOY_VENV``) on a folder holding a phantom
 CT series beside an MR image: the same report, DICOM SEG and SR as ``configs/inference.json`` writes for
 that series. Skipped without that environment, except under CI, where it fails."""
@@ -18,7 +18,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from bundle_run import ROOT, monai_bundle_run
-from nodule_bundle.report_dicom import SEG_NAME, SR_NAME
+from nodule_bundle.reports.dicom import SEG_NAME, SR_NAME
 
 DEPLOY_VENV = Path(os.environ.get("NODULE_DEPLOY_VENV", ROOT / ".venv-deploy"))
 if not (DEPLOY_VENV / "bin" / "python").is_file():
@@ -58,7 +58,7 @@ def test_the_deploy_app_writes_the_bundles_report_seg_and_sr(trained, phantom_di
     shutil.copytree(phantom_dir / "dicom" / uid, study / "ct")
     shutil.copy(get_testdata_file("MR_small.dcm"), study / "mr.dcm")  # another series, another study: not CT, passed by
     app_out = tmp_path / "app"
-    command = [str(DEPLOY_VENV / "bin" / "python"), "-m", "nodule_bundle.deploy_app", "-i", str(study), "-o", str(app_out), "-m", str(trained / "models")]
+    command = [str(DEPLOY_VENV / "bin" / "python"), "-m", "nodule_bundle.apps.deploy_app", "-i", str(study), "-o", str(app_out), "-m", str(trained / "models")]
     env = {**os.environ, "NODULE_BUNDLE_ROOT": str(bundle_root)}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, preexec_fn=_holoscan_stack)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -8,9 +8,9 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from nodule_bundle.detection import detect_candidates, lung_mask
-from nodule_bundle.froc import froc, match_scan, system_score
-from nodule_bundle.geometry import LPS_TO_RAS, world_to_voxel
+from nodule_bundle.detection.candidates import detect_candidates, lung_mask
+from nodule_bundle.detection.froc import froc, match_scan, system_score
+from nodule_bundle.core.geometry import LPS_TO_RAS, world_to_voxel
 
 SPACING = np.array([0.8, 0.8, 1.5])
 SHAPE = (150, 125, 60)  # 120 x 100 x 90 mm

@@ -1,5 +1,5 @@
 """DICOM series as they come off the scanner: choice, order, HU, and every malformed case named in
-:mod:`nodule_bundle.dicom_series` (errors name the directory or file and the problem)."""
+:mod:`nodule_bundle.reading.dicom_series` (errors name the directory or file and the problem)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from dicom_helpers import SPACING, block, edit, new_instance, shift_position, write_series
-from nodule_bundle.dicom_series import DicomSeriesError, DicomSeriesWarning
-from nodule_bundle.transforms import LoadCTImaged
+from nodule_bundle.reading.dicom_series import DicomSeriesError, DicomSeriesWarning
+from nodule_bundle.preprocessing.transforms import LoadCTImaged
 
 
 def load(directory: Path, **kwargs):

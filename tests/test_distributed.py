@@ -11,7 +11,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bundle_run import ROOT
-from nodule_bundle.networks import MultiTaskNoduleNet
+from nodule_bundle.network.networks import MultiTaskNoduleNet
 
 
 def test_two_torchrun_processes_train_on_disjoint_data_and_save_one_checkpoint(phantom_dir, datalist, tmp_path):

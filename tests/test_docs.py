@@ -22,7 +22,7 @@ def test_every_config_named_in_the_docs_exists():
 
 
 def test_every_command_is_in_the_readme_and_in_the_usage_page():
-    from nodule_bundle.cli import build_parser
+    from nodule_bundle.apps.cli import build_parser
 
     commands = next(a for a in build_parser()._actions if a.dest == "command").choices
     for page in (ROOT / "README.md", ROOT / "bundle" / "docs" / "usage.md"):

@@ -17,8 +17,8 @@ import torch
 
 import nodule_bundle
 from bundle_run import ROOT
-from nodule_bundle.io_utils import write_json_atomic, write_text_atomic
-from nodule_bundle.networks import MultiTaskNoduleNet
+from nodule_bundle.core.io_utils import write_json_atomic, write_text_atomic
+from nodule_bundle.network.networks import MultiTaskNoduleNet
 
 
 def test_a_write_that_fails_leaves_the_old_file_and_no_partial_one(tmp_path, monkeypatch):

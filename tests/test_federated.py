@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from bundle_run import ROOT, monai_bundle_run
-from nodule_bundle.fl.federate import WAYS, federate, pooled_datalist
-from nodule_bundle.networks import MultiTaskNoduleNet
+from nodule_bundle.apps.fl.federate import WAYS, federate, pooled_datalist
+from nodule_bundle.network.networks import MultiTaskNoduleNet
 
 pytest.importorskip("nvflare")
 

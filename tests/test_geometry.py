@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from nodule_bundle.geometry import LPS_TO_RAS, lps_to_ras, voxel_to_world, world_to_voxel
+from nodule_bundle.core.geometry import LPS_TO_RAS, lps_to_ras, voxel_to_world, world_to_voxel
 
 
 def _oblique_affine_lps() -> np.ndarray:

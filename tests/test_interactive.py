@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from bundle_run import ROOT
-from nodule_bundle.geometry import world_to_voxel
-from nodule_bundle.interactive import NoduleService, PointOutsideImageError
+from nodule_bundle.core.geometry import world_to_voxel
+from nodule_bundle.apps.interactive import NoduleService, PointOutsideImageError
 
 
 @pytest.fixture(scope="module")

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from bundle_run import ROOT
-from nodule_bundle.geometry import world_to_voxel
-from nodule_bundle.label_app.server import MODEL, start_server, stop_server
-from nodule_bundle.sharing.export import export_bundle
+from nodule_bundle.core.geometry import world_to_voxel
+from nodule_bundle.apps.label_app.server import MODEL, start_server, stop_server
+from nodule_bundle.apps.sharing.export import export_bundle
 
 LABEL_VENV = Path(os.environ.get("NODULE_LABEL_VENV", ROOT / ".venv-label"))
 
@@ -181,7 +181,7 @@ def test_training_on_annotated_studies_makes_new_weights_live(server, phantom_di
 
 
 def test_the_point_prompt_benchmark_runs_a_real_server():
-    from nodule_bundle.bench import bench_label, format_label_result
+    from nodule_bundle.apps.bench import bench_label, format_label_result
 
     result = bench_label(LABEL_VENV, shape=(128, 128, 60), repeats=2, nodules=4)
     assert result["point_prompt"]["runs"] == 2 and 0 < result["point_prompt"]["median_s"] < result["first_request_s"] + 60

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from nodule_bundle.measure import measure_nodule
+from nodule_bundle.measuring.measure import measure_nodule
 
 SPACING = 0.6
 N = 64
@@ -78,7 +78,7 @@ def test_a_40_mm_lobulated_nodule_on_thick_slices_is_measured_whole():
     import torch
     from monai.data import MetaTensor
 
-    from nodule_bundle.transforms import NoduleMeasured
+    from nodule_bundle.preprocessing.transforms import NoduleMeasured
 
     spacing = np.array([0.7, 0.7, 2.5])
     shape = (120, 120, 32)
@@ -104,7 +104,7 @@ def test_a_40_mm_lobulated_nodule_on_thick_slices_is_measured_whole():
 
 
 def axial_long_axis(mask, spacing):
-    from nodule_bundle.measure import axial_diameters
+    from nodule_bundle.measuring.measure import axial_diameters
 
     return axial_diameters(mask, tuple(spacing))[0]
 
@@ -131,7 +131,7 @@ def _lobulated(shape, spacing, centre_mm):
 def test_the_edge_is_decided_on_the_acquired_voxels():
     """A lobulated nodule drawn voxel by voxel on 0.75 x 0.75 x 2.5 mm slices (as the real-geometry
     outlines are) is measured on those voxels: its voxel count within 4 %, its long axis within a pixel."""
-    from nodule_bundle.transforms import NoduleMeasured
+    from nodule_bundle.preprocessing.transforms import NoduleMeasured
 
     spacing = np.array([0.75, 0.75, 2.5])
     body, _ = _lobulated((72, 72, 20), spacing, (27.0, 27.0, 25.0))
@@ -144,7 +144,7 @@ def test_the_edge_is_decided_on_the_acquired_voxels():
 def test_the_acquired_edge_takes_no_voxel_of_what_the_segmentation_cut_off():
     """Tissue touching the nodule that its segmentation cut off (a wall, a vessel) stays out, though
     as dense as the nodule; the nodule's own edge voxels above the threshold come in."""
-    from nodule_bundle.measure import edge_on_acquired_grid
+    from nodule_bundle.measuring.measure import edge_on_acquired_grid
 
     x, y, z = np.indices((24, 24, 12)) - np.array([12, 12, 6])[:, None, None, None]
     body = x**2 + y**2 + (2 * z) ** 2 <= 36

@@ -10,7 +10,7 @@ from monai.handlers import ROCAUC, MeanAbsoluteError
 import pytest
 from monai.metrics import compute_roc_auc
 
-from nodule_bundle.metrics import KnownLabels, paired_auc_difference, validation_score
+from nodule_bundle.evaluation.metrics import KnownLabels, paired_auc_difference, validation_score
 
 
 def _run(metric, batches):

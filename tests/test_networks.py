@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from nodule_bundle.losses import MultiTaskNoduleLoss
-from nodule_bundle.networks import OUT_CHANNELS, RATINGS, MultiTaskNoduleNet, NoduleEncoder
-from nodule_bundle.nodule import RATING_COLUMNS
+from nodule_bundle.network.losses import MultiTaskNoduleLoss
+from nodule_bundle.network.networks import OUT_CHANNELS, RATINGS, MultiTaskNoduleNet, NoduleEncoder
+from nodule_bundle.core.nodule import RATING_COLUMNS
 
 METADATA = json.loads((Path(__file__).parents[1] / "configs" / "metadata.json").read_text())
 
@@ -47,7 +47,7 @@ def test_loss_leaves_unknown_labels_out():
 def test_rating_heads_answer_only_once_trained_on_ratings():
     from types import SimpleNamespace
 
-    from nodule_bundle.handlers import RatedNodulesCounter
+    from nodule_bundle.evaluation.handlers import RatedNodulesCounter
 
     net = MultiTaskNoduleNet(channels=(4, 8), hidden=8).eval()
     x = torch.rand(2, 1, 12, 12, 12)
@@ -81,7 +81,7 @@ def test_training_reduces_the_loss():
 
 
 def test_flip_averaging_is_the_mean_over_the_eight_flips():
-    from nodule_bundle.inferers import FlipAveragingInferer
+    from nodule_bundle.network.inferers import FlipAveragingInferer
 
     torch.manual_seed(0)
     net = MultiTaskNoduleNet(channels=(4, 8), hidden=8).eval()
@@ -109,14 +109,14 @@ def test_each_backbone_override_sits_behind_the_same_heads(backbone):
     with torch.no_grad():
         out = net(torch.rand(2, 1, 40, 40, 40))
     assert out.shape == (2, OUT_CHANNELS) and torch.isfinite(out).all()
-    assert type(net.encoder).__module__.startswith(("monai.networks.nets", "nodule_bundle.networks"))
+    assert type(net.encoder).__module__.startswith(("monai.networks.nets", "nodule_bundle.network.networks"))
     assert not isinstance(net.encoder, NoduleEncoder)
 
 
 def test_compiling_is_off_unless_asked_and_refuses_text_for_a_flag():
     """``compile`` is False by default (the network itself); a text such as MONAI's command line makes
     of ``--compile false`` is refused instead of counting as true. Compiled inference: test_bundle."""
-    from nodule_bundle.networks import compiled
+    from nodule_bundle.network.networks import compiled
 
     net = MultiTaskNoduleNet()
     assert compiled(net, False) is net
@@ -127,7 +127,7 @@ def test_compiling_is_off_unless_asked_and_refuses_text_for_a_flag():
 def test_folding_batch_norm_keeps_the_outputs_and_leaves_no_norm_after_a_convolution():
     """fold_batch_norm on trained-looking statistics: the same outputs as the batch-normed network in
     eval mode, in channels_last_3d too; no batch norm left in the encoder; refused in training mode."""
-    from nodule_bundle.networks import fold_batch_norm
+    from nodule_bundle.network.networks import fold_batch_norm
 
     torch.manual_seed(0)
     net = MultiTaskNoduleNet(channels=(4, 8), hidden=8)

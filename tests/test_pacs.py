@@ -19,7 +19,7 @@ import pytest
 from dicomweb_client.api import DICOMwebClient
 from pydicom.data import get_testdata_file
 
-from nodule_bundle.cli import main
+from nodule_bundle.apps.cli import main
 
 PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from nodule_bundle.data.phantom import HU_LUNG, PhantomConfig, _draw_nodule_traits, _reference_diameter, make_scan
-from nodule_bundle.measure import measure_mask
+from nodule_bundle.measuring.measure import measure_mask
 
 CFG = PhantomConfig(fov_mm=(120.0, 100.0, 60.0), nodules_per_scan=(6, 8))
 

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from monai.data import MetaTensor
 
-from nodule_bundle.geometry import voxel_to_world, world_to_voxel
-from nodule_bundle.transforms import CTPreprocess, NoduleCrop, NoduleOutsideVolumeError
+from nodule_bundle.core.geometry import voxel_to_world, world_to_voxel
+from nodule_bundle.preprocessing.transforms import CTPreprocess, NoduleCrop, NoduleOutsideVolumeError
 
 FAST = settings(max_examples=60, deadline=None)
 
@@ -87,7 +87,7 @@ def test_the_measurements_boxed_distance_transforms_equal_scipys_on_the_whole_cr
     the whole array: inside the mask everywhere, outside it up to ``reach`` (beyond: inf)."""
     from scipy import ndimage as ndi
 
-    from nodule_bundle.measure import _distance_inside, _distance_outside
+    from nodule_bundle.measuring.measure import _distance_inside, _distance_outside
 
     rng = np.random.default_rng(seed)
     mask = np.zeros((20, 18, 16), bool)

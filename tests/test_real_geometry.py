@@ -13,14 +13,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from nodule_bundle.cli import main
-from nodule_bundle.nodule import RATING_COLUMNS
-from nodule_bundle.geometry import world_to_voxel
+from nodule_bundle.apps.cli import main
+from nodule_bundle.core.nodule import RATING_COLUMNS
+from nodule_bundle.core.geometry import world_to_voxel
 
 pl = pytest.importorskip("pylidc", reason="pip install 'nodule-bundle[lidc]'")
 from pylidc.utils import consensus  # noqa: E402
 
-from nodule_bundle.bench_realism import malignancy_against_baselines, summarise_measurement  # noqa: E402
+from nodule_bundle.apps.bench_realism import malignancy_against_baselines, summarise_measurement  # noqa: E402
 from nodule_bundle.data.real_geometry import outlined_scans, reference_sizes, render_scan  # noqa: E402
 
 
@@ -182,7 +182,7 @@ def test_semantic_heads_train_on_the_ratings_and_are_evaluated_per_nodule(datase
 
 
 def test_training_on_both_grounds_adds_the_phantom_to_training_only(dataset, phantom_dir, tmp_path):
-    from nodule_bundle.bench_realism import training_datalist
+    from nodule_bundle.apps.bench_realism import training_datalist
     from nodule_bundle.data.datalist import load_nodule_datalist
 
     path = training_datalist(dataset, phantom_dir, tmp_path / "both.json")
@@ -196,7 +196,7 @@ def test_training_on_both_grounds_adds_the_phantom_to_training_only(dataset, pha
 
 
 def test_config_overrides_are_id_equals_json():
-    from nodule_bundle.cli import _override
+    from nodule_bundle.apps.cli import _override
 
     assert _override("loss#rating_weight=1.5") == ("loss#rating_weight", 1.5) and _override("deblur=null") == ("deblur", None)
     for bad in ("epochs", "=3", "deblur=unsharp"):

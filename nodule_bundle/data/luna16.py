@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from nodule_bundle.core.errors import NoduleBundleError
+from nodule_bundle.core.io_utils import write_json_atomic
+from nodule_bundle.core.nodule import Nodule
 from nodule_bundle.data.datalist import build_datalist_from_folds, nodule_item, relative_image_path
 from nodule_bundle.data.nodule_csv import LUNA16_COLUMNS, NoduleListError, read_nodule_csv
-from nodule_bundle.errors import NoduleBundleError
-from nodule_bundle.io_utils import write_json_atomic
-from nodule_bundle.nodule import Nodule
 
 CANDIDATE_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "class")
 

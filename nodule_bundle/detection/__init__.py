@@ -1,0 +1,1 @@
+"""Finding nodules in a whole scan: lung mask, candidates, FROC."""

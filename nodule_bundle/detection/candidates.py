@@ -1,0 +1,248 @@
+"""Whole-scan nodule candidates: a lung mask, multi-scale blob detection inside it, NMS in world mm.
+
+The detector works on the scan resampled to an isotropic detection grid (MONAI ``Spacing``; the
+classification path still crops first). Stages:
+
+1. :func:`lung_mask` (on a coarse 2 mm grid): HU < -400, air touching the field-of-view border
+   removed (outside the body), the large components kept (the lungs), airways removed (air below
+   -950 HU connected to the top of the scan), then each lung closed on its own with a ball of
+   ``closing_mm`` and its holes filled, so that vessels, nodules and juxta-pleural nodules lie
+   inside the mask and the two lungs are not bridged.
+2. :func:`detect_candidates`: scale-normalised Laplacian of Gaussian (ITK's recursive filter) of the
+   HU clipped at -300 at radii 1.5-15 mm (3-30 mm nodules), local maxima of the strongest response inside the lung mask,
+   a Hessian blobness test at each maximum that rejects tubes (vessels) and sheets (fissures,
+   pleura), then greedy non-maximum suppression in world mm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import itk
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Orientation, Spacing
+from scipy import ndimage as ndi
+from tqdm import tqdm
+
+from nodule_bundle.core.geometry import voxel_to_world
+from nodule_bundle.data.datalist import DatalistError
+
+HU_AIR_MAX = -400.0  # lung parenchyma and air are below, soft tissue above
+HU_AIRWAY_MAX = -950.0  # airway lumen (parenchyma is about -850)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A nodule candidate: centre in LPS world mm, radius estimate in mm, and the detector's
+    ``score = response * blobness**2`` (scale-normalised -LoG response, Hessian blobness in [0, 1])."""
+
+    center_world_mm: tuple[float, float, float]
+    radius_mm: float
+    score: float
+    response: float
+    blobness: float
+
+
+def isotropic(image: MetaTensor, spacing_mm: float) -> MetaTensor:
+    """The scan in RAS axis order (MONAI ``Orientation``) on an isotropic grid (``Spacing``, trilinear):
+    axis 0 runs to the patient's right-left, 1 anterior-posterior, 2 inferior-superior."""
+    ras = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(image)
+    return Spacing(pixdim=(spacing_mm,) * 3, mode="bilinear", padding_mode="border", dtype=torch.float32)(ras)
+
+
+def _ball(radius_vox: int) -> np.ndarray:
+    grid = np.mgrid[tuple(slice(-radius_vox, radius_vox + 1) for _ in range(3))]
+    return (grid**2).sum(0) <= radius_vox**2
+
+
+def lung_mask_array(hu: np.ndarray, spacing_mm: float, closing_mm: float = 10.0) -> np.ndarray:
+    """Boolean lung mask of an isotropic HU array in RAS axis order (see :func:`isotropic`).
+
+    See the module docstring for the steps; ``closing_mm`` must exceed the radius of the largest
+    juxta-pleural nodule that should stay inside the mask.
+    """
+    air = hu < HU_AIR_MAX
+    labels, n = ndi.label(air)
+    if n == 0:
+        return np.zeros_like(air)
+    border = np.unique(np.concatenate([labels[0].ravel(), labels[-1].ravel(), labels[:, 0].ravel(), labels[:, -1].ravel()]))
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    sizes[border] = 0  # outside the body (and anything touching the field of view in-plane)
+    if sizes.max() == 0:
+        return np.zeros_like(air)
+    lungs = np.isin(labels, np.flatnonzero(sizes >= 0.1 * sizes.max()))
+    airway_labels, _ = ndi.label(lungs & (hu < HU_AIRWAY_MAX))
+    top = np.unique(np.concatenate([airway_labels[:, :, 0].ravel(), airway_labels[:, :, -1].ravel()]))
+    lungs &= ~np.isin(airway_labels, top[top > 0])  # the trachea enters through the top (or bottom) slice
+    labels, n = ndi.label(lungs)
+    sizes = np.bincount(labels.ravel())[1:]
+    radius = max(1, int(round(closing_mm / spacing_mm)))
+    mask = np.zeros_like(lungs)
+    for label in np.flatnonzero(sizes >= 0.1 * sizes.max()) + 1:  # each lung closed on its own: no bridge between them
+        mask |= _close_and_fill(labels == label, radius)
+    return mask
+
+
+def _close_and_fill(region: np.ndarray, radius: int) -> np.ndarray:
+    """Binary closing with a ball (padded, so the border does not erode it), then hole filling."""
+    pad = radius + 1
+    closed = ndi.binary_closing(np.pad(region, pad), structure=_ball(radius))[pad:-pad, pad:-pad, pad:-pad]
+    return ndi.binary_fill_holes(closed)
+
+
+def lung_mask(image: MetaTensor, spacing_mm: float = 2.0, closing_mm: float = 10.0) -> MetaTensor:
+    """The lung mask of a CT (``[1, X, Y, Z]`` HU MetaTensor) on an isotropic ``spacing_mm`` grid."""
+    coarse = isotropic(image, spacing_mm)
+    mask = lung_mask_array(coarse[0].numpy(), spacing_mm, closing_mm)
+    meta = {k: v for k, v in coarse.meta.items() if k != "affine"}
+    return MetaTensor(torch.from_numpy(mask[None].astype(np.uint8)), affine=coarse.affine, meta=meta)
+
+
+def _log_responses(hu: np.ndarray, radii_mm: np.ndarray, spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Strongest scale-normalised -LoG response per voxel and the index of its radius."""
+    image = itk.image_from_array(np.ascontiguousarray(np.clip(hu, -1000.0, 200.0).astype(np.float32)))
+    image.SetSpacing([spacing_mm] * 3)
+    best = np.full(hu.shape, -np.inf, np.float32)
+    which = np.zeros(hu.shape, np.int16)
+    stronger = np.empty(hu.shape, bool)
+    for i, radius in enumerate(radii_mm):
+        log = itk.LaplacianRecursiveGaussianImageFilter.New(image, Sigma=float(radius / np.sqrt(3.0)), NormalizeAcrossScale=True)
+        log.Update()
+        response = -itk.array_view_from_image(log.GetOutput())
+        np.greater(response, best, out=stronger)
+        np.copyto(best, response, where=stronger)
+        np.copyto(which, np.int16(i), where=stronger)
+    return best, which
+
+
+def blobness(hu: np.ndarray, index: tuple[int, int, int], sigma_vox: float) -> float:
+    """|smallest| / |largest| Hessian eigenvalue at ``index`` after Gaussian smoothing with ``sigma``.
+
+    About 1 for a bright blob, about 0 for a tube or a sheet; 0 when the point is not a bright
+    maximum in every direction.
+    """
+    half = int(np.ceil(3 * sigma_vox)) + 2
+    lo = [max(0, c - half) for c in index]
+    hi = [min(s, c + half + 1) for c, s in zip(index, hu.shape)]
+    cube = ndi.gaussian_filter(hu[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].astype(np.float64), sigma_vox, mode="nearest")
+    c = tuple(i - l for i, l in zip(index, lo))
+    grads = np.gradient(cube)
+    hessian = np.array([[np.gradient(g, axis=j)[c] for j in range(3)] for g in grads])
+    eig = np.linalg.eigvalsh((hessian + hessian.T) / 2)  # ascending
+    if eig[2] >= 0:
+        return 0.0
+    return float(abs(eig[2]) / abs(eig[0]))
+
+
+def detect_candidates(
+    image: MetaTensor,
+    spacing_mm: float = 1.0,
+    radii_mm: tuple[float, ...] = (1.5, 2.2, 3.2, 4.6, 6.7, 10.0, 15.0),
+    min_response: float = 60.0,
+    min_blobness: float = 0.2,
+    min_score: float = 40.0,
+    mask: MetaTensor | None = None,
+    coarse_from_mm: float = 6.0,
+    clip_hu: float = -300.0,
+) -> list[Candidate]:
+    """Nodule candidates in a CT (``[1, X, Y, Z]`` HU MetaTensor, any orientation), strongest first.
+
+    ``min_response`` is in HU-like units of the scale-normalised LoG (a sphere of contrast C gives
+    about 0.4 C at its radius); candidates scoring below ``min_score`` are dropped; ``mask``
+    defaults to :func:`lung_mask`. Radii of ``coarse_from_mm`` and more are searched on a grid twice
+    as coarse (their blur makes the fine grid pointless; 8x fewer voxels: a 512x512x300 scan in a
+    third of the time). The LoG sees the HU clipped at ``clip_hu``, so that vessels, the chest wall
+    and calcium do not outshine a faint ground-glass nodule beside them (on the demo's phantom scans:
+    CPM 0.902 against 0.889 for nodules >= 4 mm, sensitivity 0.953 against 0.943 at 4 FP/scan); the
+    blobness test sees the HU as they are.
+    """
+    fine = isotropic(image, spacing_mm)
+    coarse_hu = torch.nn.functional.avg_pool3d(fine.as_tensor()[None], 2, ceil_mode=True)[0]
+    to_coarse = np.diag([2.0, 2.0, 2.0, 1.0])
+    to_coarse[:3, 3] = 0.5  # a coarse voxel's centre lies between two fine ones
+    levels = [
+        (fine[0].numpy(), fine.affine.numpy(), spacing_mm, [r for r in radii_mm if r < coarse_from_mm]),
+        (coarse_hu[0].numpy(), fine.affine.numpy() @ to_coarse, 2 * spacing_mm, [r for r in radii_mm if r >= coarse_from_mm]),
+    ]
+    mask = lung_mask(image) if mask is None else mask
+    space = fine.meta.get("space", "RAS")
+    responses = [
+        _log_responses(np.minimum(hu, clip_hu), np.asarray(radii, dtype=np.float64), spacing) if radii else None
+        for hu, _, spacing, radii in levels
+    ]
+    if all(r is not None for r in responses):  # a maximum over scales must beat the other level too
+        (fine_best, _), (coarse_best, _) = responses
+        coarse_at_fine = coarse_best.repeat(2, 0).repeat(2, 1).repeat(2, 2)[tuple(slice(n) for n in fine_best.shape)]
+        fine_in_coarse = ndi.maximum_filter(fine_best, size=2, origin=-1)[::2, ::2, ::2]
+        responses[0] = (np.where(fine_best >= coarse_at_fine, fine_best, -np.inf), responses[0][1])
+        responses[1] = (np.where(coarse_best > fine_in_coarse, coarse_best, -np.inf), responses[1][1])
+    found = []
+    for (hu, affine, spacing, radii), computed in zip(levels, responses):
+        if computed is None:
+            continue
+        response, which = computed
+        lungs = torch.nn.functional.interpolate(mask[None].float().as_tensor(), size=hu.shape, mode="nearest")[0, 0].numpy() > 0
+        peaks = response == ndi.maximum_filter(response, size=max(3, int(round(5.0 / spacing)) | 1), mode="nearest")
+        peaks &= lungs & (response > min_response)
+        for index in np.argwhere(peaks):
+            i = tuple(int(v) for v in index)
+            radius = float(radii[which[i]])
+            shape = blobness(hu, i, radius / np.sqrt(3.0) / spacing)
+            score = float(response[i]) * shape**2  # measured on phantom scans: CPM 0.85 vs 0.56 for the response alone
+            if shape < min_blobness or score < min_score:
+                continue
+            center = voxel_to_world(np.asarray(i, dtype=np.float64), affine, space)
+            found.append(Candidate(tuple(float(v) for v in center), radius, score, float(response[i]), shape))  # type: ignore[arg-type]
+    return suppress_overlaps(found)
+
+
+def suppress_overlaps(candidates: list[Candidate]) -> list[Candidate]:
+    """Greedy non-maximum suppression in world mm: a candidate whose centre lies within the radius
+    of a stronger one (or the stronger one's centre within its radius) is dropped."""
+    kept: list[Candidate] = []
+    for cand in sorted(candidates, key=lambda c: -c.score):
+        center = np.asarray(cand.center_world_mm)
+        if all(np.linalg.norm(center - np.asarray(k.center_world_mm)) > max(k.radius_mm, cand.radius_mm) for k in kept):
+            kept.append(cand)
+    return kept
+
+
+def candidate_fields(found: list[Candidate]) -> dict:
+    """The per-nodule lists of an inference item for detected candidates: centres, ids ``d01``...,
+    detection scores and radii."""
+    return {
+        "center_world_mm": [list(c.center_world_mm) for c in found],
+        "nodule_id": [f"d{k + 1:02d}" for k in range(len(found))],
+        "detection_score": [round(c.score, 2) for c in found],
+        "detection_radius_mm": [c.radius_mm for c in found],
+    }
+
+
+def detect_scan_item(
+    image: str, seriesuid: str | None = None, spacing_mm: float = 1.0, min_score: float = 40.0
+) -> list[dict]:
+    """The inference item of a scan whose nodules are to be found: ``[]`` when nothing is found, else
+    one item with every candidate (``center_world_mm`` ``(N, 3)``, ``nodule_id``, ``detection_score``,
+    ``detection_radius_mm``), strongest first. ``seriesuid`` also picks the series of a DICOM folder."""
+    from nodule_bundle.preprocessing.transforms import LoadCTImaged
+    from nodule_bundle.reading.image_index import scan_stem
+
+    if image is None:
+        raise DatalistError("inference needs an image: pass --image PATH (and --nodules CSV to skip detection)")
+    ct = LoadCTImaged("image", ensure_channel_first=True, image_only=True, series_uid=seriesuid)({"image": image})["image"]
+    found = detect_candidates(ct, spacing_mm=spacing_mm, min_score=min_score)
+    if not found:
+        return []
+    uid = seriesuid or ct.meta.get("series_uid") or scan_stem(Path(image))
+    return [{"image": str(image), "seriesuid": uid, **candidate_fields(found)}]
+
+
+def detect_split_items(reference: list[dict], spacing_mm: float = 1.0, min_score: float = 40.0) -> list[dict]:
+    """:func:`detect_scan_item` for every scan of a datalist split (the scans, not their nodules)."""
+    scans = {str(item["image"]): item.get("seriesuid") for item in reference}
+    progress = tqdm(scans.items(), desc="detecting nodules", unit="scan", disable=None)
+    return [found for image, uid in progress for found in detect_scan_item(image, uid, spacing_mm, min_score)]

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, calibration, figures and the engine handlers."""

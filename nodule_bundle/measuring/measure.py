@@ -1,0 +1,304 @@
+"""Nodule segmentation and measurement in physical units, from a fine HU crop around the nodule.
+
+The crop is RAS-aligned and isotropic (:class:`~nodule_bundle.preprocessing.transforms.NoduleCrop`, default
+0.5 mm), so its third axis is the patient's z and each ``crop[:, :, k]`` an axial slice. The mask is
+the connected region, seeded at the centre, above a threshold halfway between the surrounding lung
+and the nodule's core, with the chest wall, vessels and strands that touch it cut off by the nodule's own
+thickness (see :func:`nodule_mask`). From the mask come what Lung-RADS asks for: the long and short
+axial diameters (on the axial slice of largest area; short axis perpendicular to the long one),
+their mean, the volume, and the solid component's mean diameter (voxels above ``solid_hu``).
+Those are measured on the scan's own voxels (:func:`measure_on_acquired_grid`): the mask is carried
+back onto the acquired slices, where Lung-RADS measures and a reader outlines.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+MEASUREMENT_KEYS = (
+    "measured_long_axis_mm", "measured_short_axis_mm", "measured_mean_diameter_mm", "measured_volume_mm3",
+    "measured_solid_mean_diameter_mm",
+)  # fmt: skip
+
+
+LUNG_MAX_HU = -650.0  # aerated lung is below; ground glass and tissue above
+GROUND_GLASS_HU = -550.0  # a typical ground-glass density (lung about -850, solid tissue about 30)
+SOLID_PLATEAU_HU = -300.0  # a "plateau" this dense is attached solid tissue (vessels, spicules), not ground glass
+AIR_HU = -950.0  # air outside the body and in the airways is below; aerated lung above
+HOLD_FACTOR = 2.0  # the region is held within this many thicknesses of the centre ...
+HOLD_MARGIN_MM = 1.0  # ... and this much more (0 where a learned mask measures the larger nodules: chosen on validation)
+WALL_BALL_FACTOR = 1.5  # balls this many thicknesses (+1 mm) across fit in the chest wall, not in the nodule
+STRAND_BALL_FACTOR = 0.8  # an opening by a ball of this many thicknesses drops vessels and strands (0.6 before 0.14.0; chosen on validation)
+STRAND_BALL_MAX_MM = 3.0  # ... and no wider than this: vessels beside nodules are thinner, large nodules' lobules wider
+RESTORE_MAX_MM = 1.0  # the edge the opening rounded off comes back up to this far (lobules' tips; spicules' bases)
+CORE_MAX_HU = 100.0  # the core's density for the threshold: calcium (300-900 HU) is not what a nodule's edge is made of
+
+
+@dataclass(frozen=True)
+class NoduleMeasurement:
+    long_axis_mm: float
+    short_axis_mm: float
+    mean_diameter_mm: float
+    volume_mm3: float
+    solid_mean_diameter_mm: float
+
+    def as_dict(self) -> dict:
+        """``measured_*`` values; all NaN when no nodule could be segmented (nothing denser than lung)."""
+        found = self.volume_mm3 > 0
+        return {f"measured_{k}": round(v, 2) if found else math.nan for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class NoduleSegmentation:
+    """The threshold segmentation of one crop: the nodule's ``mask``, the ``threshold`` (HU) its edge
+    lies at, and what was ``attached``: tissue above the threshold that touched the nodule and was cut
+    off (chest wall, vessels, strands, other objects), all ``[X, Y, Z]`` on the crop's grid."""
+
+    mask: np.ndarray
+    threshold: float
+    attached: np.ndarray
+
+
+def nodule_mask(crop_hu: np.ndarray, spacing_mm: float) -> np.ndarray:
+    """Boolean mask of the nodule at the centre of ``crop_hu`` (``[X, Y, Z]`` HU, isotropic); see :func:`segment_nodule`."""
+    return segment_nodule(crop_hu, spacing_mm).mask
+
+
+def segment_nodule(crop_hu: np.ndarray, spacing_mm: float, hold_margin_mm: float = HOLD_MARGIN_MM) -> NoduleSegmentation:
+    """Segment the nodule at the centre of ``crop_hu`` (``[X, Y, Z]`` HU, isotropic).
+
+    The threshold is halfway between the lung around it (median of the crop's aerated voxels,
+    -950..-650 HU) and the nodule's core (90th percentile within 1.5 mm of the centre, at most
+    100 HU: a calcified core would raise the threshold into the soft tissue): the 50 % point
+    of a blurred edge, so the border does not move with the scanner's blur; ground-glass nodules get
+    a lower threshold than solid ones. What touches the nodule is cut off by the nodule's own
+    thickness ``r`` (the largest ball inside it at the centre; searching 3 mm around the centre
+    leaked into the chest wall of small phantoms): the region is held within
+    ``2 r + hold_margin_mm`` of the centre; the chest wall is what balls of radius ``1.5 r + 1 mm`` reach in the
+    tissue and air beyond the lung; vessels and strands are what an opening by a ball of ``0.8 r``
+    (at most 3 mm) drops, the region's own edge within ``0.8 r`` (at most 1 mm) of what the opening keeps
+    restored (lobules keep their tips, spicules grow back 1 mm at most). Tuned on the real-geometry
+    training split (``bench realism``), checked on the phantom.
+    """
+    smooth = ndi.gaussian_filter(crop_hu.astype(np.float32), 0.5 / spacing_mm)
+    centre = tuple(s // 2 for s in crop_hu.shape)
+    distance = _distance_from_centre(crop_hu.shape, spacing_mm)
+    lung = smooth[(smooth < LUNG_MAX_HU) & (smooth > AIR_HU)]  # the parenchyma around it: not the wall, not the air outside
+    background = float(np.median(lung)) if lung.size else float(np.median(smooth))
+    core = min(float(np.percentile(smooth[distance <= 1.5], 90)), CORE_MAX_HU)
+    nothing = NoduleSegmentation(np.zeros(crop_hu.shape, bool), math.nan, np.zeros(crop_hu.shape, bool))
+    if core - background < 100.0:  # nothing denser than the lung here
+        return nothing
+    threshold = (background + core) / 2.0
+    region, centre = _grow(smooth, threshold, centre, distance)
+    if not region.any():
+        return nothing
+    # a part-solid nodule: a plateau of ground glass around the dense part; then its total extent
+    # is the 50 % point between the lung and that plateau
+    outside_mm = _distance_outside(region, 3.0 / spacing_mm) * spacing_mm
+    plateau = float(np.median(smooth[(outside_mm > 1.0) & (outside_mm <= 3.0)]))  # beyond the blur of the edge
+    if background + 0.5 * (GROUND_GLASS_HU - background) < plateau < SOLID_PLATEAU_HU:
+        threshold = (background + plateau) / 2.0
+        region, centre = _grow(smooth, threshold, centre, distance)
+    thickness = float(_distance_inside(region)[centre]) * spacing_mm
+    region = _component_at(region & (distance <= HOLD_FACTOR * thickness + hold_margin_mm), centre)
+    wall_ball = (WALL_BALL_FACTOR * thickness + 1.0) / spacing_mm
+    wall = _opened(np.asarray((smooth >= threshold) | (smooth <= AIR_HU)), wall_ball, pad=math.ceil(wall_ball) + 1)
+    if not wall[centre]:
+        region = _component_at(region & ~wall, centre)
+    region = without_strands(region, centre, thickness, spacing_mm)
+    return NoduleSegmentation(region, threshold, (smooth >= threshold) & ~region)
+
+
+def without_strands(region: np.ndarray, centre: tuple[int, ...], thickness_mm: float, spacing_mm: float) -> np.ndarray:
+    """``region`` (isotropic voxels of ``spacing_mm``) without the vessels and strands that touch it:
+    what an opening by a ball of ``STRAND_BALL_FACTOR`` times the nodule's ``thickness_mm`` (at most
+    ``STRAND_BALL_MAX_MM``) drops, the region's own edge within that radius (at most ``RESTORE_MAX_MM``)
+    of what it keeps restored; ``region`` itself where the opening loses the ``centre`` voxel."""
+    radius = min(STRAND_BALL_FACTOR * thickness_mm, STRAND_BALL_MAX_MM) / spacing_mm
+    if radius < 1.0:
+        return region
+    opened = _opened(region, radius)
+    if not opened[centre]:
+        return region
+    kept = _component_at(opened & region, centre)
+    restore = min(radius, RESTORE_MAX_MM / spacing_mm)
+    return _component_at(region & (_distance_outside(kept, restore + 1.0) <= restore), centre)
+
+
+def edge_on_acquired_grid(region: np.ndarray, hu: np.ndarray, threshold: float, attached: np.ndarray) -> np.ndarray:
+    """The nodule's mask on the scan's own voxels: the voxels at or above ``threshold`` (HU) within one
+    voxel of ``region`` (the segmentation carried onto those voxels), neither in ``attached`` (the tissue
+    its segmentation cut off, carried likewise) nor apart from ``region``, holes (a cavity) filled. All
+    arrays share one grid; ``region`` itself where no voxel of it reaches the threshold.
+
+    Carried over by nearest sampling, the fine crop's mask puts its edge up to half a voxel off, and the
+    smoothing it was thresholded on rounds the edge inwards; each acquired voxel on the edge is decided
+    by its own value instead, at the threshold's 50 % point, as the partial-volume edge of a reader's
+    outline on those voxels. On the real-geometry validation split: long axis MAE 1.42 -> 1.23 mm,
+    volume error 13.5 -> 9.0 %."""
+    above = hu >= threshold
+    labels, _ = ndi.label(above & (region | (ndi.binary_dilation(region) & ~attached)))
+    kept = np.unique(labels[region & above])
+    edge = ndi.binary_fill_holes(np.isin(labels, kept[kept > 0]))
+    return edge if edge.any() else region
+
+
+def rim_threshold(region: np.ndarray, hu: np.ndarray, spacing_mm: Sequence[float]) -> float:
+    """The HU halfway between the lung around ``region`` (median of the aerated voxels of ``hu``) and
+    the region's rim (median 1-2.5 mm inside its border, at most 100 HU): the 50 % point of the edge a
+    region from elsewhere (a learned mask) outlines. Unlike the core's density, the rim's is that of the
+    nodule's outer part: the ground glass of a part-solid nodule, the tissue around a calcified core.
+    NaN when the region has no such rim, the crop no lung, or the rim is not 100 HU denser than the
+    lung (the region is mostly lung: its edge says nothing)."""
+    depth = depth_inside_mm(region, spacing_mm)
+    rim = hu[(depth >= 1.0) & (depth <= 2.5)]
+    lung = hu[(hu < LUNG_MAX_HU) & (hu > AIR_HU)]
+    if rim.size < 5 or not lung.size:
+        return math.nan
+    background, outer = float(np.median(lung)), min(float(np.median(rim)), CORE_MAX_HU)
+    return (background + outer) / 2.0 if outer - background >= 100.0 else math.nan
+
+
+def depth_inside_mm(mask: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray:
+    """Distance (mm) from each voxel of ``mask`` to the nearest voxel outside it, the array's border
+    counting as outside (0 outside); ``spacing_mm`` per axis."""
+    return ndi.distance_transform_edt(np.pad(mask, 1), sampling=spacing_mm)[tuple(slice(1, -1) for _ in mask.shape)]
+
+
+def _opened(mask: np.ndarray, radius: float, pad: int = 0) -> np.ndarray:
+    """``mask`` opened by a ball of ``radius`` voxels (through distance transforms); with ``pad``, the
+    array's border is continued that far (a wall that leaves the crop stays a wall)."""
+    if pad:
+        padded = _opened(np.pad(mask, pad, mode="edge"), radius)
+        return padded[tuple(slice(pad, pad + n) for n in mask.shape)]
+    eroded = _distance_inside(mask) > radius
+    return _distance_outside(eroded, radius) <= radius
+
+
+@functools.lru_cache(maxsize=8)
+def _distance_from_centre(shape: tuple[int, ...], spacing_mm: float) -> np.ndarray:
+    """Each voxel's distance (mm) from the centre voxel ``shape // 2``; read-only, shared by every crop of that shape."""
+    grid = np.indices(shape, dtype=np.float32)
+    distance = np.sqrt(sum((g - s // 2) ** 2 for g, s in zip(grid, shape))) * spacing_mm
+    distance.flags.writeable = False
+    return distance
+
+
+def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """The bounding box of ``mask``'s voxels grown by ``margin`` voxels, within the array."""
+    box = []
+    for axis in range(mask.ndim):
+        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(max(int(present[0]) - margin, 0), int(present[-1]) + margin + 1))
+    return tuple(box)
+
+
+def _distance_inside(mask: np.ndarray) -> np.ndarray:
+    """Voxel distance from each voxel of ``mask`` to the nearest voxel outside it (0 outside), as
+    ``ndi.distance_transform_edt(mask)`` within an all-false border, computed on the mask's box only."""
+    out = np.zeros(mask.shape)
+    if mask.any():
+        box = _box(mask, 1)
+        out[box] = ndi.distance_transform_edt(mask[box])
+    return out
+
+
+def _distance_outside(mask: np.ndarray, reach: float) -> np.ndarray:
+    """Voxel distance from each voxel to the nearest voxel of ``mask``, exact up to ``reach``
+    (``ndi.distance_transform_edt(~mask)``, computed on the mask's box grown by ``reach``); beyond, inf."""
+    out = np.full(mask.shape, np.inf)
+    if mask.any():
+        box = _box(mask, math.ceil(reach) + 1)
+        out[box] = ndi.distance_transform_edt(~mask[box])
+    return out
+
+
+def _grow(smooth: np.ndarray, threshold: float, centre: tuple, distance: np.ndarray):
+    """The connected region above ``threshold`` at ``centre`` (or at the nearest such voxel within 2 mm)."""
+    tissue = smooth > threshold
+    if not tissue[centre]:
+        near = tissue & (distance <= 2.0)
+        if not near.any():
+            return np.zeros_like(tissue), centre
+        centre = tuple(np.argwhere(near)[np.argmin(distance[near])])
+    return _component_at(tissue, centre), centre
+
+
+def _component_at(mask: np.ndarray, index: tuple[int, ...]) -> np.ndarray:
+    labels, _ = ndi.label(mask)
+    return labels == labels[index] if labels[index] else np.zeros_like(mask)
+
+
+def component_nearest(mask: np.ndarray, voxel: Sequence[float]) -> np.ndarray:
+    """The connected part of ``mask`` nearest the continuous voxel index ``voxel`` (all false if ``mask`` is)."""
+    labels, count = ndi.label(mask)
+    if count <= 1:
+        return labels > 0
+    points = np.argwhere(labels)
+    nearest = points[np.argmin(np.linalg.norm(points - np.asarray(voxel, dtype=np.float64), axis=1))]
+    return labels == labels[tuple(nearest)]
+
+
+def touches_border(mask: np.ndarray) -> bool:
+    """Whether ``mask`` reaches its array's border."""
+    return any(np.take(mask, index, axis=axis).any() for axis in range(mask.ndim) for index in (0, -1))
+
+
+def axial_diameters(mask: np.ndarray, spacing_mm: float | tuple[float, ...]) -> tuple[float, float]:
+    """Long and perpendicular short axis (mm) on the axial slice (``mask[:, :, k]``) where the mask's
+    area is largest, from outer pixel edge to outer pixel edge. ``spacing_mm``: the pixel size, one
+    number or per axis (the first two are the slice's)."""
+    pixel = np.broadcast_to(np.asarray(spacing_mm, dtype=np.float64), (3,))[:2]
+    spacing_mm = float(pixel.mean())
+    areas = mask.sum(axis=(0, 1))
+    if areas.max() == 0:
+        return 0.0, 0.0
+    k = int(np.argmax(areas))
+    edge = mask[:, :, k] & ~ndi.binary_erosion(mask[:, :, k])
+    points = np.argwhere(edge).astype(np.float64) * pixel
+    if len(points) < 2:
+        return spacing_mm, spacing_mm
+    gaps = np.linalg.norm(points[:, None] - points[None], axis=-1)
+    i, j = np.unravel_index(np.argmax(gaps), gaps.shape)
+    long_axis = float(gaps[i, j]) + spacing_mm  # voxel centres to outer edges
+    direction = (points[j] - points[i]) / max(gaps[i, j], 1e-9)
+    across = points @ np.array([-direction[1], direction[0]])
+    return long_axis, float(across.max() - across.min()) + spacing_mm
+
+
+def measure_nodule(crop_hu: np.ndarray, spacing_mm: float, solid_hu: float = -300.0) -> NoduleMeasurement:
+    """Segment and measure the nodule at the centre of an isotropic HU crop."""
+    return measure_mask(nodule_mask(crop_hu, spacing_mm), crop_hu, spacing_mm, solid_hu)
+
+
+def measure_mask(mask: np.ndarray, crop_hu: np.ndarray, spacing_mm: float | tuple[float, float, float], solid_hu: float = -300.0) -> NoduleMeasurement:
+    """The Lung-RADS measurements of a nodule mask in its HU crop (``[X, Y, Z]``, axial slices
+    ``[:, :, k]``; ``spacing_mm`` one number, or per axis)."""
+    long_axis, short_axis = axial_diameters(mask, spacing_mm)
+    solid = mask & (crop_hu > solid_hu)
+    solid_long, solid_short = axial_diameters(solid, spacing_mm) if solid.any() else (0.0, 0.0)
+    return NoduleMeasurement(
+        long_axis_mm=long_axis,
+        short_axis_mm=short_axis,
+        mean_diameter_mm=(long_axis + short_axis) / 2.0,
+        volume_mm3=float(mask.sum() * np.prod(np.broadcast_to(np.asarray(spacing_mm, dtype=np.float64), (3,)))),
+        solid_mean_diameter_mm=(solid_long + solid_short) / 2.0,
+    )
+
+
+def measure_on_acquired_grid(mask: np.ndarray, hu: np.ndarray, affine: np.ndarray, solid_hu: float = -300.0) -> NoduleMeasurement:
+    """:func:`measure_mask` on a box of the scan's own voxels (``affine``: voxel -> world mm, any
+    orientation): the axial slices are the acquired ones, along the voxel axis nearest the world's z,
+    and a voxel counts whole or not at all, as a reader's outline on those slices counts it."""
+    columns = np.asarray(affine, dtype=np.float64)[:3, :3]
+    slice_axis = int(np.argmax(np.abs(columns[2])))
+    order = [a for a in range(3) if a != slice_axis] + [slice_axis]
+    spacing = tuple(float(v) for v in np.linalg.norm(columns, axis=0)[order])
+    return measure_mask(np.transpose(mask, order), np.transpose(hu, order), spacing, solid_hu)

@@ -1,0 +1,1 @@
+"""The networks: classifier and heads, losses, inferers, the learned nodule mask."""

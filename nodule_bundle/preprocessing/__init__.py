@@ -1,0 +1,1 @@
+"""Crops and preprocessing: filters and the bundle's MONAI transforms."""

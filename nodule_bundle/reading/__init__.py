@@ -1,0 +1,1 @@
+"""Reading CT: DICOM series, image readers, scans by series UID."""

@@ -1,0 +1,1 @@
+"""Reports: report.json / CSV, pictures, HTML, DICOM SEG and SR."""
