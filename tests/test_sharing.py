@@ -24,7 +24,8 @@ from nodule_bundle.apps.sharing.verify import verify_bundle
 
 CHECKS = (
     "archive entries", "required files", "sha256 manifest", "file sizes and large_files.yml", "metadata.json schema",
-    "version in changelog", "channel definitions", "no absolute paths in configs", "weights load with weights_only=True",
+    "version in changelog", "channel definitions", "no absolute paths in configs", "configs' code in the bundle",
+    "weights load with weights_only=True",
     "verify_net_in_out (MONAI)", "weights fit the network", "ckpt_export TorchScript round trip (MONAI)",
     "models/model.ts matches models/model.pt",
 )  # fmt: skip
@@ -75,6 +76,8 @@ def test_the_export_is_self_contained_and_portable(exported, unpacked):
                  "docs/README.md", "docs/data_license.txt", "LICENSE", "large_files.yml", "nodule_bundle/network/networks.py"):  # fmt: skip
         assert name in names
     assert not any("__pycache__" in n or n.startswith("/") for n in names)
+    shipped = {n.split("/")[1] for n in names if n.startswith("nodule_bundle/") and n.count("/") > 1}
+    assert shipped == {"core", "reading", "detection", "preprocessing", "network", "measuring", "evaluation", "reports", "data"}  # the runtime: no apps/
     assert set(read_manifest(unpacked)) == set(names) - {"manifest.sha256"}
     for config in (unpacked / "configs").glob("*.json"):
         assert str(ROOT) not in config.read_text() and "/tmp/" not in config.read_text()
@@ -89,6 +92,14 @@ def test_a_tampered_weight_file_is_caught(unpacked):
     assert "models/model.pt: sha256 differs" in failed["sha256 manifest"]
     assert "models/model.pt: sha256 differs" in failed["file sizes and large_files.yml"]
     assert "skipped" in failed["network checks (run the bundle's code)"]  # its code never runs
+
+
+def test_a_config_naming_code_the_bundle_lacks_is_named(unpacked):
+    """A config that would run code the bundle does not carry (an application, a module renamed away)."""
+    _edit_json(unpacked / "configs" / "inference.json", lambda c: c.update(extra={"_target_": "nodule_bundle.apps.bench.bench_scan"}))
+    write_manifest(unpacked)
+    failed = _failed(verify_bundle(unpacked))
+    assert failed["configs' code in the bundle"] == "inference.json: nodule_bundle.apps.bench.bench_scan is not in the bundle's code"
 
 
 def test_a_missing_metadata_field_is_named(unpacked):

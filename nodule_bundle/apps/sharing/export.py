@@ -8,7 +8,9 @@ Layout (the MONAI bundle specification's, plus the code the configs import)::
     models/calibration.json  the malignancy temperature, when the checkpoint's folder has one
     models/segmenter.pt the learned segmentation's state dict, when the checkpoint's folder has one
     docs/               model card (README.md), its images and data_license.txt
-    nodule_bundle/      the custom components; MONAI puts the bundle root on sys.path
+    nodule_bundle/      the runtime the configs import (every stage package, not apps/: the CLI, benchmarks,
+                        PACS, Deploy, MONAI Label and federated applications stay home); MONAI puts the
+                        bundle root on sys.path
     LICENSE  large_files.yml  manifest.sha256
 
 The bundle is assembled in a temporary folder beside ``out`` and moved (or zipped) into place only
@@ -35,6 +37,7 @@ from nodule_bundle.core.errors import NoduleBundleError
 from nodule_bundle.evaluation.calibration import load_temperature
 
 CODE_SUFFIXES = (".py", ".json")
+APPLICATIONS = "apps"  # nodule_bundle/apps: built on the runtime, never imported by it, not shipped
 
 
 def export_bundle(
@@ -87,7 +90,8 @@ def _assemble(staging: Path, root: Path, weights: dict, weights_url: str, calibr
     shutil.copy2(root / "LICENSE", staging / "LICENSE")
     package = Path(nodule_bundle.__file__).parent
     for path in sorted(package.rglob("*")):
-        if path.suffix in CODE_SUFFIXES and "__pycache__" not in path.parts:
+        inside = path.relative_to(package).parts
+        if path.suffix in CODE_SUFFIXES and "__pycache__" not in inside and inside[0] != APPLICATIONS:
             target = staging / "nodule_bundle" / path.relative_to(package)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)

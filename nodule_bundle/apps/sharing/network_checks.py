@@ -1,8 +1,8 @@
 """The checks that run the bundle's network: MONAI's ``verify_net_in_out``, the weights, TorchScript.
 
-``nodule-bundle verify`` runs ``python -m nodule_bundle.apps.sharing.network_checks`` with the bundle root
-as working directory, so that the network comes from the bundle's own copy of the code, as at the
-receiving site; it prints the checks as one JSON list.
+``nodule-bundle verify`` runs this file as a script with the bundle root as working directory and
+import path, so that the network comes from the bundle's own copy of the code (which holds the
+runtime only, not this application), as at the receiving site; it prints the checks as one JSON list.
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from nodule_bundle.apps.sharing import network_checks
 from nodule_bundle.apps.sharing.archive import manifest_problems, safe_extract, zip_problems
-from nodule_bundle.apps.sharing.network_checks import load_weights
 from nodule_bundle.core.checksums import large_file_entries, sha256_file
 from nodule_bundle.core.errors import NoduleBundleError
 
@@ -36,6 +36,7 @@ MAX_FILE_BYTES = 25 * 1024**2  # the model zoo's limit; larger files go in large
 SCHEMA_PATH = Path(__file__).with_name("metadata.schema.json")
 _ABSOLUTE = re.compile(r"^(/|~/|[A-Za-z]:[\\/])")
 _QUOTED = re.compile(r"""(['"])((?:/|~/|[A-Za-z]:[\\/])[^'"]*)\1""")
+_CODE_NAME = re.compile(r"\bnodule_bundle(?:\.\w+)+")
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ def verify_bundle_dir(root: str | os.PathLike) -> list[Check]:
         _listed("version in changelog", _changelog_problems(metadata), f"version {metadata.get('version') if metadata else '?'} listed"),
         _listed("channel definitions", _channel_problems(metadata), "a channel_def entry for every input and output channel"),
         _listed("no absolute paths in configs", config_path_problems(root / "configs"), "configs/*.json"),
+        _listed("configs' code in the bundle", config_code_problems(root), "every nodule_bundle name the configs use is a module of the bundle's own code"),
         _listed("weights load with weights_only=True", _weights_problems(root), "models/model.pt: a state dict of tensors"),
     ]
     if all(c.ok for c in checks):
@@ -103,6 +105,30 @@ def config_path_problems(configs_dir: str | os.PathLike) -> list[str]:
                 bad = [value] if _ABSOLUTE.match(value) else []
             problems += [f"{path.name}: {key}: absolute path {b!r}" for b in bad]
     return problems
+
+
+def config_code_problems(root: str | os.PathLike) -> list[str]:
+    """The ``nodule_bundle...`` names of the configs that are not modules (or names in one) of the
+    bundle's own ``nodule_bundle/``: what a receiving site would run but was not given."""
+    root, problems = Path(root), []
+    for path in sorted((root / "configs").glob("*.json")):
+        if path.name == "metadata.json":  # its changelog is prose
+            continue
+        for name in sorted(set(_CODE_NAME.findall(path.read_text()))):
+            if not _resolves(root, name.split(".")):
+                problems.append(f"{path.name}: {name} is not in the bundle's code")
+    return problems
+
+
+def _resolves(root: Path, parts: list[str]) -> bool:
+    """Whether ``parts`` (``nodule_bundle``, packages ..., a module, then names in it) lies under ``root``."""
+    for k in range(1, len(parts) + 1):
+        here = root.joinpath(*parts[:k])
+        if here.with_suffix(".py").is_file():
+            return True
+        if not (here / "__init__.py").is_file():
+            return False
+    return True
 
 
 def _strings(node, key: str = ""):
@@ -180,18 +206,18 @@ def _large_file_problems(root: Path) -> list[str]:
 
 def _weights_problems(root: Path) -> list[str]:
     try:
-        load_weights(root / "models" / "model.pt")
+        network_checks.load_weights(root / "models" / "model.pt")
     except (NoduleBundleError, OSError) as e:
         return [str(e)]
     return []
 
 
 def _network_checks(root: Path) -> list[Check]:
-    """``network_checks`` in a subprocess whose working directory is the bundle root (its own code)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    """``network_checks`` (this installation's script) in a subprocess whose working directory and only
+    import path is the bundle root: the network comes from the bundle's own code."""
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHONPATH": str(Path(root).resolve())}
     result = subprocess.run(
-        [sys.executable, "-m", "nodule_bundle.apps.sharing.network_checks", "."],
-        cwd=root, env=env, capture_output=True, text=True, timeout=600,
+        [sys.executable, network_checks.__file__, "."], cwd=root, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     last = result.stdout.strip().splitlines()[-1:] if result.stdout.strip() else []
     try:
