@@ -222,7 +222,7 @@ def test_train_and_inference_share_network_and_preprocessing():
     assert {k: train[k] for k in keys} == {k: infer[k] for k in keys}
     infer_steps = [dict(step) for step in infer["preprocessing"]["transforms"]]
     assert infer_steps[0].pop("series_uid") == "@seriesuid"  # inference reads the series it is told to
-    assert infer_steps.pop(1)["_target_"] == "nodule_bundle.preprocessing.transforms.NoduleMeasured"  # and measures each nodule
+    assert infer_steps.pop(1)["_target_"] == "nodule_bundle.measuring.transforms.NoduleMeasured"  # and measures each nodule
     assert "detection_score" in infer_steps[1].pop("per_nodule_keys")  # and reports what the detector found
     assert train["deterministic_transforms"][:3] == infer_steps
 

@@ -12,7 +12,7 @@ import pytest
 
 from nodule_bundle.data.writers import write_dicom_series
 from nodule_bundle.core.geometry import world_to_voxel
-from nodule_bundle.preprocessing.transforms import LoadCTImaged
+from nodule_bundle.reading.load import LoadCTImaged
 
 pl = pytest.importorskip("pylidc", reason="pip install 'nodule-bundle[lidc]'")
 from nodule_bundle.data.lidc import convert_lidc, malignancy_label  # noqa: E402

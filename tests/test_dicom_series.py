@@ -15,7 +15,7 @@ from pydicom.uid import generate_uid
 
 from dicom_helpers import SPACING, block, edit, new_instance, shift_position, write_series
 from nodule_bundle.reading.dicom_series import DicomSeriesError, DicomSeriesWarning
-from nodule_bundle.preprocessing.transforms import LoadCTImaged
+from nodule_bundle.reading.load import LoadCTImaged
 
 
 def load(directory: Path, **kwargs):

@@ -70,7 +70,7 @@ def test_annotations_csv_has_luna16_columns_first(phantom_dir, datalist):
 def test_images_that_are_not_ct_in_hounsfield_units_are_refused(tmp_path, values, message):
     import nibabel as nib
 
-    from nodule_bundle.preprocessing.transforms import LoadCTImaged, UnreadableImageError
+    from nodule_bundle.reading.load import LoadCTImaged, UnreadableImageError
 
     path = tmp_path / "scan.nii.gz"
     nib.save(nib.Nifti1Image(values.astype(np.float32), np.eye(4)), path)
@@ -92,8 +92,8 @@ def test_the_nifti_reader_gives_what_monais_nibabel_reader_gives(tmp_path, monke
     import nibabel as nib
     from monai.data import NibabelReader
 
+    from nodule_bundle.reading.load import LoadCTImaged
     from nodule_bundle.reading.readers import NiftiReader
-    from nodule_bundle.preprocessing.transforms import LoadCTImaged
 
     monkeypatch.setattr(NiftiReader, "SLAB_SLICES", 4)
     stored = np.random.default_rng(1).integers(-1024, 2000, size=(23, 17, 11)).astype(stored_dtype)
@@ -118,7 +118,7 @@ def test_a_nifti_file_cut_short_is_refused_naming_the_file(tmp_path, suffix, rea
     short) is an error naming the file and where it ends, not zeros."""
     import nibabel as nib
 
-    from nodule_bundle.preprocessing.transforms import LoadCTImaged, UnreadableImageError
+    from nodule_bundle.reading.load import LoadCTImaged, UnreadableImageError
 
     path = tmp_path / f"scan{suffix}"
     voxels = np.random.default_rng(0).integers(-1000, 400, (16, 16, 40), dtype=np.int16)  # noise: compressed evenly

@@ -78,7 +78,7 @@ def test_a_40_mm_lobulated_nodule_on_thick_slices_is_measured_whole():
     import torch
     from monai.data import MetaTensor
 
-    from nodule_bundle.preprocessing.transforms import NoduleMeasured
+    from nodule_bundle.measuring.transforms import NoduleMeasured
 
     spacing = np.array([0.7, 0.7, 2.5])
     shape = (120, 120, 32)
@@ -131,7 +131,7 @@ def _lobulated(shape, spacing, centre_mm):
 def test_the_edge_is_decided_on_the_acquired_voxels():
     """A lobulated nodule drawn voxel by voxel on 0.75 x 0.75 x 2.5 mm slices (as the real-geometry
     outlines are) is measured on those voxels: its voxel count within 4 %, its long axis within a pixel."""
-    from nodule_bundle.preprocessing.transforms import NoduleMeasured
+    from nodule_bundle.measuring.transforms import NoduleMeasured
 
     spacing = np.array([0.75, 0.75, 2.5])
     body, _ = _lobulated((72, 72, 20), spacing, (27.0, 27.0, 25.0))

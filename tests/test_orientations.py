@@ -9,7 +9,8 @@ import pytest
 from nodule_bundle.data.phantom import PhantomConfig, make_scan
 from nodule_bundle.data.writers import write_dicom_series, write_itk_image, write_nifti
 from nodule_bundle.core.geometry import voxel_to_world, world_to_voxel
-from nodule_bundle.preprocessing.transforms import LoadCTImaged, NoduleCrop
+from nodule_bundle.preprocessing.transforms import NoduleCrop
+from nodule_bundle.reading.load import LoadCTImaged
 
 WRITERS = {
     "nifti": lambda d, v, a: write_nifti(d / "scan.nii.gz", v, a) or d / "scan.nii.gz",

@@ -29,7 +29,8 @@ from nodule_bundle.core.nodule import lung_rads_category, texture_from_measureme
 from nodule_bundle.reports.dicom import SEG_NAME, SR_NAME, frames_from_label_map, read_source_series, write_dicom_report
 from nodule_bundle.reports.html import render_report_html
 from nodule_bundle.reports.pictures import nodule_views, write_montage
-from nodule_bundle.preprocessing.transforms import LoadCTImaged, label_map
+from nodule_bundle.measuring.transforms import label_map
+from nodule_bundle.reading.load import LoadCTImaged
 
 PHI = {"PatientName": "Doe^Jane", "PatientID": "MRN-0042", "PatientBirthDate": "19500101"}
 

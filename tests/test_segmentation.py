@@ -22,7 +22,7 @@ from nodule_bundle.core.checksums import sha256_file
 from nodule_bundle.apps.sharing.export import export_bundle
 from nodule_bundle.apps.sharing.network_checks import load_weights
 from nodule_bundle.apps.sharing.verify import verify_bundle
-from nodule_bundle.preprocessing.transforms import NoduleMeasured
+from nodule_bundle.measuring.transforms import NoduleMeasured
 
 
 def test_reference_mask_is_the_items_own_nodule_and_a_missing_one_is_named():

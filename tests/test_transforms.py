@@ -6,17 +6,11 @@ import torch
 from monai.data import MetaTensor
 
 from nodule_bundle.core.geometry import LPS_TO_RAS, voxel_to_world
-from nodule_bundle.measuring.measure import MEASUREMENT_KEYS
 from nodule_bundle.core.nodule import RATING_COLUMNS
-from nodule_bundle.preprocessing.transforms import (
-    CTPreprocess,
-    NoduleCrop,
-    NoduleCropd,
-    NoduleHeadsd,
-    NoduleMeasured,
-    NoduleOutsideVolumeError,
-    NoduleTargetsd,
-)
+from nodule_bundle.measuring.measure import MEASUREMENT_KEYS
+from nodule_bundle.measuring.transforms import NoduleMeasured
+from nodule_bundle.network.targets import NoduleHeadsd, NoduleTargetsd
+from nodule_bundle.preprocessing.transforms import CTPreprocess, NoduleCrop, NoduleCropd, NoduleOutsideVolumeError
 
 
 def _scan_with_dot(dot_voxel=(37, 41, 13)) -> MetaTensor:

@@ -27,7 +27,7 @@ from monai.transforms import LoadImage, LoadImaged
 from nodule_bundle.core.errors import NoduleBundleError
 from nodule_bundle.data.writers import write_dicom_series
 from nodule_bundle.measuring.measure import MEASUREMENT_KEYS
-from nodule_bundle.preprocessing.transforms import LoadCTImaged
+from nodule_bundle.reading.load import LoadCTImaged
 
 
 def _summary(seconds: list[float]) -> dict:
@@ -127,8 +127,9 @@ def bench_whole_scan(shape: tuple[int, int, int] = (512, 512, 300), repeats: int
     nodules: read (NIfTI), lung mask, candidates, measurement, crops + preprocessing, network (flip
     averaging, the shipped architecture with untrained weights: the cost is the same)."""
     from nodule_bundle.detection.candidates import detect_candidates, lung_mask
+    from nodule_bundle.measuring.transforms import NoduleMeasured
     from nodule_bundle.network.inferers import FlipAveragingInferer
-    from nodule_bundle.preprocessing.transforms import CTPreprocessd, NoduleCropd, NoduleMeasured
+    from nodule_bundle.preprocessing.transforms import CTPreprocessd, NoduleCropd
 
     load = LoadCTImaged("image", ensure_channel_first=True, image_only=True)
     measure, crop = NoduleMeasured("image"), NoduleCropd("image", patch_size=40, spacing_mm=1.2)
@@ -253,8 +254,10 @@ def bench_scan_to_report(shape: tuple[int, int, int] = (512, 512, 300), repeats:
     from monai.transforms import Orientation, Spacing
 
     from nodule_bundle.core.geometry import voxel_to_world, world_to_voxel
+    from nodule_bundle.measuring.transforms import NoduleMeasured
     from nodule_bundle.network.inferers import FlipAveragingInferer
-    from nodule_bundle.preprocessing.transforms import CTPreprocessd, NoduleCrop, NoduleCropd, NoduleHeadsd, NoduleMeasured
+    from nodule_bundle.network.targets import NoduleHeadsd
+    from nodule_bundle.preprocessing.transforms import CTPreprocessd, NoduleCrop, NoduleCropd
     from nodule_bundle.reports.report import nodule_finding, scan_identity, write_report, write_scan_pictures
 
     load = LoadCTImaged("image", ensure_channel_first=True, image_only=True, dtype=None)  # as stored, like inference.json
@@ -511,7 +514,7 @@ def format_backbone_accuracy_result(result: dict) -> str:
 
 
 def bench_measure(scans: int = 8, seed: int = 0, first_index: int = 70, bundle_root: str | Path | None = None, overrides: dict | None = None) -> dict:
-    """Measured mean diameter (:class:`~nodule_bundle.preprocessing.transforms.NoduleMeasured` as the bundle's
+    """Measured mean diameter (:class:`~nodule_bundle.measuring.transforms.NoduleMeasured` as the bundle's
     inference.json configures it, with config ``overrides``: its learned segmentation too, when it has
     one) against each phantom nodule's reference diameter, over ``scans`` phantom scans not used
     by the demo's dataset (indices from ``first_index``): MAE and bias per texture and margin, and the

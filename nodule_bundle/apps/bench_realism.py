@@ -49,8 +49,9 @@ def measurement_transforms(bundle_root: str | Path | None = None, overrides: dic
     from monai.bundle import ConfigParser
 
     from nodule_bundle.apps.workflow import find_bundle_root
+    from nodule_bundle.measuring.transforms import NoduleMeasured
     from nodule_bundle.network.segmentation import load_learned_masks
-    from nodule_bundle.preprocessing.transforms import LoadCTImaged, NoduleMeasured
+    from nodule_bundle.reading.load import LoadCTImaged
 
     root = find_bundle_root(bundle_root)
     parser = ConfigParser()

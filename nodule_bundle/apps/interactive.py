@@ -26,10 +26,11 @@ from nodule_bundle.apps.sharing.network_checks import load_weights
 from nodule_bundle.core.errors import NoduleBundleError
 from nodule_bundle.core.geometry import voxel_to_world
 from nodule_bundle.detection.candidates import candidate_fields, detect_candidates
+from nodule_bundle.measuring.transforms import NoduleMeasured
 from nodule_bundle.network.networks import fold_batch_norm
 from nodule_bundle.network.segmentation import load_learned_masks
-from nodule_bundle.preprocessing.transforms import LoadCTImaged, NoduleMeasured
 from nodule_bundle.reading.image_index import scan_stem
+from nodule_bundle.reading.load import LoadCTImaged
 from nodule_bundle.reports.report import is_rejected_candidate, nodule_finding
 
 LABEL_KEY = "nodule_label"

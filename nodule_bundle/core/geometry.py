@@ -56,3 +56,9 @@ def voxel_to_world(
 def lps_to_ras(points_lps_mm: Sequence[float] | np.ndarray) -> np.ndarray:
     """Flip world points between the LPS (DICOM/ITK) and RAS (NIfTI/MONAI) frames."""
     return _as_points(points_lps_mm) * np.array([-1.0, -1.0, 1.0])
+
+
+def voxel_size(affine: torch.Tensor | np.ndarray) -> np.ndarray:
+    """The voxel edge lengths (mm) of a voxel -> world ``affine``."""
+    aff = np.asarray(affine, dtype=np.float64)
+    return np.linalg.norm(aff[:3, :3], axis=0)

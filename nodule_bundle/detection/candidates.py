@@ -228,8 +228,8 @@ def detect_scan_item(
     """The inference item of a scan whose nodules are to be found: ``[]`` when nothing is found, else
     one item with every candidate (``center_world_mm`` ``(N, 3)``, ``nodule_id``, ``detection_score``,
     ``detection_radius_mm``), strongest first. ``seriesuid`` also picks the series of a DICOM folder."""
-    from nodule_bundle.preprocessing.transforms import LoadCTImaged
     from nodule_bundle.reading.image_index import scan_stem
+    from nodule_bundle.reading.load import LoadCTImaged
 
     if image is None:
         raise DatalistError("inference needs an image: pass --image PATH (and --nodules CSV to skip detection)")

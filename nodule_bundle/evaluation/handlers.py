@@ -49,7 +49,7 @@ class NoduleReportWriter:
             Nodules given by a list are always reported.
         include_phi: put the patient's name, id, birth date, sex, study date and accession number
             (from DICOM headers) in the report; off by default.
-        crop_key: the items' nodule crops (:class:`~nodule_bundle.preprocessing.transforms.NoduleMeasured`) that
+        crop_key: the items' nodule crops (:class:`~nodule_bundle.measuring.transforms.NoduleMeasured`) that
             the pictures and label map are made from; nodules without one are in the table only.
         dicom_objects: for a scan read from a DICOM series, also write the masks as a DICOM SEG and
             the findings as a DICOM SR beside them (:mod:`nodule_bundle.reports.dicom`); for a scan

@@ -15,7 +15,7 @@ class FlipAveragingInferer(Inferer):
     With three axes that is 8 passes. Valid because training augments with the same flips; the output
     is the mean over passes (logits and the regressed diameter alike), same shape as one pass. With
     ``keep_passes`` it is every pass, ``[B, passes, C]``, so that the post-processing can report how
-    much they disagree (:class:`~nodule_bundle.preprocessing.transforms.NoduleHeadsd`).
+    much they disagree (:class:`~nodule_bundle.network.targets.NoduleHeadsd`).
     """
 
     def __init__(self, spatial_axes: Sequence[int] = (0, 1, 2), keep_passes: bool = False):

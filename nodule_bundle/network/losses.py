@@ -16,7 +16,7 @@ class MultiTaskNoduleLoss(nn.Module):
     """``w_m * CE(malignancy) + w_b * CE(size band) + w_d * SmoothL1(diameter, beta=1 mm) + w_n * CE(nodule)
     + w_r * SmoothL1(ratings, beta=0.5)``.
 
-    ``target`` is ``[B, 11]`` (:class:`~nodule_bundle.preprocessing.transforms.NoduleTargetsd`): malignancy (0/1, -1
+    ``target`` is ``[B, 11]`` (:class:`~nodule_bundle.network.targets.NoduleTargetsd`): malignancy (0/1, -1
     unknown), size band (0..3, -1 unknown), diameter mm (NaN unknown), is-nodule (0/1, -1 unknown;
     candidates that are vessels or walls are 0), then the readers' mean semantic ratings in
     :data:`~nodule_bundle.core.nodule.RATING_COLUMNS` order (NaN unknown; the rating term is the mean over

@@ -13,7 +13,7 @@ Output ``[B, 16]`` (documented in ``configs/metadata.json``):
 ====== ==========================================================
 
 A single tensor keeps ``verify_net_in_out``, TorchScript and ONNX export working; the post-transform
-:class:`nodule_bundle.preprocessing.transforms.NoduleHeadsd` gives the channels their names. The encoder is the
+:class:`nodule_bundle.network.targets.NoduleHeadsd` gives the channels their names. The encoder is the
 small :class:`NoduleEncoder` by default, or any backbone that maps a patch to a feature vector
 (``configs/backbone_*.json``: MONAI's ResNet, DenseNet, ViT).
 """

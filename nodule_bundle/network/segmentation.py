@@ -3,7 +3,7 @@
 The threshold segmentation of :mod:`nodule_bundle.measuring.measure` holds a region within a few thicknesses of
 its centre and opens it, which cuts the lobes off large irregular nodules; a network trained on
 reference masks (the real-geometry outlines and the phantom's bodies, ``configs/train_segmentation.json``)
-follows them. :class:`~nodule_bundle.preprocessing.transforms.NoduleMeasured` measures a nodule on it when the learned
+follows them. :class:`~nodule_bundle.measuring.transforms.NoduleMeasured` measures a nodule on it when the learned
 mask is at least ``min_long_axis_mm`` long (10 mm: chosen on the real-geometry validation split), on the
 threshold's mask below that or when the network outlines nothing; either way the edge is decided on the
 scan's own voxels.
@@ -80,7 +80,7 @@ class NoduleSegmenter:
     weights loaded) on a ``patch_size`` crop of ``spacing_mm`` voxels, the HU window scaled to [0, 1]
     as in training; on a ``large_patch_size`` crop when the nodule it outlines reaches the first crop's
     border (96 mm at 1 mm: nodules up to about 90 mm). ``min_long_axis_mm``:
-    :class:`~nodule_bundle.preprocessing.transforms.NoduleMeasured` measures on the learned mask when it is at least this long."""
+    :class:`~nodule_bundle.measuring.transforms.NoduleMeasured` measures on the learned mask when it is at least this long."""
 
     def __init__(
         self, network: nn.Module, patch_size: int = 48, spacing_mm: float = 1.0, hu_window: Sequence[float] = (-1000.0, 400.0),

@@ -4,7 +4,7 @@
 decode it. :class:`NiftiReader` (NIfTI files): MONAI's ``NibabelReader`` with ISA-L's gzip
 decompression (:func:`open_voxels`) and a faster layout copy, overlapped with decompression.
 MHD/raw and NRRD files go through MONAI's own readers unchanged (see
-:class:`nodule_bundle.preprocessing.transforms.LoadCTImaged`).
+:class:`nodule_bundle.reading.load.LoadCTImaged`).
 """
 
 from __future__ import annotations

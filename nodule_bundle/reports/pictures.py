@@ -1,7 +1,7 @@
 """Pictures of the nodules a report lists: three orthogonal views with the mask contour, a montage of
 all of them, and the masks as a label map over the scan (for 3D Slicer).
 
-Views come from :class:`~nodule_bundle.preprocessing.transforms.NoduleMeasured`'s crops (RAS-aligned, isotropic,
+Views come from :class:`~nodule_bundle.measuring.transforms.NoduleMeasured`'s crops (RAS-aligned, isotropic,
 channel 0 HU, channel 1 mask) and are shown the radiological way: the patient's right on the image's
 left, anterior (axial) or superior (coronal, sagittal) at the top.
 """
@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage as ndi
 
 from nodule_bundle.core.io_utils import atomic_path, save_nifti_atomic
-from nodule_bundle.preprocessing.transforms import label_map
+from nodule_bundle.measuring.transforms import label_map
 
 PLANES = ("axial", "coronal", "sagittal")
 CONTOUR_RGB = (255, 196, 0)
@@ -87,7 +87,7 @@ def write_label_map(path: str | Path, crops: Sequence[MetaTensor], scan_meta: Ma
     """The masks of ``crops`` as a NIfTI label map (uint8) on the scan's own grid (``original_affine``
     and ``spatial_shape`` of the image as read), nodule ``i`` of the report labelled ``i + 1``.
 
-    Saved with nibabel straight from :func:`~nodule_bundle.preprocessing.transforms.label_map`'s slice-by-slice
+    Saved with nibabel straight from :func:`~nodule_bundle.measuring.transforms.label_map`'s slice-by-slice
     array: MONAI's ``NibabelWriter`` makes a C-ordered copy that nibabel then transposes back slice by
     slice, which took 0.5 of the 0.8 s this file cost on a 512x512x300 scan. Compressed by ISA-L
     (:func:`~nodule_bundle.core.io_utils.save_nifti_atomic`: 0.01 s instead of zlib's 0.15 s)."""
