@@ -48,3 +48,8 @@ def test_the_configs_use_only_the_runtime():
         used |= {(config.name, name) for name in re.findall(r"nodule_bundle\.(\w+)", config.read_text())}
     assert used, "the configs name no component of the package"
     assert {stage for _, stage in used} <= STAGES, sorted(used)
+
+
+def test_the_tests_follow_the_same_split():
+    folders = {p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders == STAGES | {"apps"}

@@ -9,7 +9,7 @@ from nodule_bundle.network.losses import MultiTaskNoduleLoss
 from nodule_bundle.network.networks import OUT_CHANNELS, RATINGS, MultiTaskNoduleNet, NoduleEncoder
 from nodule_bundle.core.nodule import RATING_COLUMNS
 
-METADATA = json.loads((Path(__file__).parents[1] / "configs" / "metadata.json").read_text())
+METADATA = json.loads((Path(__file__).parents[2] / "configs" / "metadata.json").read_text())
 
 
 def test_one_output_tensor_with_the_documented_channels():
