@@ -53,3 +53,20 @@ def test_the_configs_use_only_the_runtime():
 def test_the_tests_follow_the_same_split():
     folders = {p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and p.name != "__pycache__"}
     assert folders == STAGES | {"apps"}
+
+
+def test_every_name_the_configs_use_exists():
+    """``_target_`` paths and ``$from ... import ...`` names of the configs import (a moved class is
+    found or named here, not at a user's first run)."""
+    import importlib
+
+    names = set()
+    for config in (ROOT / "configs").glob("*.json"):
+        text = config.read_text()
+        names |= set(re.findall(r'"_target_": "(nodule_bundle\.[\w.]+)"', text))
+        for module, imported in re.findall(r'"\$from (nodule_bundle\.[\w.]+) import ([\w, ]+)"', text):
+            names |= {f"{module}.{name.strip()}" for name in imported.split(",")}
+    assert len(names) > 10
+    for name in sorted(names):
+        module, _, attribute = name.rpartition(".")
+        assert hasattr(importlib.import_module(module), attribute), name

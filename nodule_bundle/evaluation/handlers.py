@@ -1,5 +1,6 @@
-"""Ignite handlers the configs attach to MONAI engines: the nodule report, a metrics JSON, the
-per-item predictions, the evaluation figures, temperature scaling and the detection FROC."""
+"""Ignite handlers the configs attach to MONAI engines for evaluation: a metrics JSON, the per-item
+predictions, the count of rated nodules, the evaluation figures, temperature scaling and the
+detection FROC."""
 
 from __future__ import annotations
 
@@ -12,113 +13,17 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
-from monai.handlers import CheckpointLoader
 from monai.metrics import compute_roc_auc
 from monai.utils import CommonKeys as Keys
 
-from nodule_bundle.core.checksums import listed_sha256, sha256_file
-from nodule_bundle.core.errors import NoduleBundleError, require_yes_no
+from nodule_bundle.core.errors import NoduleBundleError
 from nodule_bundle.core.io_utils import write_json_atomic, write_text_atomic
 from nodule_bundle.core.nodule import RATING_COLUMNS
 from nodule_bundle.detection.froc import froc, hit_matrix, system_score
 from nodule_bundle.evaluation.plots import plot_froc
-from nodule_bundle.reading.image_index import scan_stem
-from nodule_bundle.reports.dicom import write_dicom_report
 from nodule_bundle.reports.report import (
-    BUNDLE_NAME,
-    is_rejected_candidate,
     nodule_finding,
-    scan_identity,
-    write_report,
-    write_scan_pictures,
 )
-
-
-class NoduleReportWriter:
-    """Collect every nodule's finding during an evaluator run; write the report when it completes:
-    ``report.json``, ``report.csv`` and, per scan, ``report.html``, ``nodules.png`` (montage) and
-    ``nodule_labels.nii.gz`` (the masks on the scan's grid), each atomically. A run over several
-    scans puts each scan's pictures in ``<output_dir>/<seriesuid>/``.
-
-    Args:
-        output_dir: where the report goes.
-        model_version: the bundle version recorded in the report.
-        image, seriesuid: the scan examined, reported with no nodules when none was found in it.
-        min_nodule_probability: false-positive reduction: a *detected* candidate whose nodule
-            probability is lower goes to the scan's ``rejected_candidates``, not its ``nodules``.
-            Nodules given by a list are always reported.
-        include_phi: put the patient's name, id, birth date, sex, study date and accession number
-            (from DICOM headers) in the report; off by default.
-        crop_key: the items' nodule crops (:class:`~nodule_bundle.measuring.transforms.NoduleMeasured`) that
-            the pictures and label map are made from; nodules without one are in the table only.
-        dicom_objects: for a scan read from a DICOM series, also write the masks as a DICOM SEG and
-            the findings as a DICOM SR beside them (:mod:`nodule_bundle.reports.dicom`); for a scan
-            without nodules, the SR alone, which says so.
-    """
-
-    def __init__(
-        self,
-        output_dir: str | Path,
-        model_version: str | None = None,
-        image: str | None = None,
-        seriesuid: str | None = None,
-        min_nodule_probability: float = 0.5,
-        include_phi: bool = False,
-        crop_key: str = "measurement_crop",
-        dicom_objects: bool = True,
-    ):
-        self.output_dir, self.model_version = Path(output_dir), model_version
-        self.image, self.seriesuid, self.min_nodule_probability = image, seriesuid, min_nodule_probability
-        self.include_phi, self.crop_key = require_yes_no(include_phi, "include_phi"), crop_key
-        self.dicom_objects = require_yes_no(dicom_objects, "dicom_objects")
-        self._scans: dict[str, dict] = {}
-        self._crops: dict[str, dict[str, torch.Tensor]] = {}
-        self._meta: dict[str, dict] = {}
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self._reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.COMPLETED, self._write)
-
-    def _reset(self, engine: Engine) -> None:
-        self._scans.clear()
-        self._crops.clear()
-        self._meta.clear()
-
-    def _collect(self, engine: Engine) -> None:
-        for item, output in zip(engine.state.batch, engine.state.output):
-            meta = item["image"].meta
-            uid = str(item.get("seriesuid") or Path(str(meta["filename_or_obj"])).name)
-            if uid not in self._scans:
-                self._scans[uid] = {**scan_identity(uid, meta, self.include_phi), "nodules": []}
-                self._meta[uid] = {k: meta[k] for k in ("original_affine", "spatial_shape", "space", "series_uid", "filename_or_obj") if k in meta}
-            finding = nodule_finding(item, output)
-            if is_rejected_candidate(finding, self.min_nodule_probability):
-                self._scans[uid].setdefault("rejected_candidates", []).append(finding)
-            else:
-                self._scans[uid]["nodules"].append(finding)
-                if self.crop_key in item:
-                    self._crops.setdefault(uid, {})[finding["nodule_id"]] = item[self.crop_key]
-
-    def _write(self, engine: Engine) -> None:
-        if not self._scans and self.image is not None:  # a scan without nodules is a finding too
-            uid = self.seriesuid or scan_stem(Path(self.image))
-            self._scans[uid] = {"seriesuid": uid, "image": Path(self.image).name, "nodules": []}
-            if Path(self.image).is_dir():  # a DICOM series: its SR says so too
-                self._meta[uid] = {"filename_or_obj": str(self.image), "series_uid": self.seriesuid}
-        scans = list(self._scans.values())
-        for scan in scans:  # the value each nodule has in the label map
-            with_crop = [n for n in scan["nodules"] if n["nodule_id"] in self._crops.get(scan["seriesuid"], {})]
-            for value, nodule in enumerate(with_crop, start=1):
-                nodule["label_value"] = value
-        write_report(self.output_dir, scans, self.model_version)
-        model = {"name": BUNDLE_NAME, "version": self.model_version}
-        for scan in scans:
-            folder = self.output_dir if len(scans) == 1 else self.output_dir / scan["seriesuid"]
-            meta = self._meta.get(scan["seriesuid"], {})
-            write_scan_pictures(folder, scan, self._crops.get(scan["seriesuid"], {}), meta, model)
-            if self.dicom_objects and "series_uid" in meta:
-                write_dicom_report(folder, scan, meta["filename_or_obj"], meta["series_uid"], model)
 
 
 class MetricsJSONWriter:
@@ -213,25 +118,6 @@ class RatedNodulesCounter:
         output = engine.state.output  # decollated into items first when the trainer decollates (its default)
         targets = torch.stack([torch.as_tensor(o[Keys.LABEL]) for o in output]) if isinstance(output, list) else output[Keys.LABEL]
         self.network.rated_nodules_seen += torch.isfinite(targets[:, 4:]).any(dim=1).sum().to(self.network.rated_nodules_seen)
-
-
-class TrainedItemsWriter:
-    """Record the items (``key``, e.g. ``nodule_id``) this process trained on, and write them to
-    ``<output_dir>/trained_items_rank<r>.json`` when training completes: which rank of a distributed
-    run saw which data (an audit of the sampler)."""
-
-    def __init__(self, output_dir: str | Path, key: str = "nodule_id"):
-        self.output_dir, self.key = Path(output_dir), key
-        self._seen: list[str] = []
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda _: self._seen.clear())
-        engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: self._seen.extend(str(i[self.key]) for i in e.state.batch))
-        engine.add_event_handler(Events.COMPLETED, self._write)
-
-    def _write(self, engine: Engine) -> None:
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-        write_json_atomic(self.output_dir / f"trained_items_rank{rank}.json", {"rank": rank, "items": self._seen})
 
 
 class DetectionFROCWriter:
@@ -421,46 +307,3 @@ class TemperatureFitter(_OutputCollector):
         engine.state.metrics.update({"malignancy_temperature": temperature, "ece_before": before, "ece_after": after})
 
 
-class CheckpointError(NoduleBundleError):
-    """Weights that cannot be loaded into the bundle's network."""
-
-
-class CheckedCheckpointLoader(CheckpointLoader):
-    """MONAI's ``CheckpointLoader`` (a ``weights_only`` load) whose failures name the file and what is
-    wrong with it: missing, not a readable weights-only checkpoint (corrupt, truncated, or pickled
-    code), or the weights of another network. In an exported bundle, whose ``large_files.yml``
-    lists the file, its sha256 is checked before anything is unpickled.
-
-    Args:
-        large_files: path of the bundle's ``large_files.yml`` (absent in a source checkout: no check).
-        load_path, load_dict, kwargs: as for :class:`monai.handlers.CheckpointLoader`.
-    """
-
-    def __init__(self, load_path: str, load_dict: dict, large_files: str | Path | None = None, **kwargs):
-        super().__init__(load_path, load_dict, **kwargs)
-        self.large_files = Path(large_files) if large_files else None
-
-    def __call__(self, engine: Engine) -> None:
-        path = Path(self.load_path)
-        if not path.is_file():
-            raise CheckpointError(f"{path}: checkpoint not found (train first, or pass the weights' path)")
-        expected = listed_sha256(self.large_files, path) if self.large_files and self.large_files.is_file() else None
-        if expected is not None and sha256_file(path) != expected:
-            raise CheckpointError(f"{path}: sha256 differs from {self.large_files}: damaged or replaced weights, not loaded")
-        try:
-            super().__call__(engine)
-        except Exception as err:
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-            if "state_dict" in str(err) or "size mismatch" in str(err):
-                raise CheckpointError(f"{path}: weights of another network: they do not fit this bundle's network ({first})") from None
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint of weights only (corrupt, truncated or holding code?): {first}") from None
-
-
-def resume_checkpoint(folder: str | Path) -> str:
-    """The newest training-state checkpoint (``checkpoint_epoch=N.pt``) in ``folder``, to ``--resume`` from."""
-    import re
-
-    found = {int(m.group(1)): p for p in Path(folder).glob("*.pt") if (m := re.search(r"epoch=(\d+)\.pt$", p.name))}
-    if not found:
-        raise CheckpointError(f"{folder}: nothing to resume from (no checkpoint_epoch=N.pt; a training run writes one per epoch)")
-    return str(found[max(found)])

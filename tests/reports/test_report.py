@@ -24,7 +24,7 @@ from scipy import ndimage as ndi
 
 from bundle_run import monai_bundle_run
 from dicom_helpers import edit
-from nodule_bundle.evaluation.handlers import NoduleReportWriter
+from nodule_bundle.reports.writer import NoduleReportWriter
 from nodule_bundle.core.nodule import lung_rads_category, texture_from_measurement
 from nodule_bundle.reports.dicom import SEG_NAME, SR_NAME, frames_from_label_map, read_source_series, write_dicom_report
 from nodule_bundle.reports.html import render_report_html
@@ -358,7 +358,7 @@ def test_batch_report_records_failures_and_resumes(trained, phantom_dir, tmp_pat
 def test_patient_identity_needs_a_real_yes(tmp_path):
     """MONAI's command line reads ``--include_phi false`` as the text "false", which Python counts as
     true: the report writer refuses any text instead of putting the patient's identity in."""
-    from nodule_bundle.evaluation.handlers import NoduleReportWriter
+    from nodule_bundle.reports.writer import NoduleReportWriter
 
     for text in ("false", "true"):
         with pytest.raises(ValueError, match=f"include_phi must be True or False, got '{text}'"):
