@@ -180,42 +180,42 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from nodule_bundle.apps import bench
+    from nodule_bundle.apps.bench import backbones, label, measure, memory, read, scan, train, whole_scan
     from nodule_bundle.core.io_utils import write_json_atomic
 
     if args.benchmark == "read":
-        result = bench.bench_dicom_read(tuple(args.shape), args.repeats)
-        print(bench.format_read_result(result))
+        result = read.bench_dicom_read(tuple(args.shape), args.repeats)
+        print(read.format_read_result(result))
     elif args.benchmark == "scan":
-        result = bench.bench_scan_to_report(tuple(args.shape), args.repeats, nodules=args.nodules)
-        print(bench.format_scan_to_report_result(result))
+        result = scan.bench_scan_to_report(tuple(args.shape), args.repeats, nodules=args.nodules)
+        print(scan.format_scan_to_report_result(result))
     elif args.benchmark == "measure":
-        result = bench.bench_measure(args.scans)
-        print(bench.format_measure_result(result))
+        result = measure.bench_measure(args.scans)
+        print(measure.format_measure_result(result))
     elif args.benchmark == "train":
-        result = bench.bench_train(args.scans)
-        print(bench.format_train_result(result))
+        result = train.bench_train(args.scans)
+        print(train.format_train_result(result))
     elif args.benchmark == "memory":
-        result = bench.bench_memory(tuple(args.shape), nodules=args.nodules)
-        print(bench.format_memory_result(result))
+        result = memory.bench_memory(tuple(args.shape), nodules=args.nodules)
+        print(memory.format_memory_result(result))
     elif args.benchmark == "backbones":
-        result = bench.bench_backbones(args.repeats)
-        print(bench.format_backbones_result(result))
+        result = backbones.bench_backbones(args.repeats)
+        print(backbones.format_backbones_result(result))
     elif args.benchmark == "backbone-accuracy":
-        result = bench.bench_backbone_accuracy(args.work, args.scans, args.epochs, args.backbones, test_scans=args.test_scans, evaluate_only=args.evaluate_only)
-        print(bench.format_backbone_accuracy_result(result))
+        result = backbones.bench_backbone_accuracy(args.work, args.scans, args.epochs, args.backbones, test_scans=args.test_scans, evaluate_only=args.evaluate_only)
+        print(backbones.format_backbone_accuracy_result(result))
     elif args.benchmark == "realism":
-        from nodule_bundle.apps.bench_realism import bench_realism, format_realism_result
+        from nodule_bundle.apps.bench.realism import bench_realism, format_realism_result
 
         result = bench_realism(args.data, args.work, args.epochs, args.split, args.seed, configs=tuple(args.configs), phantom=args.phantom,
                                overrides=dict(args.set))  # fmt: skip
         print(format_realism_result(result))
     elif args.benchmark == "label":
-        result = bench.bench_label(args.label_venv, tuple(args.shape), args.repeats)
-        print(bench.format_label_result(result))
+        result = label.bench_label(args.label_venv, tuple(args.shape), args.repeats)
+        print(label.format_label_result(result))
     else:
-        result = bench.bench_whole_scan(tuple(args.shape), args.repeats, nodules=args.nodules)
-        print(bench.format_whole_scan_result(result))
+        result = whole_scan.bench_whole_scan(tuple(args.shape), args.repeats, nodules=args.nodules)
+        print(whole_scan.format_whole_scan_result(result))
     if args.out is not None:
         write_json_atomic(args.out, result)
 

@@ -46,15 +46,15 @@ def test_scan_to_report_benchmark_compares_both_baselines(tmp_path, capsys):
 
 
 def test_backbone_benchmark_covers_every_backbone_config_and_the_stock_resnet(monkeypatch):
-    from nodule_bundle.apps import bench
+    from nodule_bundle.apps.bench import backbones
 
     def one_pass_each(candidates, repeats):  # a real forward pass of every network, a fixed time
         for run in candidates.values():
             run()
         return {name: {"median_s": 0.5} for name in candidates}
 
-    monkeypatch.setattr(bench, "time_alternating", one_pass_each)
-    result = bench.bench_backbones(repeats=1, batch_sizes=(2,))
+    monkeypatch.setattr(backbones, "time_alternating", one_pass_each)
+    result = backbones.bench_backbones(repeats=1, batch_sizes=(2,))
     assert set(result["networks"]) == {"default", "backbone_resnet", "backbone_densenet", "backbone_vit", "monai_resnet18_stock"}
     assert result["networks"]["default"]["parameters"] < result["networks"]["monai_resnet18_stock"]["parameters"]
     assert all(e["patches_per_s_batch2"] == 4.0 for e in result["networks"].values())
@@ -90,7 +90,7 @@ def test_training_benchmark_compares_the_cached_and_plain_pipelines(tmp_path):
 
 @pytest.mark.slow
 def test_backbone_accuracy_benchmark_trains_and_tests_each_chosen_backbone(tmp_path):
-    from nodule_bundle.apps.bench import bench_backbone_accuracy, format_backbone_accuracy_result
+    from nodule_bundle.apps.bench.backbones import bench_backbone_accuracy, format_backbone_accuracy_result
     from nodule_bundle.data.phantom import PhantomConfig
 
     chosen = ["default", "backbone_vit"]
@@ -122,7 +122,7 @@ def test_backbone_accuracy_benchmark_trains_and_tests_each_chosen_backbone(tmp_p
 
 
 def test_backbone_accuracy_benchmark_refuses_an_unknown_backbone(tmp_path):
-    from nodule_bundle.apps.bench import bench_backbone_accuracy
+    from nodule_bundle.apps.bench.backbones import bench_backbone_accuracy
 
     with pytest.raises(NoduleBundleError, match="unknown backbone.*backbone_resnet"):
         bench_backbone_accuracy(tmp_path, backbones=["default", "backbone_resnet50"])

@@ -181,7 +181,7 @@ def test_training_on_annotated_studies_makes_new_weights_live(server, phantom_di
 
 
 def test_the_point_prompt_benchmark_runs_a_real_server():
-    from nodule_bundle.apps.bench import bench_label, format_label_result
+    from nodule_bundle.apps.bench.label import bench_label, format_label_result
 
     result = bench_label(LABEL_VENV, shape=(128, 128, 60), repeats=2, nodules=4)
     assert result["point_prompt"]["runs"] == 2 and 0 < result["point_prompt"]["median_s"] < result["first_request_s"] + 60

@@ -20,7 +20,7 @@ from nodule_bundle.core.geometry import world_to_voxel
 pl = pytest.importorskip("pylidc", reason="pip install 'nodule-bundle[lidc]'")
 from pylidc.utils import consensus  # noqa: E402
 
-from nodule_bundle.apps.bench_realism import malignancy_against_baselines, summarise_measurement  # noqa: E402
+from nodule_bundle.apps.bench.realism import malignancy_against_baselines, summarise_measurement  # noqa: E402
 from nodule_bundle.data.real_geometry import outlined_scans, reference_sizes, render_scan  # noqa: E402
 
 
@@ -182,7 +182,7 @@ def test_semantic_heads_train_on_the_ratings_and_are_evaluated_per_nodule(datase
 
 
 def test_training_on_both_grounds_adds_the_phantom_to_training_only(dataset, phantom_dir, tmp_path):
-    from nodule_bundle.apps.bench_realism import training_datalist
+    from nodule_bundle.apps.bench.realism import training_datalist
     from nodule_bundle.data.datalist import load_nodule_datalist
 
     path = training_datalist(dataset, phantom_dir, tmp_path / "both.json")
