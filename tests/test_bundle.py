@@ -184,6 +184,20 @@ def test_inference_without_a_nodule_list_detects_classifies_and_reduces(trained,
     assert sum(hit) >= 0.6 * len(hit)  # the detector finds most nodules (FROC: evaluate_detection); the 2-epoch network is no judge yet
 
 
+def test_a_scan_in_which_nothing_is_found_is_reported_with_no_nodules(trained, tmp_path):
+    """Detection runs in the pipeline after the one read: a scan with no lung finds no candidate, the
+    evaluator skips the network for its empty batch, and the report says no nodule."""
+    from nodule_bundle.data.writers import write_nifti
+
+    image, body = tmp_path / "no-lungs.nii.gz", np.full((80, 80, 40), -1000, np.int16)
+    body[10:70, 10:70] = 40  # soft tissue in air: a CT with no lung in it
+    write_nifti(image, body, np.diag([1.0, 1.0, 2.0, 1.0]))
+    result = monai_bundle_run(["inference"], image=image, ckpt_path=trained / "models" / "model.pt", output_dir=tmp_path / "out")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (scan,) = json.loads((tmp_path / "out" / "report.json").read_text())["scans"]
+    assert scan["seriesuid"] == "no-lungs" and scan["nodules"] == [] and not scan.get("rejected_candidates")
+
+
 def test_detection_evaluation_writes_froc_and_cpm(trained, phantom_dir, datalist, tmp_path):
     result = monai_bundle_run(
         ["inference", "evaluate_detection"], dataset_dir=phantom_dir, ckpt_path=trained / "models" / "model.pt", output_dir=tmp_path,
@@ -222,9 +236,12 @@ def test_train_and_inference_share_network_and_preprocessing():
     assert {k: train[k] for k in keys} == {k: infer[k] for k in keys}
     infer_steps = [dict(step) for step in infer["preprocessing"]["transforms"]]
     assert infer_steps[0].pop("series_uid") == "@seriesuid"  # inference reads the series it is told to
+    assert infer_steps.pop(1)["_target_"] == "nodule_bundle.detection.transforms.DetectNodulesd"  # finds nodules without a list
     assert infer_steps.pop(1)["_target_"] == "nodule_bundle.measuring.transforms.NoduleMeasured"  # and measures each nodule
     assert "detection_score" in infer_steps[1].pop("per_nodule_keys")  # and reports what the detector found
-    assert train["deterministic_transforms"][:3] == infer_steps
+    train_steps = [dict(step) for step in train["deterministic_transforms"][:3]]
+    assert train_steps[0].pop("recent_scans") >= 1  # training reads each scan once for all its nodules' items
+    assert train_steps == infer_steps
 
 
 def test_gpu_options_are_harmless_on_cpu(trained, phantom_dir, test_scan, tmp_path):

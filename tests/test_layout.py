@@ -65,7 +65,8 @@ def test_every_name_the_configs_use_exists():
         text = config.read_text()
         names |= set(re.findall(r'"_target_": "(nodule_bundle\.[\w.]+)"', text))
         for module, imported in re.findall(r'"\$from (nodule_bundle\.[\w.]+) import ([\w, ]+)"', text):
-            names |= {f"{module}.{name.strip()}" for name in imported.split(",")}
+            assert "," not in imported, f"{config.name}: MONAI's config imports take one name a line: {imported}"
+            names.add(f"{module}.{imported}")
     assert len(names) > 10
     for name in sorted(names):
         module, _, attribute = name.rpartition(".")

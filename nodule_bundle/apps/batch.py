@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import os
 import shutil
 import time
@@ -93,12 +92,10 @@ def report_scans(
     ``out/<scan>/``; with ``nodules`` (a CSV with a ``seriesuid`` column) each scan's rows are
     classified, without it each scan's nodules are detected. Writes ``out/summary.csv`` after every
     scan and returns its rows."""
-    from nodule_bundle.apps.workflow import find_bundle_root, run_bundle
+    from nodule_bundle.apps.workflow import find_bundle_root, model_weights, run_inference
 
     root, out = find_bundle_root(bundle_root), Path(out)
-    model = Path(model) if model else root / "models" / "model.pt"
-    if not model.is_file():
-        raise NoduleBundleError(f"{model}: model weights not found (train first, or pass --model)")
+    model = model_weights(model, root)
     scans = list_scans(images)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
@@ -110,11 +107,10 @@ def report_scans(
         else:
             partial = out / f".{name}.partial"
             shutil.rmtree(partial, ignore_errors=True)
-            logging.disable(logging.CRITICAL)  # the engines log each failure with a traceback; the summary has one line
-            try:
-                run_bundle(
-                    ["inference"], root, image=str(image), nodules=str(nodules) if nodules else None, seriesuid=None,
-                    ckpt_path=str(model), output_dir=str(partial), include_phi=include_phi, **overrides,
+            try:  # quiet: the engines log each failure with a traceback; the summary has one line
+                run_inference(
+                    root, model, image=str(image), nodules=str(nodules) if nodules else None, seriesuid=None,
+                    output_dir=str(partial), include_phi=include_phi, **overrides,
                 )  # fmt: skip
                 os.replace(partial, final)
                 rows.append(_summary_row(name, image, final, time.monotonic() - start))
@@ -123,7 +119,6 @@ def report_scans(
                 message = str(cause) if cause else f"{type(err).__name__}: {' '.join(str(err).split())}"
                 rows.append({"scan": name, "image": str(image), "status": "failed", "seconds": round(time.monotonic() - start, 1), "error": message})
             finally:
-                logging.disable(logging.NOTSET)
                 shutil.rmtree(partial, ignore_errors=True)
         _write_summary(out / "summary.csv", rows)
     return rows

@@ -37,6 +37,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from nodule_bundle.apps.arguments import positive_int
+from nodule_bundle.apps.bench.command import add_bench_parser
 from nodule_bundle.core.errors import NoduleBundleError, find_user_error
 
 
@@ -58,23 +60,14 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 def _classify(args: argparse.Namespace) -> None:
-    from nodule_bundle.apps.workflow import find_bundle_root, run_bundle
+    from nodule_bundle.apps.workflow import run_inference
     from nodule_bundle.reports.dicom import SEG_NAME, SR_NAME
     from nodule_bundle.reports.report import format_table
 
-    root = find_bundle_root(args.bundle_root)
-    model = Path(args.model) if args.model else root / "models" / "model.pt"
-    if not model.is_file():
-        raise NoduleBundleError(f"{model}: model weights not found (train first, or pass --model)")
-    if not args.verbose:  # the engines log every failure with a traceback; the user gets one line
-        logging.disable(logging.CRITICAL)
-    try:
-        run_bundle(
-            ["inference"], root, image=args.image, nodules=args.nodules, seriesuid=args.seriesuid,
-            ckpt_path=str(model), output_dir=str(args.out), include_phi=args.include_phi,
-        )  # fmt: skip
-    finally:
-        logging.disable(logging.NOTSET)
+    run_inference(
+        args.bundle_root, args.model, quiet=not args.verbose, image=args.image, nodules=args.nodules, seriesuid=args.seriesuid,
+        output_dir=str(args.out), include_phi=args.include_phi,
+    )  # fmt: skip
     report = json.loads((Path(args.out) / "report.json").read_text())
     for scan in report["scans"]:
         print(f"scan {scan['seriesuid']}  ({len(scan['nodules'])} nodules)")
@@ -179,65 +172,6 @@ def _convert(args: argparse.Namespace) -> None:
     print(f"train on it: python -m monai.bundle run --config_file configs/train.json --datalist {args.out} --dataset_dir {dataset_dir}")
 
 
-def _bench(args: argparse.Namespace) -> None:
-    from nodule_bundle.apps.bench import backbones, label, measure, memory, read, scan, train, whole_scan
-    from nodule_bundle.core.io_utils import write_json_atomic
-
-    if args.benchmark == "read":
-        result = read.bench_dicom_read(tuple(args.shape), args.repeats)
-        print(read.format_read_result(result))
-    elif args.benchmark == "scan":
-        result = scan.bench_scan_to_report(tuple(args.shape), args.repeats, nodules=args.nodules)
-        print(scan.format_scan_to_report_result(result))
-    elif args.benchmark == "measure":
-        result = measure.bench_measure(args.scans)
-        print(measure.format_measure_result(result))
-    elif args.benchmark == "train":
-        result = train.bench_train(args.scans)
-        print(train.format_train_result(result))
-    elif args.benchmark == "memory":
-        result = memory.bench_memory(tuple(args.shape), nodules=args.nodules)
-        print(memory.format_memory_result(result))
-    elif args.benchmark == "backbones":
-        result = backbones.bench_backbones(args.repeats)
-        print(backbones.format_backbones_result(result))
-    elif args.benchmark == "backbone-accuracy":
-        result = backbones.bench_backbone_accuracy(args.work, args.scans, args.epochs, args.backbones, test_scans=args.test_scans, evaluate_only=args.evaluate_only)
-        print(backbones.format_backbone_accuracy_result(result))
-    elif args.benchmark == "realism":
-        from nodule_bundle.apps.bench.realism import bench_realism, format_realism_result
-
-        result = bench_realism(args.data, args.work, args.epochs, args.split, args.seed, configs=tuple(args.configs), phantom=args.phantom,
-                               overrides=dict(args.set))  # fmt: skip
-        print(format_realism_result(result))
-    elif args.benchmark == "label":
-        result = label.bench_label(args.label_venv, tuple(args.shape), args.repeats)
-        print(label.format_label_result(result))
-    else:
-        result = whole_scan.bench_whole_scan(tuple(args.shape), args.repeats, nodules=args.nodules)
-        print(whole_scan.format_whole_scan_result(result))
-    if args.out is not None:
-        write_json_atomic(args.out, result)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be a positive integer")
-    return value
-
-
-def _override(text: str) -> tuple[str, object]:
-    """``ID=JSON`` (``loss#rating_weight=1.0``, ``patch_spacing_mm=0.9``) as a config override."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected ID=JSON, e.g. epochs=60")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        raise argparse.ArgumentTypeError(f"{text!r}: the value {value!r} is not JSON (a string needs quotes: key='\"text\"')") from None
-
-
 def _export(args: argparse.Namespace) -> None:
     from nodule_bundle.apps.sharing.export import export_bundle
 
@@ -268,13 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--geometry", choices=("phantom", "lidc"), default="phantom",
                    help="the nodules: the phantom's own shapes, or the LIDC-IDRI readers' consensus outlines (needs the [lidc] extra)")
-    p.add_argument("--scans", type=_positive_int, default=None, help="scans to write (phantom default 10; lidc default: every LIDC scan)")
+    p.add_argument("--scans", type=positive_int, default=None, help="scans to write (phantom default 10; lidc default: every LIDC scan)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--formats", default="nifti", help="comma-separated: nifti, mhd, nrrd, dicom")
     p.add_argument("--fov-mm", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"), help="default 200 170 140 (lidc: 240 190 150)")
     p.add_argument("--min-nodules", type=int, default=5, help="phantom only")
     p.add_argument("--max-nodules", type=int, default=20, help="phantom only")
-    p.add_argument("--min-readers", type=_positive_int, default=3, help="lidc only: readers who outlined a nodule")
+    p.add_argument("--min-readers", type=positive_int, default=3, help="lidc only: readers who outlined a nodule")
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
     p.add_argument("--negatives-per-scan", type=int, default=20, help="detector false candidates kept as non-nodule items")
     p.set_defaults(func=_synth)
@@ -319,18 +253,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datalist", required=True, type=Path, help="MONAI datalist JSON (training, validation, test)")
     p.add_argument("--dataset-dir", type=Path, default=None, help="folder the datalist's image paths are relative to (default: its own)")
     p.add_argument("--out", required=True, type=Path, help="models/ (weights) and eval/ (curves, metrics) go here")
-    p.add_argument("--epochs", type=_positive_int, default=40)
+    p.add_argument("--epochs", type=positive_int, default=40)
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--bundle-root", default=None)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("federate", help="simulate hospitals training together with NVFlare (FedAvg) against each alone and pooled")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--sites", type=_positive_int, default=3)
-    p.add_argument("--rounds", type=_positive_int, default=5)
-    p.add_argument("--local-epochs", type=_positive_int, default=2)
-    p.add_argument("--scans-per-site", type=_positive_int, default=7, help="scans each site trains on, one of them for validation")
-    p.add_argument("--test-scans-per-site", type=_positive_int, default=6, help="more scans per site, only to test on")
+    p.add_argument("--sites", type=positive_int, default=3)
+    p.add_argument("--rounds", type=positive_int, default=5)
+    p.add_argument("--local-epochs", type=positive_int, default=2)
+    p.add_argument("--scans-per-site", type=positive_int, default=7, help="scans each site trains on, one of them for validation")
+    p.add_argument("--test-scans-per-site", type=positive_int, default=6, help="more scans per site, only to test on")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bundle-root", default=None)
     p.set_defaults(func=_federate)
@@ -368,55 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
         k.add_argument("--seed", type=int, default=0)
         k.set_defaults(func=_convert)
 
-    p = sub.add_parser("bench", help="measure against a baseline in the same run (medians)")
-    kinds = p.add_subparsers(dest="benchmark", required=True)
-    benchmarks = {  # name: (help, repeats, has --shape, has --nodules)
-        "read": ("DICOM series: the bundle's loader vs ITK's plain series reader", 5, True, False),
-        "whole-scan": ("detection + measurement + classification of one scan, stage by stage", 3, True, True),
-        "scan": ("scan to report for given nodules, stage by stage, against the plain read and whole-volume resampling", 3, True, True),
-        "label": ("a real MONAI Label server: point-prompt answer time on one study", 5, True, False),
-        "backbones": ("classifier throughput and size of each backbone beside MONAI's stock resnet18", 3, False, False),
-        "memory": ("peak resident memory of inference on one scan (a fresh process)", 1, True, True),
-    }
-    for name, (text, repeats, with_shape, with_nodules) in benchmarks.items():
-        k = kinds.add_parser(name, help=text)
-        if with_shape:
-            k.add_argument("--shape", type=_positive_int, nargs=3, default=(512, 512, 300), metavar=("X", "Y", "SLICES"))
-        k.add_argument("--repeats", type=_positive_int, default=repeats)
-        if with_nodules:
-            k.add_argument("--nodules", type=_positive_int, default=20)
-        k.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
-        k.set_defaults(func=_bench)
-    measure = kinds.add_parser("measure", help="measured nodule diameters against the phantom's reference diameters")
-    measure.add_argument("--scans", type=_positive_int, default=8)
-    measure.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
-    measure.set_defaults(func=_bench)
-    train = kinds.add_parser("train", help="training samples/s and data wait, CacheDataset against a plain Dataset")
-    train.add_argument("--scans", type=_positive_int, default=4)
-    train.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
-    train.set_defaults(func=_bench)
-    accuracy = kinds.add_parser("backbone-accuracy", help="test AUC of every backbone trained the same way on one phantom")
-    accuracy.add_argument("--work", required=True, type=Path, help="folder for the phantom, the models and their evaluations")
-    accuracy.add_argument("--scans", type=_positive_int, default=24)
-    accuracy.add_argument("--epochs", type=_positive_int, default=15)
-    accuracy.add_argument("--test-scans", type=_positive_int, default=None, help="more scans for the test split alone (default: 15 %% of --scans)")
-    accuracy.add_argument("--backbones", nargs="+", default=None, help="default and/or backbone_* config names (default: all)")
-    accuracy.add_argument("--evaluate-only", action="store_true", help="evaluate the models an earlier run trained in --work; train none")
-    accuracy.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
-    accuracy.set_defaults(func=_bench)
-    realism = kinds.add_parser("realism", help="measurement (and with --work, malignancy) on real nodule geometry (synth --geometry lidc)")
-    realism.add_argument("--data", required=True, type=Path, help="a dataset written by synth --geometry lidc")
-    realism.add_argument("--split", choices=("training", "validation", "test"), default="test", help="the nodules to measure")
-    realism.add_argument("--work", type=Path, default=None, help="train there from scratch (train.json) and compare malignancy AUCs")
-    realism.add_argument("--epochs", type=_positive_int, default=30)
-    realism.add_argument("--seed", type=int, default=0)
-    realism.add_argument("--configs", nargs="+", default=[], help="configs merged over train.json (e.g. backbone_resnet)")
-    realism.add_argument("--phantom", type=Path, default=None, help="a phantom dataset whose training split joins the real-geometry one")
-    realism.add_argument("--set", type=_override, action="append", default=[], metavar="ID=JSON",
-                         help="a config override, e.g. loss#rating_weight=1.0 (repeatable)")
-    realism.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
-    realism.set_defaults(func=_bench)
-    kinds.choices["label"].add_argument("--label-venv", type=Path, default=Path(".venv-label"), help="MONAI Label's environment (.ci/label-venv)")
+    add_bench_parser(sub)
 
     p = sub.add_parser("export", help="one self-contained bundle (directory or .zip) for another site")
     p.add_argument("--out", required=True, type=Path, help="new directory, or a path ending in .zip")

@@ -27,21 +27,12 @@ from monai.deploy.core import Application, Fragment, Operator, OperatorSpec
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
 from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
 
-from nodule_bundle.apps.workflow import find_bundle_root, run_bundle
+from nodule_bundle.apps.workflow import find_bundle_root, model_weights, run_inference
 from nodule_bundle.core.errors import NoduleBundleError
 from nodule_bundle.reports.dicom import SEG_NAME, SR_NAME, nodule_measurement_report, save_dataset, scan_segmentation
 
 #: The SDK's selection rules: CT series (``sort_by_sop_instance_count``: the one with the most slices first).
 CT_SERIES_RULES = json.dumps({"selections": [{"name": "CT series", "conditions": {"Modality": "(?i)^CT$"}}]})
-
-
-def model_checkpoint(model_path: str | Path | None, bundle_root: Path) -> Path:
-    """The weights file that ``-m`` names: a file, or ``model.pt`` in a folder; the bundle's own without ``-m``."""
-    path = Path(model_path) if model_path else bundle_root / "models"
-    path = path / "model.pt" if path.is_dir() else path
-    if not path.is_file():
-        raise NoduleBundleError(f"{path}: no model weights there (train the bundle, or pass -m MODEL)")
-    return path
 
 
 class NoduleInferenceOperator(Operator):
@@ -69,8 +60,8 @@ class NoduleInferenceOperator(Operator):
             folder.mkdir(parents=True, exist_ok=True)
             for number, path in enumerate(files):
                 (folder / f"{number:06d}.dcm").symlink_to(path.resolve())
-        run_bundle(
-            ["inference"], self.bundle_root, image=str(folder), seriesuid=series.SeriesInstanceUID, ckpt_path=str(self.checkpoint),
+        run_inference(
+            self.bundle_root, self.checkpoint, quiet=False, image=str(folder), seriesuid=series.SeriesInstanceUID,
             output_dir=str(self.output_folder), dicom_report=False,
         )  # fmt: skip
         report = json.loads((self.output_folder / "report.json").read_text())
@@ -128,7 +119,7 @@ class NoduleReportApp(Application):
         output_folder = Path(context.output_path)
         output_folder.mkdir(parents=True, exist_ok=True)
         bundle_root = find_bundle_root()
-        checkpoint = model_checkpoint(context.args.get("model"), bundle_root)
+        checkpoint = model_weights(context.args.get("model"), bundle_root)
         loader = DICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=Path(context.input_path), name="dicom_loader")
         selector = DICOMSeriesSelectorOperator(self, rules=CT_SERIES_RULES, all_matched=True, sort_by_sop_instance_count=True, name="ct_series")
         inference = NoduleInferenceOperator(self, output_folder=output_folder, checkpoint=checkpoint, bundle_root=bundle_root,

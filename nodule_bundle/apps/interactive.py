@@ -25,7 +25,7 @@ from monai.utils import SpaceKeys
 from nodule_bundle.apps.sharing.network_checks import load_weights
 from nodule_bundle.core.errors import NoduleBundleError
 from nodule_bundle.core.geometry import voxel_to_world
-from nodule_bundle.detection.candidates import candidate_fields, detect_candidates
+from nodule_bundle.detection.transforms import DetectNodulesd
 from nodule_bundle.measuring.transforms import NoduleMeasured
 from nodule_bundle.network.networks import fold_batch_norm
 from nodule_bundle.network.segmentation import load_learned_masks
@@ -58,10 +58,12 @@ class NoduleService:
         parser["bundle_root"], parser["device"] = str(self.bundle_root), device
         self.config, self.device = parser, torch.device(device)
         steps = parser.get_parsed_content("preprocessing").transforms
-        if not (isinstance(steps[0], LoadCTImaged) and isinstance(steps[1], NoduleMeasured)):
-            raise NoduleBundleError(f"{self.bundle_root}: inference.json's preprocessing must start with LoadCTImaged, NoduleMeasured")
+        expected = (LoadCTImaged, DetectNodulesd, NoduleMeasured)
+        if not all(isinstance(step, kind) for step, kind in zip(steps, expected)):
+            names = ", ".join(kind.__name__ for kind in expected)
+            raise NoduleBundleError(f"{self.bundle_root}: inference.json's preprocessing must start with {names}")
         load_learned_masks(parser)  # the measurement's learned segmentation, when the bundle has one
-        self.load, self.measure, self.rest = steps[0], steps[1], Compose(steps[2:])
+        self.load, self.detection, self.measure, self.rest = steps[0], steps[1], steps[2], Compose(steps[3:])
         self.measure.label_key = LABEL_KEY
         memory_format = torch.channels_last_3d if parser.get_parsed_content("channels_last") else torch.preserve_format
         self.network_as_trained = parser.get_parsed_content("network_def").to(self.device, memory_format=memory_format).eval()
@@ -95,10 +97,10 @@ class NoduleService:
         candidates and a label map of the nodules kept."""
         with self._lock:
             ct = self._read(image)
-            found = detect_candidates(ct, spacing_mm=self.config["detection_spacing_mm"], min_score=self.config["detection_min_score"])
-            if not found:
+            found = self.detection({"image": ct})
+            if not found["center_world_mm"]:
                 return [], [], MetaTensor(torch.zeros((1, *ct.shape[1:]), dtype=torch.uint8), affine=ct.affine, meta=dict(ct.meta))
-            findings, label = self._run(ct, candidate_fields(found))
+            findings, label = self._run(ct, {k: v for k, v in found.items() if k != "image"})
         threshold = float(self.config["min_nodule_probability"])
         kept = [f for f in findings if not is_rejected_candidate(f, threshold)]
         rejected = [f for f in findings if is_rejected_candidate(f, threshold)]

@@ -20,7 +20,7 @@ from pathlib import Path
 import pydicom
 
 from nodule_bundle.apps.pacs_connections import Pacs
-from nodule_bundle.apps.workflow import find_bundle_root, run_bundle
+from nodule_bundle.apps.workflow import run_inference
 from nodule_bundle.core.errors import NoduleBundleError
 from nodule_bundle.core.io_utils import atomic_path, write_json_atomic
 from nodule_bundle.reports.dicom import SEG_NAME, SR_NAME, SR_SERIES_DESCRIPTION
@@ -55,11 +55,10 @@ def process_study(
     Returns the study, the series read, the report's folder and the SOP instance UIDs stored."""
     folder = Path(out) / study_uid
     series_uid, series_dir = retrieve_ct_series(pacs, study_uid, folder / "dicom")
-    root = find_bundle_root(bundle_root)
     report = folder / "report"
-    run_bundle(
-        ["inference"], root, image=str(series_dir), nodules=str(nodules) if nodules else None, seriesuid=series_uid,
-        ckpt_path=str(model or root / "models" / "model.pt"), output_dir=str(report),
+    run_inference(
+        bundle_root, model, quiet=False, image=str(series_dir), nodules=str(nodules) if nodules else None, seriesuid=series_uid,
+        output_dir=str(report),
     )  # fmt: skip
     objects = [pydicom.dcmread(report / name) for name in (SEG_NAME, SR_NAME) if (report / name).exists()]
     if objects:

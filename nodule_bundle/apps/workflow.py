@@ -1,7 +1,9 @@
-"""Run the bundle's configs in-process, exactly as ``python -m monai.bundle run`` would."""
+"""Run the bundle's configs in-process, exactly as ``python -m monai.bundle run`` would; inference with
+checked weights, as every application runs it."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,3 +49,28 @@ def run_bundle(
     workflow.run()
     workflow.finalize()
     return workflow
+
+
+def model_weights(model: str | os.PathLike | None, bundle_root: Path) -> Path:
+    """The weights file ``model`` names (a file, or ``model.pt`` in a folder); the bundle's own
+    ``models/model.pt`` without one. An error names it when it is not there."""
+    path = Path(model) if model else bundle_root / "models"
+    path = path / "model.pt" if path.is_dir() else path
+    if not path.is_file():
+        raise NoduleBundleError(f"{path}: model weights not found (train first, or pass --model)")
+    return path
+
+
+def run_inference(bundle_root: str | os.PathLike | None = None, model: str | os.PathLike | None = None, quiet: bool = True, **override) -> ConfigWorkflow:
+    """``configs/inference.json`` with the weights ``model`` (see :func:`model_weights`) and config
+    ``override`` (``image``, ``nodules``, ``output_dir``...). ``quiet`` silences the engines' logs while
+    it runs: they log every failure with a traceback, and the caller reports it in one line."""
+    root = find_bundle_root(bundle_root)
+    weights = model_weights(model, root)
+    if quiet:
+        logging.disable(logging.CRITICAL)
+    try:
+        return run_bundle(["inference"], root, ckpt_path=str(weights), **override)
+    finally:
+        if quiet:
+            logging.disable(logging.NOTSET)

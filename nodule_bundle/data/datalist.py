@@ -136,18 +136,21 @@ def has_reference_masks(datalist: str | Path) -> bool:
     return True
 
 
-def scan_item(image: str | Path | None, nodules: str | Path | None, seriesuid: str | None = None) -> dict:
-    """One inference item: a scan and all its nodules (``center_world_mm`` ``(N, 3)``, ``nodule_id`` and
-    ``texture`` (``""`` when the list does not say) ``N``).
+def scan_item(image: str | Path | None, nodules: str | Path | None = None, seriesuid: str | None = None) -> dict:
+    """One inference item: a scan and, given a nodule list, all its nodules (``center_world_mm``
+    ``(N, 3)``, ``nodule_id`` and ``texture`` (``""`` when the list does not say) ``N``); without one,
+    the scan alone, whose nodules the whole-scan path finds.
 
     ``nodules`` is a CSV in world mm (see :mod:`nodule_bundle.data.nodule_csv`). When it lists several
     series, the rows of ``seriesuid`` (default: the image's file stem, as LUNA16 names scans) are used.
     """
-    if image is None or nodules is None:
-        raise DatalistError("inference needs an image and a nodule list: pass --image PATH --nodules CSV")
+    if image is None:
+        raise DatalistError("inference needs an image: pass --image PATH (and --nodules CSV to skip detection)")
     image = Path(image)
     if not image.exists():
         raise DatalistError(f"{image}: image not found")
+    if nodules is None:
+        return {"image": str(image), "seriesuid": seriesuid}
     found = read_nodule_csv(nodules)
     series = {n.seriesuid for n in found if n.seriesuid}
     if len(series) > 1:
@@ -162,3 +165,9 @@ def scan_item(image: str | Path | None, nodules: str | Path | None, seriesuid: s
         "nodule_id": [n.nodule_id for n in found],
         "texture": [n.texture or "" for n in found],
     }
+
+
+def scan_items(items: list[dict]) -> list[dict]:
+    """One inference item per scan of a datalist split, without its nodules (the whole-scan path finds them)."""
+    scans = {str(item["image"]): item.get("seriesuid") for item in items}
+    return [{"image": image, "seriesuid": uid} for image, uid in scans.items()]

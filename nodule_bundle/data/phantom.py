@@ -168,15 +168,16 @@ def _render_nodule(canvas: Canvas, rng: np.random.Generator, center: np.ndarray,
     core, strands = np.zeros_like(occ), np.zeros_like(occ)
     core_frac = rng.uniform(0.35, 0.6)
     for dz in (-canvas.spacing[2] / 3, 0.0, canvas.spacing[2] / 3):
-        v = np.stack(np.broadcast_arrays(x - center[0], y - center[1], z + dz - center[2]), -1) / stretch
-        dist = np.linalg.norm(v, axis=-1) + 1e-6
+        vx, vy, vz = (x - center[0]) / stretch[0], (y - center[1]) / stretch[1], (z + dz - center[2]) / stretch[2]
+        dist = np.sqrt(vx**2 + vy**2 + vz**2) + 1e-6
         body = _sigmoid((core_r - dist) / 0.25)
         for w, r_lobe, offset in zip(lobe_dirs, lobe_r, lobe_offset):
-            body = np.maximum(body, _sigmoid((r_lobe - np.linalg.norm(v - offset * w, axis=-1)) / 0.25))
+            lobe_dist = np.sqrt((vx - offset * w[0]) ** 2 + (vy - offset * w[1]) ** 2 + (vz - offset * w[2]) ** 2)
+            body = np.maximum(body, _sigmoid((r_lobe - lobe_dist) / 0.25))
         occ += body / 3.0
         spikes_here = np.zeros_like(occ)
         for w, length, r0 in zip(spikes, spike_len, spike_r):
-            t = v @ w
+            t = vx * w[0] + vy * w[1] + vz * w[2]
             perp = np.sqrt(np.maximum(dist**2 - t**2, 0.0))
             allowed = r0 * np.clip(1.0 - (t - radius) / length, 0.0, 1.0)
             spikes_here = np.maximum(spikes_here, _sigmoid((allowed - perp) / 0.25) * (t > 0) * (t < radius + length))
@@ -203,10 +204,10 @@ def _reference_diameter(core_r: float, lobes: list[tuple[np.ndarray, float]], st
     reach = max([core_r] + [float(np.linalg.norm(o)) + r for o, r in lobes]) * float(stretch.max()) + 0.5
     step = max(reach / 60.0, 0.05)
     axis = np.arange(-reach, reach + step / 2, step)
-    v = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1) / stretch
-    body = np.linalg.norm(v, axis=-1) <= core_r
+    vx, vy, vz = axis[:, None, None] / stretch[0], axis[None, :, None] / stretch[1], axis[None, None, :] / stretch[2]
+    body = vx**2 + vy**2 + vz**2 <= core_r**2
     for offset, r_lobe in lobes:
-        body |= np.linalg.norm(v - offset, axis=-1) <= r_lobe
+        body |= (vx - offset[0]) ** 2 + (vy - offset[1]) ** 2 + (vz - offset[2]) ** 2 <= r_lobe**2
     long_axis, short_axis = axial_diameters(body, step)
     return (long_axis + short_axis) / 2.0
 

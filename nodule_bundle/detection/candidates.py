@@ -17,21 +17,19 @@ classification path still crops first). Stages:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import itk
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Orientation, Spacing
+from monai.transforms import Orientation, Spacing, SpatialCrop
 from scipy import ndimage as ndi
-from tqdm import tqdm
 
 from nodule_bundle.core.geometry import voxel_to_world
-from nodule_bundle.data.datalist import DatalistError
 
 HU_AIR_MAX = -400.0  # lung parenchyma and air are below, soft tissue above
 HU_AIRWAY_MAX = -950.0  # airway lumen (parenchyma is about -850)
+LUNG_BOX_MARGIN_MM = 10.0  # beyond the lungs the LoG sees the chest wall clipped to a flat clip_hu
 
 
 @dataclass(frozen=True)
@@ -161,18 +159,22 @@ def detect_candidates(
     blobness test sees the HU as they are.
     """
     fine = isotropic(image, spacing_mm)
+    mask = lung_mask(image) if mask is None else mask
+    lungs = torch.nn.functional.interpolate(mask[None].float().as_tensor(), size=fine.shape[1:], mode="nearest")[0, 0].numpy() > 0
+    if not lungs.any():
+        return []
+    fine, lungs = _lung_box(fine, lungs, margin_vox=int(np.ceil(LUNG_BOX_MARGIN_MM / spacing_mm)))
     coarse_hu = torch.nn.functional.avg_pool3d(fine.as_tensor()[None], 2, ceil_mode=True)[0]
     to_coarse = np.diag([2.0, 2.0, 2.0, 1.0])
     to_coarse[:3, 3] = 0.5  # a coarse voxel's centre lies between two fine ones
     levels = [
-        (fine[0].numpy(), fine.affine.numpy(), spacing_mm, [r for r in radii_mm if r < coarse_from_mm]),
-        (coarse_hu[0].numpy(), fine.affine.numpy() @ to_coarse, 2 * spacing_mm, [r for r in radii_mm if r >= coarse_from_mm]),
+        (fine[0].numpy(), lungs, fine.affine.numpy(), spacing_mm, [r for r in radii_mm if r < coarse_from_mm]),
+        (coarse_hu[0].numpy(), lungs[::2, ::2, ::2], fine.affine.numpy() @ to_coarse, 2 * spacing_mm, [r for r in radii_mm if r >= coarse_from_mm]),
     ]
-    mask = lung_mask(image) if mask is None else mask
     space = fine.meta.get("space", "RAS")
     responses = [
         _log_responses(np.minimum(hu, clip_hu), np.asarray(radii, dtype=np.float64), spacing) if radii else None
-        for hu, _, spacing, radii in levels
+        for hu, _, _, spacing, radii in levels
     ]
     if all(r is not None for r in responses):  # a maximum over scales must beat the other level too
         (fine_best, _), (coarse_best, _) = responses
@@ -181,11 +183,10 @@ def detect_candidates(
         responses[0] = (np.where(fine_best >= coarse_at_fine, fine_best, -np.inf), responses[0][1])
         responses[1] = (np.where(coarse_best > fine_in_coarse, coarse_best, -np.inf), responses[1][1])
     found = []
-    for (hu, affine, spacing, radii), computed in zip(levels, responses):
+    for (hu, lungs, affine, spacing, radii), computed in zip(levels, responses):
         if computed is None:
             continue
         response, which = computed
-        lungs = torch.nn.functional.interpolate(mask[None].float().as_tensor(), size=hu.shape, mode="nearest")[0, 0].numpy() > 0
         peaks = response == ndi.maximum_filter(response, size=max(3, int(round(5.0 / spacing)) | 1), mode="nearest")
         peaks &= lungs & (response > min_response)
         for index in np.argwhere(peaks):
@@ -198,6 +199,17 @@ def detect_candidates(
             center = voxel_to_world(np.asarray(i, dtype=np.float64), affine, space)
             found.append(Candidate(tuple(float(v) for v in center), radius, score, float(response[i]), shape))  # type: ignore[arg-type]
     return suppress_overlaps(found)
+
+
+def _lung_box(fine: MetaTensor, lungs: np.ndarray, margin_vox: int) -> tuple[MetaTensor, np.ndarray]:
+    """``fine`` and ``lungs`` cropped to the lungs' bounding box grown by ``margin_vox`` (MONAI
+    ``SpatialCrop``, which keeps the affine right); an even start keeps the coarse grid's voxels where
+    they were."""
+    spans = [np.flatnonzero(lungs.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    start = np.maximum([s[0] - margin_vox for s in spans], 0) // 2 * 2
+    end = np.minimum([s[-1] + 1 + margin_vox for s in spans], lungs.shape)
+    box = tuple(slice(a, b) for a, b in zip(start, end))
+    return SpatialCrop(roi_start=start, roi_end=end)(fine), lungs[box]
 
 
 def suppress_overlaps(candidates: list[Candidate]) -> list[Candidate]:
@@ -220,29 +232,3 @@ def candidate_fields(found: list[Candidate]) -> dict:
         "detection_score": [round(c.score, 2) for c in found],
         "detection_radius_mm": [c.radius_mm for c in found],
     }
-
-
-def detect_scan_item(
-    image: str, seriesuid: str | None = None, spacing_mm: float = 1.0, min_score: float = 40.0
-) -> list[dict]:
-    """The inference item of a scan whose nodules are to be found: ``[]`` when nothing is found, else
-    one item with every candidate (``center_world_mm`` ``(N, 3)``, ``nodule_id``, ``detection_score``,
-    ``detection_radius_mm``), strongest first. ``seriesuid`` also picks the series of a DICOM folder."""
-    from nodule_bundle.reading.image_index import scan_stem
-    from nodule_bundle.reading.load import LoadCTImaged
-
-    if image is None:
-        raise DatalistError("inference needs an image: pass --image PATH (and --nodules CSV to skip detection)")
-    ct = LoadCTImaged("image", ensure_channel_first=True, image_only=True, series_uid=seriesuid)({"image": image})["image"]
-    found = detect_candidates(ct, spacing_mm=spacing_mm, min_score=min_score)
-    if not found:
-        return []
-    uid = seriesuid or ct.meta.get("series_uid") or scan_stem(Path(image))
-    return [{"image": str(image), "seriesuid": uid, **candidate_fields(found)}]
-
-
-def detect_split_items(reference: list[dict], spacing_mm: float = 1.0, min_score: float = 40.0) -> list[dict]:
-    """:func:`detect_scan_item` for every scan of a datalist split (the scans, not their nodules)."""
-    scans = {str(item["image"]): item.get("seriesuid") for item in reference}
-    progress = tqdm(scans.items(), desc="detecting nodules", unit="scan", disable=None)
-    return [found for image, uid in progress for found in detect_scan_item(image, uid, spacing_mm, min_score)]

@@ -39,12 +39,12 @@ class NoduleCrop(Transform):
     scan repeat its border (air at the edge of a CT field of view).
 
     Args:
-        patch_size: voxels per side.
-        spacing_mm: isotropic output voxel size in mm.
+        patch_size: voxels per side (the bundle's: ``patch_size`` of its configs).
+        spacing_mm: isotropic output voxel size in mm (the bundle's: ``patch_spacing_mm``).
         mode: interpolation for :class:`monai.transforms.SpatialResample`.
     """
 
-    def __init__(self, patch_size: int = 48, spacing_mm: float = 1.0, mode: str = "bilinear"):
+    def __init__(self, patch_size: int, spacing_mm: float, mode: str = "bilinear"):
         self.patch_size, self.spacing_mm = int(patch_size), float(spacing_mm)
         self.resample = SpatialResample(mode=mode, padding_mode="border", dtype=torch.float32)
 
@@ -90,10 +90,10 @@ class NoduleCropd(MapTransform):
     def __init__(
         self,
         keys: KeysCollection,
+        patch_size: int,
+        spacing_mm: float,
         center_key: str = "center_world_mm",
         per_nodule_keys: Sequence[str] = ("nodule_id",),
-        patch_size: int = 48,
-        spacing_mm: float = 1.0,
         mode: str = "bilinear",
         allow_missing_keys: bool = False,
         workers: int | None = None,

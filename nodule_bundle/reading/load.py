@@ -3,9 +3,12 @@ readers), a header's claimed size checked before the voxels are read, HU checked
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import os
+import threading
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -70,16 +73,36 @@ class LoadCTImaged(LoadImaged):
     Args:
         series_uid: the DICOM series to read when a directory holds several (default: the CT
             series with the most slices).
+        recent_scans: how many of the scans last read to keep in memory (keyed by path, size and
+            modification time; each item gets its own copy), for datalists with one item per nodule:
+            a scan's items follow each other, and its file is decompressed once, not once a nodule.
     """
 
-    def __init__(self, keys: KeysCollection, *args, series_uid: str | None = None, **kwargs):
+    def __init__(self, keys: KeysCollection, *args, series_uid: str | None = None, recent_scans: int = 0, **kwargs):
         super().__init__(keys, *args, **kwargs)
+        self.recent_scans = int(recent_scans)
+        self._recent: OrderedDict[tuple, dict] = OrderedDict()
+        self._recent_lock = threading.Lock()
         dtype = kwargs.get("dtype", np.float32)
         self.dicom_reader = DicomSeriesReader(series_uid=series_uid, dtype=dtype)
         reader_kwargs = {k: v for k, v in kwargs.items() if k not in inspect.signature(LoadImaged.__init__).parameters}  # as LoadImage passes them
         self.nifti_reader = NiftiReader(dtype=dtype, **reader_kwargs)
 
     def __call__(self, data, reader=None):
+        if not self.recent_scans:
+            return self._read(data, reader)
+        files = tuple((str(data[k]), os.stat(data[k]).st_mtime_ns, os.stat(data[k]).st_size) for k in self.key_iterator(dict(data)))
+        with self._recent_lock:  # one read at a time: items of one scan wait for it instead of reading it too
+            if files not in self._recent:
+                d = self._read(data, reader)
+                self._recent[files] = {k: v for k, v in d.items() if k in self.keys or k not in data}
+                while len(self._recent) > self.recent_scans:
+                    self._recent.popitem(last=False)
+            self._recent.move_to_end(files)
+            read = self._recent[files]
+        return {**data, **{k: v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v) for k, v in read.items()}}
+
+    def _read(self, data, reader=None):
         paths = [str(data[k]) for k in self.key_iterator(dict(data))]
         for path in paths:
             check_declared_size(path)

@@ -3,7 +3,9 @@
 import json
 
 import pytest
+import torch
 
+from nodule_bundle.apps.bench.timing import inference_config, inference_network, inference_steps
 from nodule_bundle.apps.cli import main
 from nodule_bundle.core.errors import NoduleBundleError
 
@@ -133,3 +135,16 @@ def test_backbone_accuracy_evaluate_only_names_what_an_earlier_run_should_have_l
     error = capsys.readouterr().err
     assert error.startswith("nodule-bundle: error: --evaluate-only needs") and str(tmp_path / "data" / "datalist.json") in error
     assert str(tmp_path / "default" / "training.json") in error and not list(tmp_path.iterdir())  # nothing written
+
+
+def test_benchmarks_time_the_bundles_own_pipeline():
+    """The benchmarks take their stages from configs/inference.json, parsed once with overrides:
+    what the bundle runs, not a copy with its own numbers."""
+    parser = inference_config(overrides={"detection_min_score": 55.0, "patch_size": 32, "not_an_id": 1})
+    steps = inference_steps(parser)
+    assert [type(step).__name__ for step in steps.values()] == ["LoadCTImaged", "DetectNodulesd", "NoduleMeasured", "NoduleCropd", "CTPreprocessd"]
+    assert steps["detect"].min_score == 55.0 and steps["detect"].spacing_mm == parser["detection_spacing_mm"]
+    assert steps["crop"].cropper.patch_size == 32 and steps["crop"].cropper.spacing_mm == parser["patch_spacing_mm"]
+    assert steps["preprocess"].preprocess.denoise_sigma_mm == parser["denoise_sigma_mm"]
+    network = inference_network(parser)
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in network.modules())  # folded, as inference's initialize leaves it

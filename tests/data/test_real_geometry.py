@@ -196,7 +196,7 @@ def test_training_on_both_grounds_adds_the_phantom_to_training_only(dataset, pha
 
 
 def test_config_overrides_are_id_equals_json():
-    from nodule_bundle.apps.cli import _override
+    from nodule_bundle.apps.arguments import config_override as _override
 
     assert _override("loss#rating_weight=1.5") == ("loss#rating_weight", 1.5) and _override("deblur=null") == ("deblur", None)
     for bad in ("epochs", "=3", "deblur=unsharp"):

@@ -10,6 +10,7 @@ from monai.data import MetaTensor
 
 from nodule_bundle.detection.candidates import detect_candidates, lung_mask
 from nodule_bundle.detection.froc import froc, match_scan, system_score
+from nodule_bundle.detection.transforms import DetectNodulesd
 from nodule_bundle.core.geometry import LPS_TO_RAS, world_to_voxel
 
 SPACING = np.array([0.8, 0.8, 1.5])
@@ -111,3 +112,22 @@ def test_the_system_score_ranks_by_both_the_network_and_the_detector():
     assert scores[1] > scores[0] and scores[2] > scores[0]  # more confident network, or a stronger blob
     assert np.all(np.isfinite(scores)) and scores[3] < scores[0] < scores[4]  # certain 0 and 1 stay finite
     assert scores[0] == pytest.approx(np.log(100.0))  # even odds: the detector decides
+
+
+def test_the_detection_transform_finds_nodules_only_where_no_list_was_given():
+    hu, (left, _) = _chest()
+    center = left + np.array([2.3, -4.1, 5.2])
+    _add_sphere(hu, center, 4.0)
+    image = _image(hu)
+    image.meta["filename_or_obj"] = "/scans/chest-01.nii.gz"
+    detect = DetectNodulesd("image", spacing_mm=1.0, min_score=40.0)
+    found = detect({"image": image})
+    assert found["nodule_id"] == ["d01"] and found["seriesuid"] == "chest-01"
+    assert np.linalg.norm(np.array(found["center_world_mm"][0]) - center) <= 1.0
+    assert found["detection_score"][0] >= 40.0 and found["detection_radius_mm"][0] > 0
+    given = {"image": image, "seriesuid": "s", "center_world_mm": [[0.0, 0.0, -75.0]], "nodule_id": ["n1"]}
+    assert detect(given) == given  # a nodule list is classified as given, never replaced by detection
+    empty = _image(_chest()[0])
+    empty.meta["filename_or_obj"] = "/scans/chest-02.nii.gz"
+    nothing = detect({"image": empty})
+    assert nothing["center_world_mm"] == [] and nothing["nodule_id"] == []

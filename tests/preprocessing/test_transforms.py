@@ -44,18 +44,18 @@ def test_crop_near_the_border_pads_instead_of_failing():
 def test_crop_outside_the_volume_names_the_file():
     img = _scan_with_dot()
     with pytest.raises(NoduleOutsideVolumeError, match=r"scan\.nii\.gz: nodule at world .* outside the image"):
-        NoduleCrop()(img, voxel_to_world((-20, 10, 10), img.affine))
+        NoduleCrop(40, 1.2)(img, voxel_to_world((-20, 10, 10), img.affine))
 
 
 def test_cropd_makes_one_sample_per_nodule():
     img = _scan_with_dot()
     centres = voxel_to_world(np.array([[37, 41, 13], [20, 20, 10], [30, 12, 8]]), img.affine)
     item = {"image": img, "center_world_mm": centres, "nodule_id": ["a", "b", "c"], "seriesuid": "s"}
-    samples = NoduleCropd("image", patch_size=16, workers=2)(item)
+    samples = NoduleCropd("image", patch_size=16, spacing_mm=1.0, workers=2)(item)
     assert [s["nodule_id"] for s in samples] == ["a", "b", "c"] and all(s["seriesuid"] == "s" for s in samples)
     np.testing.assert_allclose(samples[0]["center_voxel"].numpy(), [37, 41, 13], atol=1e-6)
     np.testing.assert_allclose(samples[1]["center_world_mm"].numpy(), centres[1])
-    serial = NoduleCropd("image", patch_size=16, workers=1)(item)  # cropped side by side or one at a time: the same, in order
+    serial = NoduleCropd("image", patch_size=16, spacing_mm=1.0, workers=1)(item)  # cropped side by side or one at a time: the same, in order
     assert all(torch.equal(a["image"], b["image"]) for a, b in zip(samples, serial))
     assert not torch.equal(samples[0]["image"], samples[1]["image"])
 

@@ -128,3 +128,30 @@ def test_a_nifti_file_cut_short_is_refused_naming_the_file(tmp_path, suffix, rea
     with pytest.raises(UnreadableImageError, match=reason) as err:
         LoadCTImaged("image", ensure_channel_first=True, image_only=True)({"image": str(path)})
     assert str(path) in str(err.value)
+
+
+def test_recent_scans_are_read_once_and_each_item_gets_its_own_copy(tmp_path, monkeypatch):
+    """One item a nodule: a scan's items share one read; a changed file is read again."""
+    import os
+
+    import torch
+
+    from nodule_bundle.data.writers import write_nifti
+    from nodule_bundle.reading.load import LoadCTImaged
+
+    path = tmp_path / "scan.nii.gz"
+    write_nifti(path, np.full((20, 20, 10), -1000, np.int16), np.eye(4))
+    load = LoadCTImaged("image", ensure_channel_first=True, image_only=True, dtype=None, recent_scans=2)
+    reads = []
+    read = load._read
+    monkeypatch.setattr(load, "_read", lambda data, reader=None: reads.append(data["image"]) or read(data, reader))
+    first, second = (load({"image": str(path), "nodule_id": n}) for n in ("n1", "n2"))
+    assert len(reads) == 1 and second["nodule_id"] == "n2"
+    assert torch.equal(first["image"], second["image"]) and first["image"].meta["filename_or_obj"] == str(path)
+    first["image"][0, 0, 0, 0] = 500  # one item's change reaches neither the other item nor the kept scan
+    first["image"].meta["changed"] = True
+    third = load({"image": str(path)})
+    assert int(second["image"][0, 0, 0, 0]) == int(third["image"][0, 0, 0, 0]) == -1000 and "changed" not in third["image"].meta
+    write_nifti(path, np.full((20, 20, 10), -900, np.int16), np.eye(4))
+    os.utime(path, ns=(1, 1))  # a new file with the old size: its modification time tells it apart
+    assert int(load({"image": str(path)})["image"][0, 0, 0, 0]) == -900 and len(reads) == 2

@@ -27,6 +27,7 @@ import torch
 from monai.metrics import compute_roc_auc
 from monai.transforms import Compose
 
+from nodule_bundle.apps.bench.timing import inference_config, inference_steps
 from nodule_bundle.core.errors import NoduleBundleError
 from nodule_bundle.core.nodule import RATING_COLUMNS, lung_rads_category, texture_from_measurement
 from nodule_bundle.data.datalist import has_reference_masks, load_nodule_datalist
@@ -46,20 +47,8 @@ def measurement_transforms(bundle_root: str | Path | None = None, overrides: dic
     """The reading and measuring transforms of the bundle's ``configs/inference.json``, as it
     configures them (with those config ``overrides`` whose ids it has), the learned segmentation's
     weights loaded when it has them."""
-    from monai.bundle import ConfigParser
-
-    from nodule_bundle.apps.workflow import find_bundle_root
-    from nodule_bundle.measuring.transforms import NoduleMeasured
-    from nodule_bundle.network.segmentation import load_learned_masks
-    from nodule_bundle.reading.load import LoadCTImaged
-
-    root = find_bundle_root(bundle_root)
-    parser = ConfigParser()
-    parser.read_config(str(root / "configs" / "inference.json"))
-    parser.update({"bundle_root": str(root), **{k: v for k, v in (overrides or {}).items() if k.split("#")[0] in parser.config}})
-    load_learned_masks(parser)
-    transforms = parser.get_parsed_content("preprocessing").transforms
-    return Compose([t for t in transforms if isinstance(t, (LoadCTImaged, NoduleMeasured))])
+    steps = inference_steps(inference_config(bundle_root, overrides))
+    return Compose([steps["read"], steps["measure"]])
 
 
 def read_references(data_dir: str | Path) -> dict[tuple[str, str], dict[str, str]]:

@@ -12,9 +12,8 @@ import torch
 from isal import igzip
 from monai.transforms import LoadImaged
 
-from nodule_bundle.apps.bench.timing import default_network, phantom_scan, summary
+from nodule_bundle.apps.bench.timing import inference_config, inference_network, inference_steps, phantom_scan, summary
 from nodule_bundle.measuring.measure import MEASUREMENT_KEYS
-from nodule_bundle.reading.load import LoadCTImaged
 
 
 def bench_scan_to_report(shape: tuple[int, int, int] = (512, 512, 300), repeats: int = 3, spacing_mm=(0.7, 0.7, 1.0), nodules: int = 20) -> dict:
@@ -31,18 +30,13 @@ def bench_scan_to_report(shape: tuple[int, int, int] = (512, 512, 300), repeats:
     from monai.transforms import Orientation, Spacing
 
     from nodule_bundle.core.geometry import voxel_to_world, world_to_voxel
-    from nodule_bundle.measuring.transforms import NoduleMeasured
-    from nodule_bundle.network.inferers import FlipAveragingInferer
-    from nodule_bundle.network.targets import NoduleHeadsd
-    from nodule_bundle.preprocessing.transforms import CTPreprocessd, NoduleCrop, NoduleCropd
+    from nodule_bundle.preprocessing.transforms import NoduleCrop
     from nodule_bundle.reports.report import nodule_finding, scan_identity, write_report, write_scan_pictures
 
-    load = LoadCTImaged("image", ensure_channel_first=True, image_only=True, dtype=None)  # as stored, like inference.json
+    parser = inference_config()  # the bundle's own pipeline: its transforms, inferer, heads and network
+    steps, network, inferer, heads = inference_steps(parser), inference_network(parser), parser.get_parsed_content("inferer"), parser.get_parsed_content("postprocessing")
+    load, measure, crop, preprocess = steps["read"], steps["measure"], steps["crop"], steps["preprocess"]
     load_stock = LoadImaged("image", ensure_channel_first=True, image_only=True)  # MONAI's stock loader (float32), for the baseline
-    measure = NoduleMeasured("image", crop_key="measurement_crop")
-    crop = NoduleCropd("image", per_nodule_keys=("nodule_id", *MEASUREMENT_KEYS, "measurement_crop"), patch_size=40, spacing_mm=1.2)
-    preprocess, heads = CTPreprocessd("image", denoise_sigma_mm=0.5), NoduleHeadsd()
-    network, inferer = default_network(), FlipAveragingInferer(keep_passes=True)
 
     def report(folder: Path, uid: str, image, samples: list[dict], preds: torch.Tensor) -> None:
         findings = [nodule_finding(s, heads({"pred": p})) | {"label_value": k + 1} for k, (s, p) in enumerate(zip(samples, preds))]
@@ -51,7 +45,7 @@ def bench_scan_to_report(shape: tuple[int, int, int] = (512, 512, 300), repeats:
         crops = {f["nodule_id"]: s["measurement_crop"] for f, s in zip(findings, samples)}
         write_scan_pictures(folder, scan_entry, crops, image.meta, {"name": "bench", "version": None})
 
-    whole_volume_crop = NoduleCrop(40, 1.2)  # on the resampled volume: the same patch grid, for the difference
+    whole_volume_crop = NoduleCrop(crop.cropper.patch_size, crop.cropper.spacing_mm)  # on the resampled volume: the same patch grid
 
     def resample_whole(image, spacing_mm: float = whole_volume_crop.spacing_mm):
         return Spacing(pixdim=(spacing_mm,) * 3, mode="bilinear")(Orientation(axcodes="RAS")(image))

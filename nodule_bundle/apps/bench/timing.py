@@ -1,4 +1,6 @@
-"""Shared by the benchmarks: timing candidates in turn (medians, spread), a phantom scan on disk, the network as inference runs it."""
+"""Shared by the benchmarks: timing candidates in turn (medians, spread), a phantom scan on disk, and
+the bundle's own inference pipeline (``configs/inference.json`` parsed once: its transforms by stage,
+its network as inference runs it)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from monai.bundle import ConfigParser
 
 
 def summary(seconds: list[float]) -> dict:
@@ -33,11 +36,46 @@ def as_inference_runs_it(network: torch.nn.Module) -> torch.nn.Module:
     return fold_batch_norm(network.eval()).to(memory_format=torch.channels_last_3d)
 
 
-def default_network() -> torch.nn.Module:
-    """The default network as inference.json runs it, with untrained weights: the cost is the same."""
-    from nodule_bundle.network.networks import MultiTaskNoduleNet
+def inference_config(bundle_root: str | Path | None = None, overrides: dict | None = None) -> ConfigParser:
+    """The bundle's ``configs/inference.json`` parsed once, with those config ``overrides`` whose ids
+    it has; the learned segmentation's weights loaded when the bundle has them."""
+    from nodule_bundle.apps.workflow import find_bundle_root
+    from nodule_bundle.network.segmentation import load_learned_masks
 
-    return as_inference_runs_it(MultiTaskNoduleNet())
+    root = find_bundle_root(bundle_root)
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(root), **{k: v for k, v in (overrides or {}).items() if k.split("#")[0] in parser.config}})
+    load_learned_masks(parser)
+    return parser
+
+
+def inference_steps(parser: ConfigParser) -> dict[str, Callable]:
+    """The preprocessing transforms of a parsed ``inference.json`` by stage: ``read``, ``detect``,
+    ``measure``, ``crop``, ``preprocess`` (an error names a stage the config lacks)."""
+    from nodule_bundle.core.errors import NoduleBundleError
+    from nodule_bundle.detection.transforms import DetectNodulesd
+    from nodule_bundle.measuring.transforms import NoduleMeasured
+    from nodule_bundle.preprocessing.transforms import CTPreprocessd, NoduleCropd
+    from nodule_bundle.reading.load import LoadCTImaged
+
+    kinds = {"read": LoadCTImaged, "detect": DetectNodulesd, "measure": NoduleMeasured, "crop": NoduleCropd, "preprocess": CTPreprocessd}
+    transforms = parser.get_parsed_content("preprocessing").transforms
+    steps = {name: next((t for t in transforms if isinstance(t, kind)), None) for name, kind in kinds.items()}
+    missing = [kinds[name].__name__ for name, step in steps.items() if step is None]
+    if missing:
+        raise NoduleBundleError(f"inference.json's preprocessing has no {', '.join(missing)}")
+    return steps  # type: ignore[return-value]
+
+
+def inference_network(parser: ConfigParser) -> torch.nn.Module:
+    """A parsed ``inference.json``'s network as its ``initialize`` leaves it (batch norms folded, its
+    memory format), with untrained weights: the cost is the same."""
+    from nodule_bundle.network.networks import fold_batch_norm
+
+    network = parser.get_parsed_content("network")
+    fold_batch_norm(parser.get_parsed_content("network_def").eval())
+    return network
 
 
 def time_alternating(candidates: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict]:
