@@ -36,6 +36,21 @@ def test_clicked_points_get_findings_and_a_label_map_on_the_scan_grid(service, p
         service.classify_points(image, [[-5, 0, 0]])
 
 
+def test_the_whole_scan_answer_is_inference_jsons_detection_step(service, phantom_dir, test_scan):
+    """detect() runs the config's own DetectNodulesd on the scan already read: the same candidates,
+    split by nodule probability, the rejected ones out of the label map."""
+    uid, rows, _ = test_scan
+    image = phantom_dir / "images" / f"{uid}.nii.gz"
+    kept, rejected, label = service.detect(image)
+    found = service.detection({"image": service._read(image)})
+    assert sorted(f["nodule_id"] for f in kept + rejected) == sorted(found["nodule_id"])
+    assert all(f["nodule_probability"] >= 0.5 for f in kept) and all(f["nodule_probability"] < 0.5 for f in rejected)
+    assert set(np.unique(label.numpy()).tolist()) <= {0, *(f["label_value"] for f in kept)}
+    hit = [any(np.linalg.norm(np.subtract(f["center_world_mm"], r["center_world_mm"])) <= r["diameter_mm"] / 2 for f in kept + rejected)
+           for r in rows if r["diameter_mm"] >= 4.0]  # fmt: skip
+    assert sum(hit) >= 0.6 * len(hit)
+
+
 def test_new_weights_are_used_as_soon_as_their_file_changes(service, phantom_dir, test_scan):
     uid, rows, _ = test_scan
     image = phantom_dir / "images" / f"{uid}.nii.gz"

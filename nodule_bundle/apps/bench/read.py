@@ -1,7 +1,8 @@
-"""``bench read``: reading a DICOM CT series with the bundle's loader (pydicom header checks, then
-ITK/GDCM, into MONAI's ``[x, y, z]`` float32 MetaTensor) against, on the same files, ITK's plain series
-reader (``GDCMSeriesFileNames`` + ``ImageSeriesReader``, an ITK image: the floor) and MONAI's stock
-``LoadImage(reader="ITKReader")`` on the directory (the same output as ours, without the checks)."""
+"""``bench read``: reading a DICOM CT series with the bundle's loader as inference.json configures it
+(pydicom header checks, then ITK/GDCM, into MONAI's ``[x, y, z]`` MetaTensor in the stored dtype)
+against, on the same files, ITK's plain series reader (``GDCMSeriesFileNames`` +
+``ImageSeriesReader``, an ITK image: the floor) and MONAI's stock ``LoadImage(reader="ITKReader")``
+on the directory (the same voxels as ours, without the checks)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,8 @@ import numpy as np
 from monai.data import ITKReader
 from monai.transforms import LoadImage
 
-from nodule_bundle.apps.bench.timing import time_alternating
+from nodule_bundle.apps.bench.timing import inference_config, inference_steps, time_alternating
 from nodule_bundle.data.writers import write_dicom_series
-from nodule_bundle.reading.load import LoadCTImaged
 
 
 def itk_plain_series_read(directory: Path):
@@ -29,7 +29,7 @@ def bench_dicom_read(shape: tuple[int, int, int] = (512, 512, 300), repeats: int
     volume = rng.integers(-1000, 1500, size=shape, dtype=np.int16)
     affine = np.diag([*spacing_mm, 1.0])
     affine[:3, 3] = [-180.0, -180.0, -300.0]
-    load = LoadCTImaged("image", ensure_channel_first=True, image_only=True)
+    load = inference_steps(inference_config())["read"]  # the bundle's reader as inference.json configures it
     with tempfile.TemporaryDirectory(prefix="nodule-bench-") as tmp:
         directory = Path(tmp) / "series"
         write_dicom_series(directory, volume, affine, "1.2.826.0.1.3680043.8.498.42")
