@@ -58,6 +58,10 @@ def check_declared_size(path: str) -> None:
         )
 
 
+def _stamp(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_mtime_ns, stat.st_size
+
+
 class LoadCTImaged(LoadImaged):
     """MONAI's ``LoadImaged`` (same arguments) for CT as it arrives: DICOM directories through
     :class:`~nodule_bundle.reading.readers.DicomSeriesReader` (series chosen, slices ordered by position and
@@ -91,7 +95,10 @@ class LoadCTImaged(LoadImaged):
     def __call__(self, data, reader=None):
         if not self.recent_scans:
             return self._read(data, reader)
-        files = tuple((str(data[k]), os.stat(data[k]).st_mtime_ns, os.stat(data[k]).st_size) for k in self.key_iterator(dict(data)))
+        try:
+            files = tuple((str(data[k]), *_stamp(os.stat(data[k]))) for k in self.key_iterator(dict(data)))
+        except OSError:  # missing or inaccessible: the plain read says so, naming the file
+            return self._read(data, reader)
         with self._recent_lock:  # one read at a time: items of one scan wait for it instead of reading it too
             if files not in self._recent:
                 d = self._read(data, reader)

@@ -137,7 +137,7 @@ def test_recent_scans_are_read_once_and_each_item_gets_its_own_copy(tmp_path, mo
     import torch
 
     from nodule_bundle.data.writers import write_nifti
-    from nodule_bundle.reading.load import LoadCTImaged
+    from nodule_bundle.reading.load import LoadCTImaged, UnreadableImageError
 
     path = tmp_path / "scan.nii.gz"
     write_nifti(path, np.full((20, 20, 10), -1000, np.int16), np.eye(4))
@@ -155,3 +155,5 @@ def test_recent_scans_are_read_once_and_each_item_gets_its_own_copy(tmp_path, mo
     write_nifti(path, np.full((20, 20, 10), -900, np.int16), np.eye(4))
     os.utime(path, ns=(1, 1))  # a new file with the old size: its modification time tells it apart
     assert int(load({"image": str(path)})["image"][0, 0, 0, 0]) == -900 and len(reads) == 2
+    with pytest.raises(UnreadableImageError, match="gone.nii.gz: cannot read image"):  # a missing file: the clear error, not a stat traceback
+        load({"image": str(tmp_path / "gone.nii.gz")})
