@@ -16,19 +16,24 @@ Layout of ``out``::
                                    every item names its scan's label map (``mask``) and its value
                                    there (``mask_value``, 0 for a false candidate)
 
-``datalist.json`` is written last, so a dataset without it is incomplete.
+``datalist.json`` is written last, so a dataset without it is incomplete. Until then each finished
+scan leaves a record in ``.synth-progress/``: run the same command again and an interrupted run goes
+on from the scans it finished (a record is used only for the same version and arguments).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 import multiprocessing
 import os
+import pickle
+import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +42,8 @@ from monai.data import MetaTensor
 from tqdm import tqdm
 
 from nodule_bundle.core.geometry import LPS_TO_RAS
-from nodule_bundle.core.io_utils import write_json_atomic, write_text_atomic
+from nodule_bundle import __version__
+from nodule_bundle.core.io_utils import atomic_path, write_json_atomic, write_text_atomic
 from nodule_bundle.core.nodule import Nodule
 from nodule_bundle.data.datalist import build_datalist, nodule_item
 from nodule_bundle.data.nodule_csv import write_nodule_csv
@@ -46,6 +52,7 @@ from nodule_bundle.data.writers import write_dicom_series, write_itk_image, writ
 from nodule_bundle.detection.candidates import Candidate, detect_candidates
 
 FORMATS = ("nifti", "mhd", "nrrd", "dicom")
+PROGRESS_DIR = ".synth-progress"
 
 
 def _image_path(fmt: str, seriesuid: str) -> str:
@@ -53,8 +60,39 @@ def _image_path(fmt: str, seriesuid: str) -> str:
     return paths[fmt].format(seriesuid)
 
 
-def _write_scan(task: tuple[Path, Callable[..., PhantomScan], tuple, tuple[str, ...], int]) -> tuple[PhantomScan, list[Candidate]]:
-    out, make, args, formats, negatives_per_scan = task
+def _record_path(out: Path, index: int) -> Path:
+    return out / PROGRESS_DIR / f"scan-{index:05d}.pkl"
+
+
+def _task_key(args: tuple, formats: tuple[str, ...], negatives_per_scan: int) -> str:
+    """What decides a scan's files: the bundle version, the renderer's arguments (its seed, index,
+    config and, for real geometry, the source outlines), the formats and the negatives kept."""
+    return hashlib.sha256(pickle.dumps((__version__, args, formats, negatives_per_scan))).hexdigest()
+
+
+def _finished_scan(out: Path, index: int, key: str, formats: tuple[str, ...]) -> tuple[PhantomScan, list[Candidate]] | None:
+    """The record an earlier run of the same task left, if its files are all there."""
+    record = _record_path(out, index)
+    if not record.is_file():
+        return None
+    with record.open("rb") as f:
+        saved_key, scan, negatives = pickle.load(f)
+    written = [out / _image_path(fmt, scan.seriesuid) for fmt in formats]
+    if scan.label_map is not None:
+        written.append(out / "labels" / f"{scan.seriesuid}.nii.gz")
+    return (scan, negatives) if saved_key == key and all(p.exists() for p in written) else None
+
+
+def _write_scan(task: tuple[Path, int, Callable[..., PhantomScan], tuple, tuple[str, ...], int]) -> tuple[PhantomScan, list[Candidate]]:
+    """Render one scan and write its files, or take an earlier run's (same task, files present).
+
+    Returns the scan without its voxels (the parent holds every scan's record, not its volume) and
+    its false candidates; the record is written last, so a scan interrupted halfway is rendered again."""
+    out, index, make, args, formats, negatives_per_scan = task
+    key = _task_key(args, formats, negatives_per_scan)
+    finished = _finished_scan(out, index, key, formats)
+    if finished is not None:
+        return finished
     torch.set_num_threads(1)
     scan = make(*args)
     writers = {
@@ -67,7 +105,11 @@ def _write_scan(task: tuple[Path, Callable[..., PhantomScan], tuple, tuple[str, 
         writers[fmt](out / _image_path(fmt, scan.seriesuid))
     if scan.label_map is not None:
         write_nifti(out / "labels" / f"{scan.seriesuid}.nii.gz", scan.label_map, scan.affine_lps)
-    return scan, false_candidates(scan, negatives_per_scan) if negatives_per_scan else []
+    negatives = false_candidates(scan, negatives_per_scan) if negatives_per_scan else []
+    light = replace(scan, volume_hu=np.empty(0, np.int16), label_map=None if scan.label_map is None else np.empty(0, np.uint8))
+    with atomic_path(_record_path(out, index)) as tmp:
+        tmp.write_bytes(pickle.dumps((key, light, negatives)))
+    return light, negatives
 
 
 def false_candidates(scan: PhantomScan, limit: int) -> list[Candidate]:
@@ -130,7 +172,7 @@ def write_synthetic_dataset(
         raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {list(formats)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tasks = [(out, make, tuple(args), tuple(formats), negatives_per_scan) for args in scan_args]
+    tasks = [(out, i, make, tuple(args), tuple(formats), negatives_per_scan) for i, args in enumerate(scan_args)]
     workers = workers or min(len(tasks), os.cpu_count() or 1)
     progress = dict(total=len(tasks), desc="synthetic scans", unit="scan", disable=None)
     if workers > 1:
@@ -161,4 +203,5 @@ def write_synthetic_dataset(
     write_text_atomic(out / "candidates.csv", buf.getvalue())
     datalist_path = out / "datalist.json"
     write_json_atomic(datalist_path, build_datalist(items, seed, split_fractions, **datalist_fields))
+    shutil.rmtree(out / PROGRESS_DIR)
     return datalist_path
