@@ -239,6 +239,7 @@ def test_train_and_inference_share_network_and_preprocessing():
     assert infer_steps.pop(1)["_target_"] == "nodule_bundle.detection.transforms.DetectNodulesd"  # finds nodules without a list
     assert infer_steps.pop(1)["_target_"] == "nodule_bundle.measuring.transforms.NoduleMeasured"  # and measures each nodule
     assert "detection_score" in infer_steps[1].pop("per_nodule_keys")  # and reports what the detector found
+    assert infer_steps[2].pop("allow_missing_keys") is True  # a scan without nodules is a record, not a patch
     train_steps = [dict(step) for step in train["deterministic_transforms"][:3]]
     assert train_steps[0].pop("recent_scans") >= 1  # training reads each scan once for all its nodules' items
     assert train_steps == infer_steps

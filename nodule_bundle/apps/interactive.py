@@ -92,21 +92,24 @@ class NoduleService:
             }
             return self._run(ct, item)
 
-    def detect(self, image: str | os.PathLike) -> tuple[list[dict], list[dict], MetaTensor]:
+    def detect(self, image: str | os.PathLike) -> tuple[list[dict], list[dict], MetaTensor, dict]:
         """Findings of the whole-scan path (detect, classify, reduce): the nodules, the rejected
-        candidates and a label map of the nodules kept."""
+        candidates, a label map of the nodules kept and what the search saw
+        (:func:`~nodule_bundle.detection.transforms.detection_facts`: lung volume, candidates, a
+        warning when the lung mask is empty or implausible)."""
         with self._lock:
             ct = self._read(image)
             found = self.detection({"image": ct})
+            search = found.pop("detection")
             if not found["center_world_mm"]:
-                return [], [], MetaTensor(torch.zeros((1, *ct.shape[1:]), dtype=torch.uint8), affine=ct.affine, meta=dict(ct.meta))
+                return [], [], MetaTensor(torch.zeros((1, *ct.shape[1:]), dtype=torch.uint8), affine=ct.affine, meta=dict(ct.meta)), search
             findings, label = self._run(ct, {k: v for k, v in found.items() if k != "image"})
         threshold = float(self.config["min_nodule_probability"])
         kept = [f for f in findings if not is_rejected_candidate(f, threshold)]
         rejected = [f for f in findings if is_rejected_candidate(f, threshold)]
         for f in rejected:
             label[label == f.pop("label_value")] = 0
-        return kept, rejected, label
+        return kept, rejected, label, search
 
     def _read(self, image: str | os.PathLike) -> MetaTensor:
         """The scan as LoadCTImaged reads it; the last one is kept while its file is unchanged."""

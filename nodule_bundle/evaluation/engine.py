@@ -1,5 +1,6 @@
 """The inference engine's batches when a scan may have no nodules: a scan item becomes one sample per
-nodule (MONAI's multi-sample crops), so a scan in which detection found nothing is an empty batch."""
+nodule (MONAI's multi-sample crops), and a scan in which there is none one record of the scan
+(:class:`~nodule_bundle.preprocessing.transforms.NoduleCropd`), which the network never sees."""
 
 from __future__ import annotations
 
@@ -7,15 +8,18 @@ from monai.data import list_data_collate
 from monai.engines import SupervisedEvaluator
 
 
-def collate_nodules(scans: list) -> dict | list:
-    """MONAI's ``list_data_collate`` of every scan's nodule samples; ``[]`` when there are none."""
-    return list_data_collate(scans) if any(scans) else []
+def collate_nodules(scans: list[list[dict]]) -> dict | list[dict]:
+    """MONAI's ``list_data_collate`` of every scan's nodule samples; when there are none, the list of
+    the scans' records (samples without an image)."""
+    samples = [sample for scan in scans for sample in scan]
+    nodules = [sample for sample in samples if "scan_meta" not in sample]
+    return list_data_collate(nodules) if nodules else samples
 
 
-def skip_empty_batches(engine: SupervisedEvaluator, batch: dict | list) -> dict | list:
-    """``SupervisedEvaluator``'s own iteration, except that an empty batch (a scan without nodules)
-    produces an empty output without running the network (a single scan is then reported with no
-    nodules)."""
-    if not batch:
+def skip_empty_batches(engine: SupervisedEvaluator, batch: dict | list[dict]) -> dict | list:
+    """``SupervisedEvaluator``'s own iteration, except that a batch of scan records (scans without
+    nodules) produces an empty output without running the network; the report's handler records
+    those scans."""
+    if isinstance(batch, list):
         return []
     return engine._iteration(engine, batch)

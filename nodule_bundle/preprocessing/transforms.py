@@ -85,6 +85,10 @@ class NoduleCropd(MapTransform):
     its continuous voxel index in the source image, and each key of ``per_nodule_keys`` (present in
     ``data`` as length-N sequences, e.g. ``nodule_id``) indexed; every other key is shared. The
     nodules are cropped side by side on ``workers`` threads (:func:`on_threads`).
+
+    A scan item without any centre gives one record instead: its shared fields, no ``keys``, and
+    the first key's metadata as ``scan_meta``, so a scan without nodules still reaches the report
+    (:func:`~nodule_bundle.evaluation.engine.collate_nodules`).
     """
 
     def __init__(
@@ -109,6 +113,8 @@ class NoduleCropd(MapTransform):
         first = data[self.first_key(dict(data))]
         shared = {k: v for k, v in data.items() if k not in self.keys}
         keys = list(self.key_iterator(dict(data)))
+        if len(rows) == 0:
+            return [{**shared, "scan_meta": dict(first.meta)}]
 
         def sample(i: int) -> dict:
             center = rows[i]

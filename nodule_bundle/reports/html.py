@@ -18,6 +18,7 @@ th { background: #eee; } td:first-child, th:first-child { text-align: left; }
 section.nodule { margin: 1.5em 0; padding-top: 0.5em; border-top: 1px solid #ddd; }
 section.nodule figure { display: inline-block; margin: 0 0.75em 0 0; text-align: center; }
 figcaption { font-size: 0.8em; color: #555; } .note { color: #666; font-size: 0.85em; }
+.warning { border: 2px solid #b00; background: #fee; padding: 0.5em; font-weight: bold; }
 """
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 _COLUMNS = (
@@ -54,7 +55,9 @@ def _slug(nodule_id: str) -> str:
 def render_report_html(scan: Mapping, views_png: Mapping[str, Mapping[str, bytes]], model: Mapping) -> str:
     """The page for one scan of ``report.json`` (``scan``), with ``views_png[nodule_id][plane]`` PNGs."""
     e = html.escape
-    identity = "".join(f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in scan.items() if k not in ("nodules", "rejected_candidates"))
+    identity = "".join(
+        f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in scan.items() if k not in ("nodules", "rejected_candidates", "detection")
+    )
     head = "".join(f"<th>{e(title)}</th>" for title, _, _ in _COLUMNS)
     rows = "".join(
         f'<tr id="row-{_slug(n["nodule_id"])}">'
@@ -83,6 +86,12 @@ def render_report_html(scan: Mapping, views_png: Mapping[str, Mapping[str, bytes
         if rejected else ""
     )  # fmt: skip
     title = f"Lung nodules: {scan['seriesuid']}"
+    search = scan.get("detection")
+    search_note = (
+        f'<p class="note">Whole-scan search: a lung mask of {search["lung_volume_ml"]:,} ml, {search["candidates"]} candidate(s).</p>'
+        + (f'<p class="warning">{e(search["warning"])}</p>' if "warning" in search else "")
+        if search else ""
+    )  # fmt: skip
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{_CSP}">
@@ -94,6 +103,7 @@ Measured sizes come from the nodule's mask (outlined in the pictures); "network"
 opinion. Lung-RADS here is what the size and texture alone imply on a baseline scan. "± (TTA)" is the spread of
 P(malignant) over flipped copies of the patch: large values mean the network is unsure.</p>
 <table class="scan">{identity}</table>
+{search_note}
 <h2>{len(scan["nodules"])} nodule(s)</h2>
 <table class="nodules"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>
 {rejected_note}

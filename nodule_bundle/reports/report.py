@@ -58,10 +58,18 @@ def _floats(value, ndigits: int) -> list[float]:
     return [round(float(v), ndigits) for v in torch.as_tensor(value).flatten()]
 
 
-def _number(value) -> float | None:
-    """A finite float, or ``None`` for a value that could not be measured (NaN)."""
+#: Decimals each measured value is reported with: lengths to 0.1 mm (as Lung-RADS v2022 asks, and
+#: finer than the voxels they come from), volumes to 1 mm3, detection scores to 0.01.
+REPORTED_DECIMALS = {
+    "detection_score": 2, "detection_radius_mm": 1, "measured_long_axis_mm": 1, "measured_short_axis_mm": 1,
+    "measured_mean_diameter_mm": 1, "measured_volume_mm3": 0, "measured_solid_mean_diameter_mm": 1,
+}  # fmt: skip
+
+
+def _number(value, ndigits: int) -> float | None:
+    """A finite float rounded to ``ndigits``, or ``None`` for a value that could not be measured (NaN)."""
     value = float(torch.as_tensor(value).flatten()[0])
-    return value if math.isfinite(value) else None
+    return round(value, ndigits) if math.isfinite(value) else None
 
 
 def _ratings(values) -> dict[str, float] | None:
@@ -82,7 +90,7 @@ def nodule_finding(item: Mapping, output: Mapping) -> dict:
         "nodule_id": str(item.get("nodule_id", "")),
         "center_world_mm": _floats(item["center_world_mm"], 2),
         "center_voxel": _floats(item["center_voxel"], 1),
-        "diameter_mm": _floats(output["diameter_mm_pred"], 2)[0],
+        "diameter_mm": _floats(output["diameter_mm_pred"], 1)[0],
         "size_band": band,
         "size_band_name": SIZE_BAND_NAMES[band],
         "size_band_probabilities": _floats(output["size_band_probs"], 4),
@@ -90,7 +98,7 @@ def nodule_finding(item: Mapping, output: Mapping) -> dict:
         "nodule_probability": _floats(output["nodule_prob"], 4)[0],
         "malignancy_uncertainty": _floats(output["malignancy_prob_spread"], 4)[0] if "malignancy_prob_spread" in output else None,
         "semantic_ratings": _ratings(output["ratings_pred"]),
-        **{key: _number(item[key]) for key in ("detection_score", "detection_radius_mm", *MEASUREMENT_KEYS) if key in item},
+        **{key: _number(item[key], REPORTED_DECIMALS[key]) for key in ("detection_score", "detection_radius_mm", *MEASUREMENT_KEYS) if key in item},
         **({"measured_by": str(item["measured_by"])} if "measured_by" in item else {}),
     }
     return finding | lung_rads_fields(finding, str(item.get("texture") or ""))

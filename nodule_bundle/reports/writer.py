@@ -9,7 +9,6 @@ import torch
 from ignite.engine import Engine, Events
 
 from nodule_bundle.core.errors import require_yes_no
-from nodule_bundle.reading.image_index import scan_stem
 from nodule_bundle.reports.dicom import write_dicom_report
 from nodule_bundle.reports.report import (
     BUNDLE_NAME,
@@ -25,12 +24,14 @@ class NoduleReportWriter:
     """Collect every nodule's finding during an evaluator run; write the report when it completes:
     ``report.json``, ``report.csv`` and, per scan, ``report.html``, ``nodules.png`` (montage) and
     ``nodule_labels.nii.gz`` (the masks on the scan's grid), each atomically. A run over several
-    scans puts each scan's pictures in ``<output_dir>/<seriesuid>/``.
+    scans puts each scan's pictures in ``<output_dir>/<seriesuid>/``. A scan without nodules (its record,
+    :func:`~nodule_bundle.evaluation.engine.collate_nodules`) is reported with none; a searched scan
+    carries its search's facts (``detection``: lung volume, candidates, a warning when the search
+    could not work).
 
     Args:
         output_dir: where the report goes.
         model_version: the bundle version recorded in the report.
-        image, seriesuid: the scan examined, reported with no nodules when none was found in it.
         min_nodule_probability: false-positive reduction: a *detected* candidate whose nodule
             probability is lower goes to the scan's ``rejected_candidates``, not its ``nodules``.
             Nodules given by a list are always reported.
@@ -47,15 +48,13 @@ class NoduleReportWriter:
         self,
         output_dir: str | Path,
         model_version: str | None = None,
-        image: str | None = None,
-        seriesuid: str | None = None,
         min_nodule_probability: float = 0.5,
         include_phi: bool = False,
         crop_key: str = "measurement_crop",
         dicom_objects: bool = True,
     ):
         self.output_dir, self.model_version = Path(output_dir), model_version
-        self.image, self.seriesuid, self.min_nodule_probability = image, seriesuid, min_nodule_probability
+        self.min_nodule_probability = min_nodule_probability
         self.include_phi, self.crop_key = require_yes_no(include_phi, "include_phi"), crop_key
         self.dicom_objects = require_yes_no(dicom_objects, "dicom_objects")
         self._scans: dict[str, dict] = {}
@@ -72,13 +71,23 @@ class NoduleReportWriter:
         self._crops.clear()
         self._meta.clear()
 
+    def _scan(self, item: dict) -> str:
+        """The report's entry for ``item``'s scan, made from its first item (a nodule's or, for a
+        scan without nodules, the scan's record); returns its series UID."""
+        meta = item["scan_meta"] if "scan_meta" in item else item["image"].meta
+        uid = str(item.get("seriesuid") or Path(str(meta["filename_or_obj"])).name)
+        if uid not in self._scans:
+            detection = {"detection": item["detection"]} if "detection" in item else {}  # a whole-scan search's facts
+            self._scans[uid] = {**scan_identity(uid, meta, self.include_phi), **detection, "nodules": []}
+            self._meta[uid] = {k: meta[k] for k in ("original_affine", "spatial_shape", "space", "series_uid", "filename_or_obj") if k in meta}
+        return uid
+
     def _collect(self, engine: Engine) -> None:
+        for item in engine.state.batch:  # a scan without nodules is one record and no output
+            if "scan_meta" in item:
+                self._scan(item)
         for item, output in zip(engine.state.batch, engine.state.output):
-            meta = item["image"].meta
-            uid = str(item.get("seriesuid") or Path(str(meta["filename_or_obj"])).name)
-            if uid not in self._scans:
-                self._scans[uid] = {**scan_identity(uid, meta, self.include_phi), "nodules": []}
-                self._meta[uid] = {k: meta[k] for k in ("original_affine", "spatial_shape", "space", "series_uid", "filename_or_obj") if k in meta}
+            uid = self._scan(item)
             finding = nodule_finding(item, output)
             if is_rejected_candidate(finding, self.min_nodule_probability):
                 self._scans[uid].setdefault("rejected_candidates", []).append(finding)
@@ -88,11 +97,6 @@ class NoduleReportWriter:
                     self._crops.setdefault(uid, {})[finding["nodule_id"]] = item[self.crop_key]
 
     def _write(self, engine: Engine) -> None:
-        if not self._scans and self.image is not None:  # a scan without nodules is a finding too
-            uid = self.seriesuid or scan_stem(Path(self.image))
-            self._scans[uid] = {"seriesuid": uid, "image": Path(self.image).name, "nodules": []}
-            if Path(self.image).is_dir():  # a DICOM series: its SR says so too
-                self._meta[uid] = {"filename_or_obj": str(self.image), "series_uid": self.seriesuid}
         scans = list(self._scans.values())
         for scan in scans:  # the value each nodule has in the label map
             with_crop = [n for n in scan["nodules"] if n["nodule_id"] in self._crops.get(scan["seriesuid"], {})]

@@ -41,9 +41,10 @@ def test_the_whole_scan_answer_is_inference_jsons_detection_step(service, phanto
     split by nodule probability, the rejected ones out of the label map."""
     uid, rows, _ = test_scan
     image = phantom_dir / "images" / f"{uid}.nii.gz"
-    kept, rejected, label = service.detect(image)
+    kept, rejected, label, search = service.detect(image)
     found = service.detection({"image": service._read(image)})
     assert sorted(f["nodule_id"] for f in kept + rejected) == sorted(found["nodule_id"])
+    assert search == found["detection"] and search["candidates"] == len(kept + rejected) and search["lung_volume_ml"] > 0
     assert all(f["nodule_probability"] >= 0.5 for f in kept) and all(f["nodule_probability"] < 0.5 for f in rejected)
     assert set(np.unique(label.numpy()).tolist()) <= {0, *(f["label_value"] for f in kept)}
     hit = [any(np.linalg.norm(np.subtract(f["center_world_mm"], r["center_world_mm"])) <= r["diameter_mm"] / 2 for f in kept + rejected)

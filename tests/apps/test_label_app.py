@@ -109,6 +109,7 @@ def test_the_whole_scan_model_detects_nodules(server, phantom_dir):
     assert sum(hit) >= 0.6 * len(rows)
     assert all(f["nodule_probability"] >= 0.5 for f in result["nodules"])
     assert all(f["nodule_probability"] < 0.5 for f in result["rejected_candidates"])
+    assert result["detection"]["candidates"] == len(found) and result["detection"]["lung_volume_ml"] > 0
 
 
 @pytest.mark.parametrize(

@@ -131,3 +131,21 @@ def test_the_detection_transform_finds_nodules_only_where_no_list_was_given():
     empty.meta["filename_or_obj"] = "/scans/chest-02.nii.gz"
     nothing = detect({"image": empty})
     assert nothing["center_world_mm"] == [] and nothing["nodule_id"] == []
+
+
+def test_the_search_says_what_it_saw_and_why_a_scan_of_lung_alone_finds_nothing():
+    """The lung volume (two ellipsoids of 4/3 pi 20 x 32 x 38 mm3 each) and the candidate count; a
+    small field of view inside a lung, a 9 mm nodule in its middle, has no lung the detector can
+    find (its air touches the edge): it says so instead of answering "no nodules" without a word."""
+    hu, (left, _) = _chest()
+    _add_sphere(hu, left, 4.5)
+    detect = DetectNodulesd("image", spacing_mm=1.0, min_score=40.0)
+    facts = detect({"image": _image(hu), "seriesuid": "s"})["detection"]
+    assert facts["candidates"] == 1 and "warning" not in facts
+    assert facts["lung_volume_ml"] == pytest.approx(2 * 4 / 3 * np.pi * 20 * 32 * 38 / 1000, rel=0.15)
+    index = np.round(world_to_voxel(left, _image(hu).affine, "RAS")).astype(int)
+    field = hu[index[0] - 15 : index[0] + 15, index[1] - 25 : index[1] + 25, index[2] - 12 : index[2] + 12]
+    image = MetaTensor(torch.from_numpy(field[None].astype(np.float32)), affine=_image(hu).affine)
+    found = detect({"image": image, "seriesuid": "lung-only"})
+    assert found["center_world_mm"] == [] and found["detection"]["lung_volume_ml"] == 0
+    assert "no lung found" in found["detection"]["warning"] and "field of view" in found["detection"]["warning"]

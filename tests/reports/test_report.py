@@ -29,8 +29,10 @@ from nodule_bundle.core.nodule import lung_rads_category, texture_from_measureme
 from nodule_bundle.reports.dicom import SEG_NAME, SR_NAME, frames_from_label_map, read_source_series, write_dicom_report
 from nodule_bundle.reports.html import render_report_html
 from nodule_bundle.reports.pictures import nodule_views, write_montage
+from nodule_bundle.reports.report import REPORTED_DECIMALS
 from nodule_bundle.measuring.transforms import label_map
 from nodule_bundle.reading.load import LoadCTImaged
+from nodule_bundle.detection.transforms import PLAUSIBLE_LUNG_ML
 
 PHI = {"PatientName": "Doe^Jane", "PatientID": "MRN-0042", "PatientBirthDate": "19500101"}
 
@@ -124,6 +126,17 @@ def test_html_shows_the_rating_heads_answers_or_a_dash():
     assert "4.3" not in row[: row.index("</tr>")] and row[: row.index("</tr>")].endswith("<td>–</td>")
 
 
+def test_html_says_what_the_search_saw_and_warns_when_it_could_not_work():
+    model = {"name": "b", "version": "1"}
+    searched = render_report_html({"seriesuid": "s", "detection": {"lung_volume_ml": 4210, "candidates": 46}, "nodules": []}, {}, model)
+    assert "a lung mask of 4,210 ml, 46 candidate(s)" in searched and 'class="warning"' not in searched
+    warned = {"seriesuid": "s", "detection": {"lung_volume_ml": 0, "candidates": 0, "warning": "no lung found <here>"}, "nodules": []}
+    page = render_report_html(warned, {}, model)
+    assert '<p class="warning">no lung found &lt;here&gt;</p>' in page
+    given = render_report_html({"seriesuid": "s", "nodules": []}, {}, model)  # nodules given by a list: no search
+    assert "Whole-scan search" not in given
+
+
 def test_html_escapes_what_it_is_given():
     nodule = {"nodule_id": "<script>x</script>", "center_world_mm": [1.0, 2.0, 3.0], "diameter_mm": 5.0, "size_band_name": "<6 mm",
               "malignancy_probability": 0.1, "nodule_probability": 0.9, "texture": None}  # fmt: skip
@@ -170,6 +183,9 @@ def test_report_files_and_label_map_over_the_scan(report_dirs, phantom_dir, test
     for n in scan["nodules"]:
         assert n["lung_rads_category"] in ("2", "3", "4A", "4B") and n["texture_source"] in ("measured", None)
         assert 0.0 <= n["malignancy_uncertainty"] <= 0.5
+        for key, ndigits in REPORTED_DECIMALS.items():  # rounded to what is measured, not float32 noise
+            assert n.get(key) is None or n[key] == round(n[key], ndigits), (key, n[key])
+    assert any(n.get("measured_long_axis_mm") is not None for n in scan["nodules"])
     image = LoadCTImaged("image", ensure_channel_first=True, image_only=True)(
         {"image": str(phantom_dir / "images" / f"{uid}.nii.gz") if name == "nifti" else str(phi_scan)}
     )["image"]  # fmt: skip
@@ -266,11 +282,16 @@ def test_a_source_without_its_type_2_attributes_still_gets_a_valid_seg_and_sr(re
     assert {p.name: p.read_bytes() for p in series.iterdir()} == before
 
 
-def test_a_dicom_scan_without_nodules_gets_an_sr_that_says_so(phi_scan, tmp_path):
-    """No nodule found is a finding a PACS must hold too: an SR (no SEG) with no nodule in it and a
-    count of zero, on the source's study, valid."""
-    writer = NoduleReportWriter(tmp_path, model_version="test", image=str(phi_scan))
-    writer._write(None)  # the whole-scan path found nothing
+def test_a_dicom_scan_without_nodules_gets_an_sr_that_says_so(trained, phi_scan, tmp_path):
+    """No nodule found is a finding a PACS must hold too: the whole-scan path finding nothing (no
+    candidate passes the score) writes an SR (no SEG) with no nodule in it and a count of zero, on
+    the source's study, valid; report.json says what the search saw."""
+    result = monai_bundle_run(["inference"], image=phi_scan, ckpt_path=trained / "models" / "model.pt", output_dir=tmp_path,
+                              detection_min_score=1e9)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (scan,) = json.loads((tmp_path / "report.json").read_text())["scans"]
+    assert scan["nodules"] == [] and scan["detection"]["candidates"] == 0 and "warning" not in scan["detection"]
+    assert PLAUSIBLE_LUNG_ML[0] < scan["detection"]["lung_volume_ml"] < PLAUSIBLE_LUNG_ML[1]
     assert (tmp_path / SR_NAME).exists() and not (tmp_path / SEG_NAME).exists()
     sr = hd.sr.srread(tmp_path / SR_NAME)
     assert sr.content.get_volumetric_roi_measurement_groups() == []
@@ -358,7 +379,6 @@ def test_batch_report_records_failures_and_resumes(trained, phantom_dir, tmp_pat
 def test_patient_identity_needs_a_real_yes(tmp_path):
     """MONAI's command line reads ``--include_phi false`` as the text "false", which Python counts as
     true: the report writer refuses any text instead of putting the patient's identity in."""
-    from nodule_bundle.reports.writer import NoduleReportWriter
 
     for text in ("false", "true"):
         with pytest.raises(ValueError, match=f"include_phi must be True or False, got '{text}'"):

@@ -85,14 +85,15 @@ class NodulePointInfer(_BundleInfer):
 
 
 class NoduleScanInfer(_BundleInfer):
-    """The whole scan: every detected nodule as above, and the candidates the network rejected."""
+    """The whole scan: every detected nodule as above, the candidates the network rejected and what
+    the search saw (``detection``: lung volume, candidates, a warning when it could not work)."""
 
     def __init__(self, service: NoduleService, studies: str, description: str):
         super().__init__(service, studies, InferType.DETECTION, f"{description} Whole scan: detection, no clicks.")
 
     def _infer(self, image: str, request: dict) -> tuple[str, dict]:
-        kept, rejected, label = self.service.detect(image)
-        return self._answer(label, {"nodules": kept, "rejected_candidates": rejected})
+        kept, rejected, label, search = self.service.detect(image)
+        return self._answer(label, {"nodules": kept, "rejected_candidates": rejected, "detection": search})
 
 
 class NoduleTrain(TrainTask):
