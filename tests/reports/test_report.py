@@ -379,7 +379,6 @@ def test_batch_report_records_failures_and_resumes(trained, phantom_dir, tmp_pat
 def test_patient_identity_needs_a_real_yes(tmp_path):
     """MONAI's command line reads ``--include_phi false`` as the text "false", which Python counts as
     true: the report writer refuses any text instead of putting the patient's identity in."""
-
     for text in ("false", "true"):
         with pytest.raises(ValueError, match=f"include_phi must be True or False, got '{text}'"):
             NoduleReportWriter(tmp_path, include_phi=text)
