@@ -57,7 +57,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     benchmarks = {  # name: (help, repeats, has --shape, has --nodules)
         "read": ("DICOM series: the bundle's loader vs ITK's plain series reader", 5, True, False),
         "whole-scan": ("detection + measurement + classification of one scan, stage by stage", 3, True, True),
-        "scan": ("scan to report for given nodules, stage by stage, against the plain read and whole-volume resampling", 3, True, True),
+        "scan": ("scan to report for given nodules, stage by stage, against the decompression floor, nibabel's read and whole-volume resampling", 3, True, True),
         "label": ("a real MONAI Label server: point-prompt answer time on one study", 5, True, False),
         "backbones": ("classifier throughput and size of each backbone beside MONAI's stock resnet18", 3, False, False),
         "memory": ("peak resident memory of inference on one scan (a fresh process)", 1, True, True),
