@@ -8,6 +8,7 @@ with ``monai.data.load_decathlon_datalist(path, False, "training", dataset_dir)`
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -84,6 +85,10 @@ class DatalistError(NoduleBundleError):
 REQUIRED_ITEM_KEYS = ("image", "center_world_mm")
 
 
+def _is_finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def load_nodule_datalist(datalist: str | Path, split: str, dataset_dir: str | Path | None = None) -> list[dict]:
     """Items of one split, image (and reference mask) paths resolved against ``dataset_dir`` (default: the datalist's folder).
 
@@ -101,14 +106,22 @@ def load_nodule_datalist(datalist: str | Path, split: str, dataset_dir: str | Pa
         raise DatalistError(f"{path}: no list of items under the key {split!r}")
     if not content[split]:
         raise DatalistError(f"{path}: the {split!r} split is empty")
+    for i, item in enumerate(content[split]):
+        if not isinstance(item, dict):
+            raise DatalistError(f"{path}: {split}[{i}] is not an object: {json.dumps(item)[:80]}")
+        missing = [k for k in REQUIRED_ITEM_KEYS if k not in item]
+        if missing:
+            raise DatalistError(f"{path}: {split}[{i}] lacks {', '.join(missing)}")
+        if not isinstance(item["image"], str) or not item["image"]:
+            raise DatalistError(f"{path}: {split}[{i}]: image must be a file path, got {json.dumps(item['image'])[:80]}")
+        centre = item["center_world_mm"]
+        if not (isinstance(centre, list) and len(centre) == 3 and all(_is_finite_number(v) for v in centre)):
+            raise DatalistError(f"{path}: {split}[{i}]: center_world_mm must be [x, y, z] in mm, got {json.dumps(centre)[:80]}")
     base = Path(dataset_dir) if dataset_dir is not None else path.parent
     items = load_decathlon_datalist(str(path), False, split, str(base))
     for i, item in enumerate(items):
         if isinstance(item.get("mask"), str):  # a reference label map, resolved as the image is
             item["mask"] = os.path.normpath(os.path.join(base, item["mask"]))
-        missing = [k for k in REQUIRED_ITEM_KEYS if k not in item]
-        if missing:
-            raise DatalistError(f"{path}: {split}[{i}] lacks {', '.join(missing)}")
         if not os.path.exists(item["image"]):
             raise DatalistError(f"{path}: {split}[{i}]: image not found: {item['image']}")
     return items
