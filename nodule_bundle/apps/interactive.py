@@ -40,6 +40,22 @@ class PointOutsideImageError(NoduleBundleError):
     """A clicked point that is not a voxel of the image."""
 
 
+def _voxel_points(image: str | os.PathLike, points_voxel) -> np.ndarray:
+    """``points_voxel`` (``[[i, j, k], ...]`` or one ``[i, j, k]``) as an ``(N, 3)`` array, or an error
+    that says what was wrong with it."""
+    try:
+        points = np.asarray(points_voxel, dtype=np.float64)
+    except (TypeError, ValueError):
+        points = None
+    if points is not None and points.size == 0:
+        raise PointOutsideImageError(f"{image}: no point given (foreground: [[i, j, k], ...])")
+    if points is not None and points.shape == (3,):
+        points = points[None]
+    if points is None or points.ndim != 2 or points.shape[1] != 3 or not np.isfinite(points).all():
+        raise PointOutsideImageError(f"{image}: foreground must be voxel indices [[i, j, k], ...], got {str(points_voxel)[:80]}")
+    return points
+
+
 class NoduleService:
     """Classify clicked points, or every detected nodule, of one scan with the bundle's components.
 
@@ -79,9 +95,7 @@ class NoduleService:
         Slicer's IJK) and their label map."""
         with self._lock:
             ct = self._read(image)
-            points = np.asarray(points_voxel, dtype=np.float64).reshape(-1, 3)
-            if len(points) == 0:
-                raise PointOutsideImageError(f"{image}: no point given (foreground: [[i, j, k], ...])")
+            points = _voxel_points(image, points_voxel)
             shape = np.array(ct.shape[1:])
             outside = [p.tolist() for p in points if np.any(p < -0.5) or np.any(p > shape - 0.5)]
             if outside:

@@ -34,6 +34,10 @@ def test_clicked_points_get_findings_and_a_label_map_on_the_scan_grid(service, p
             assert int(label[0][tuple(p)]) == f["label_value"] or f["measured_mean_diameter_mm"] < 4.0
     with pytest.raises(PointOutsideImageError, match="outside the image"):
         service.classify_points(image, [[-5, 0, 0]])
+    for malformed in ("abc", [[1, 2]], [[1, None, 2]], [[1.0, float("nan"), 2.0]], {"i": 1}):
+        with pytest.raises(PointOutsideImageError, match="foreground must be voxel indices"):
+            service.classify_points(image, malformed)
+    assert service.classify_points(image, points[0].tolist())[0][0]["nodule_id"] == "p01"  # one point, not in a list
 
 
 def test_the_whole_scan_answer_is_inference_jsons_detection_step(service, phantom_dir, test_scan):

@@ -120,6 +120,9 @@ def test_the_whole_scan_model_detects_nodules(server, phantom_dir):
         ("/etc/passwd", [[10, 10, 10]], 403, "outside the studies folder"),
         ("mr", [[10, 10, 10]], 422, "not a CT in Hounsfield units"),
         (None, [], 422, "no point given"),
+        (None, "abc", 422, "foreground must be voxel indices"),  # answered 500 before 0.20.0
+        (None, [[10, 10]], 422, "foreground must be voxel indices"),
+        (None, [[10, "x", 10]], 422, "foreground must be voxel indices"),
     ],
 )
 def test_a_bad_request_gets_a_4xx_and_the_server_keeps_serving(server, image, points, status, message):
