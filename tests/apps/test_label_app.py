@@ -162,9 +162,23 @@ def test_the_server_answers_a_load_of_point_prompts_without_growing(server, phan
     assert after <= 1.2 * before, f"resident memory grew from {before / 2**20:.0f} MB to {after / 2**20:.0f} MB"
 
 
-def test_training_on_annotated_studies_makes_new_weights_live(server, phantom_dir):
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _train(server, **request) -> dict:
+    answer = httpx.post(f"{server['url']}/train/{MODEL}", params={"run_sync": "true"}, json=request, timeout=900)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def test_training_swaps_the_served_weights_only_for_better_ones_and_can_restore_them(server, phantom_dir):
+    """A radiologist's short session must not silently replace a trained model with a worse one: one
+    epoch from scratch is refused beside the served weights' metrics on the same validation study;
+    sent with force it goes live (the infer task uses it at once); four epochs from scratch (whose
+    best epoch is at least the first) beat it and replace it; restore brings back what they replaced."""
     weights = server["bundle"] / "models" / "model.pt"
-    before = hashlib.sha256(weights.read_bytes()).hexdigest()
+    served = _digest(weights)
     uid = server["scans"][0]
     point = _voxel(server["studies"], uid, _annotations(phantom_dir, uid)[0])
     old = _infer(server, [point]).json()["nodules"][0]
@@ -174,14 +188,27 @@ def test_training_on_annotated_studies_makes_new_weights_live(server, phantom_di
         saved = httpx.put(f"{server['url']}/datastore/label", params={"image": scan, "tag": "final"}, timeout=60,
                           files={"label": (f"{scan}.json", io.BytesIO(json.dumps({"nodules": nodules}).encode()), "application/json")})  # fmt: skip
         assert saved.status_code == 200, saved.text
-    trained = httpx.post(f"{server['url']}/train/{MODEL}", params={"run_sync": "true"}, json={"max_epochs": 1}, timeout=900)
-    assert trained.status_code == 200, trained.text
-    run = Path(trained.json()["run"])
-    assert (run / "models" / "model.pt").is_file() and (run / "previous_model.pt").is_file()
-    assert hashlib.sha256(weights.read_bytes()).hexdigest() != before  # the served weights were replaced
+
+    worse = _train(server, max_epochs=1, pretrained=False)
+    assert worse["swapped"] is False and "served weights stay" in worse["reason"]
+    assert worse["new_metrics"]["val_score"] < worse["served_metrics"]["val_score"]
+    assert worse["new_metrics"]["n_validation_nodules"] == worse["served_metrics"]["n_validation_nodules"] > 0  # the same studies
+    assert _digest(weights) == served == _digest(Path(worse["run"]) / "served" / "model.pt")
+
+    forced = _train(server, max_epochs=1, pretrained=False, force=True)
+    assert forced["swapped"] is True and _digest(weights) == _digest(Path(forced["run"]) / "models" / "model.pt")
+    assert _digest(weights.with_name("model.previous.pt")) == served  # the replaced weights are kept
     new = _infer(server, [point])
-    assert new.status_code == 200
-    assert new.json()["nodules"][0]["malignancy_probability"] != old["malignancy_probability"]  # and are the ones used
+    assert new.status_code == 200 and new.json()["nodules"][0]["malignancy_probability"] != old["malignancy_probability"]
+
+    better = _train(server, max_epochs=4, pretrained=False)
+    assert better["swapped"] is True and better["new_metrics"]["val_score"] >= better["served_metrics"]["val_score"]
+    assert _digest(weights) == _digest(Path(better["run"]) / "models" / "model.pt")
+
+    restored = httpx.post(f"{server['url']}/train/{MODEL}", params={"run_sync": "true"}, json={"restore": True}, timeout=120)
+    assert restored.status_code == 200 and _digest(weights) == _digest(Path(forced["run"]) / "models" / "model.pt")
+    refused = httpx.post(f"{server['url']}/train/{MODEL}", params={"run_sync": "true"}, json={"force": "yes"}, timeout=120)
+    assert refused.status_code == 422 and "force must be true or false" in refused.json()["detail"]
 
 
 def test_the_point_prompt_benchmark_runs_a_real_server():

@@ -97,17 +97,23 @@ class NoduleScanInfer(_BundleInfer):
 
 
 class NoduleTrain(TrainTask):
-    """The bundle's own ``train.json`` on the datastore's annotated studies; the best checkpoint
-    then replaces the served weights (the previous ones are kept beside it)."""
+    """The bundle's own ``train.json`` on the datastore's annotated studies. The new weights replace the
+    served ones only if their validation score (``val_score``: AUC + band accuracy - MAE / 10 mm) on
+    the run's validation studies is not lower than the served weights' on the same studies, or the
+    request says ``force``; the answer holds both sets of metrics. A swap is atomic and keeps the
+    weights it replaced (``model.previous.pt``); ``restore`` puts them back."""
 
     def __init__(self, service: NoduleService, description: str):
         super().__init__(description)
         self.service = service
 
     def config(self) -> dict:
-        return {"max_epochs": 10, "val_split": 0.2, "pretrained": True}
+        return {"max_epochs": 10, "val_split": 0.2, "pretrained": True, "force": False, "restore": False}
 
     def __call__(self, request: dict, datastore: Datastore) -> dict:
+        served, force = self.service.model_path, _yes(request, "force")
+        if _yes(request, "restore"):
+            return self._restore(served)
         try:
             datalist = training_datalist(datastore.datalist(), float(request.get("val_split", 0.2)))
         except Exception as exc:
@@ -115,21 +121,63 @@ class NoduleTrain(TrainTask):
             if user_error is None:
                 raise
             raise HTTPException(status_code=422, detail=str(user_error)) from exc
-        served = self.service.model_path
         run = served.parent / "label_runs" / time.strftime("%Y%m%d-%H%M%S")
         run.mkdir(parents=True)
         (run / "datalist.json").write_text(json.dumps(datalist, indent=1))
         pretrained = served if request.get("pretrained", True) and served.is_file() else None
+        common = dict(datalist=str(run / "datalist.json"), dataset_dir="/", num_workers=0, device=self.service.device)
         run_bundle(
-            ["train"], self.service.bundle_root, datalist=str(run / "datalist.json"), dataset_dir="/",
-            ckpt_dir=str(run / "models"), output_dir=str(run / "eval"), epochs=int(request.get("max_epochs", 10)),
-            pretrained=str(pretrained) if pretrained else None, num_workers=0, device=self.service.device,
+            ["train"], self.service.bundle_root, ckpt_dir=str(run / "models"), output_dir=str(run / "eval"),
+            epochs=int(request.get("max_epochs", 10)), pretrained=str(pretrained) if pretrained else None, **common,
         )  # fmt: skip
         best = run / "models" / "model.pt"
-        if served.is_file():
-            shutil.copy2(served, run / "previous_model.pt")
-        partial = served.with_suffix(".pt.partial")
-        shutil.copy2(best, partial)
-        os.replace(partial, served)  # live: the infer tasks reload weights whose file changed
+        answer = {"run": str(run), "model": str(served), "training_nodules": len(datalist["training"]),
+                  "validation_nodules": len(datalist["validation"]), "new_metrics": self._validate(best.parent, run / "eval_new", common)}  # fmt: skip
+        if served.is_file():  # evaluated as a copy: the bundle's checksum no longer fits served weights a training replaced
+            (run / "served").mkdir()
+            shutil.copy2(served, run / "served" / "model.pt")
+            answer["served_metrics"] = self._validate(run / "served", run / "eval_served", common)
+            if answer["new_metrics"]["val_score"] < answer["served_metrics"]["val_score"] and not force:
+                logger.info("new weights kept out: validation score %.3f < the served %.3f", answer["new_metrics"]["val_score"],
+                            answer["served_metrics"]["val_score"])  # fmt: skip
+                return {**answer, "swapped": False, "reason": "the new weights score lower on the same validation studies; "
+                        "the served weights stay (send force to swap anyway)"}  # fmt: skip
+            _replace_atomically(served, served.with_name(PREVIOUS_WEIGHTS))
+        _replace_atomically(best, served)  # live: the infer tasks reload weights whose file changed
         logger.info("new weights live: %s (from %s)", served, best)
-        return {"run": str(run), "model": str(served), "training_nodules": len(datalist["training"])}
+        return {**answer, "swapped": True}
+
+    def _validate(self, ckpt_dir: Path, out: Path, common: dict) -> dict:
+        """``evaluate.json``'s metrics of the weights ``ckpt_dir/model.pt`` on the run's validation studies."""
+        run_bundle(["train", "evaluate"], self.service.bundle_root, ckpt_dir=str(ckpt_dir), output_dir=str(out),
+                   evaluate_split="validation", **common)  # fmt: skip
+        metrics = json.loads((out / "metrics.json").read_text())
+        return {k: metrics.get(k) for k in ("val_score", "malignancy_auc", "size_band_accuracy", "diameter_mae_mm", "n_validation_nodules")}
+
+    @staticmethod
+    def _restore(served: Path) -> dict:
+        previous = served.with_name(PREVIOUS_WEIGHTS)
+        if not previous.is_file():
+            raise HTTPException(status_code=409, detail=f"no earlier weights to restore ({previous.name}): no training has replaced the served ones")
+        _replace_atomically(served, previous.with_name(f"{served.stem}.restored-over.pt"))
+        _replace_atomically(previous, served)
+        logger.info("earlier weights restored: %s", served)
+        return {"model": str(served), "restored": True}
+
+
+#: The weights a training's swap replaced, beside the served ``model.pt``.
+PREVIOUS_WEIGHTS = "model.previous.pt"
+
+
+def _yes(request: dict, key: str) -> bool:
+    value = request.get(key, False)
+    if not isinstance(value, bool):
+        raise HTTPException(status_code=422, detail=f"{key} must be true or false, got {json.dumps(value)}")
+    return value
+
+
+def _replace_atomically(source: Path, target: Path) -> None:
+    """A copy of ``source`` at ``target``, appearing all at once (a reader never sees half a file)."""
+    partial = target.with_name(target.name + ".partial")
+    shutil.copy2(source, partial)
+    os.replace(partial, target)
