@@ -81,9 +81,9 @@ def test_any_datalist_json_is_read_or_refused_naming_the_file(content):
         path = Path(tmp) / "datalist.json"
         path.write_text(json.dumps(content), encoding="utf-8")
         items = _refused_or_read(path, lambda p: load_nodule_datalist(p, "training"))
-    for item in items or []:
-        assert Path(item["image"]).exists() and len(item["center_world_mm"]) == 3
-        assert all(math.isfinite(v) for v in item["center_world_mm"])
+        for item in items or []:
+            assert Path(item["image"]).exists() and len(item["center_world_mm"]) == 3
+            assert all(math.isfinite(v) for v in item["center_world_mm"])
 
 
 @FUZZ
@@ -94,6 +94,14 @@ def test_argument_types_give_a_value_or_a_usage_error(text):
             assert valid(parse(text))
         except (argparse.ArgumentTypeError, ValueError):  # argparse turns both into "invalid value" and exit status 2
             pass
+
+
+def test_a_well_formed_datalist_is_read(tmp_path):  # the fuzzed inputs above only sometimes are
+    (tmp_path / "image.nii.gz").write_bytes(b"")
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"training": [{"image": "image.nii.gz", "center_world_mm": [0, 1.5, -2]}]}))
+    (item,) = load_nodule_datalist(path, "training")
+    assert item["image"] == str(tmp_path / "image.nii.gz") and item["center_world_mm"] == [0, 1.5, -2]
 
 
 def test_a_datalist_whose_items_are_not_objects_is_refused(tmp_path):
