@@ -10,7 +10,8 @@ from monai.engines import SupervisedEvaluator
 
 def collate_nodules(scans: list[list[dict]]) -> dict | list[dict]:
     """MONAI's ``list_data_collate`` of every scan's nodule samples; when there are none, the list of
-    the scans' records (samples without an image)."""
+    the scans' records (samples without an image). The configs batch one scan at a time: a record
+    beside another scan's nodules in one batch would not be reported."""
     samples = [sample for scan in scans for sample in scan]
     nodules = [sample for sample in samples if "scan_meta" not in sample]
     return list_data_collate(nodules) if nodules else samples
