@@ -22,6 +22,7 @@ import pytest
 
 from bundle_run import ROOT
 from nodule_bundle.core.geometry import world_to_voxel
+from nodule_bundle.apps.bench.label import point_prompt_load
 from nodule_bundle.apps.label_app.server import MODEL, start_server, stop_server
 from nodule_bundle.apps.sharing.export import export_bundle
 
@@ -131,6 +132,52 @@ def test_a_bad_request_gets_a_4xx_and_the_server_keeps_serving(server, image, po
     assert httpx.get(f"{server['url']}/info/", timeout=30).status_code == 200
 
 
+@pytest.mark.parametrize(
+    "model, query, form, status, message",
+    [
+        (MODEL, {"image": "x"}, {"params": "abc"}, 422, "params must be a JSON object"),  # MONAI Label alone: 500
+        (MODEL, {"image": "x"}, {"params": "[1, 2]"}, 422, "params must be a JSON object"),
+        (MODEL, {}, {"params": "{}"}, 422, "no image"),  # MONAI Label alone: 500
+        ("no_such_model", {"image": "x"}, {"params": "{}"}, 404, "unknown model"),  # MONAI Label alone: 500
+    ],
+)
+def test_a_malformed_infer_request_gets_a_4xx_before_monai_label_sees_it(server, model, query, form, status, message):
+    answer = httpx.post(f"{server['url']}/infer/{model}", params=query, data=form, timeout=60)
+    assert answer.status_code == status and message in answer.json()["detail"]
+
+
+def test_the_infer_api_fuzzed_from_its_openapi_schema_answers_no_5xx(server):
+    """schemathesis draws requests from the server's own OpenAPI schema for ``POST /infer/{model}``,
+    for the bundle's models and others, served study ids and others; each answer is < 500 and every
+    4xx carries a message; the server still answers after."""
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import strategies as st
+
+    operation = schemathesis.openapi.from_url(f"{server['url']}/openapi.json")["/infer/{model}"]["POST"]
+    served = list(httpx.get(f"{server['url']}/info/", timeout=30).json()["models"])
+    statuses: list[int] = []
+
+    # bounded: no shrinking (a failure is reported as drawn; one request can take seconds)
+    @settings(max_examples=120, deadline=None, database=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    @given(case=operation.as_strategy(), model=st.sampled_from([*served, None]), image=st.sampled_from([*server["scans"], None]))
+    def call(case, model, image):
+        if model:
+            case.path_parameters["model"] = model
+        if image:
+            case.query = {**(case.query or {}), "image": image}
+        answer = case.call(base_url=server["url"], timeout=300)
+        statuses.append(answer.status_code)
+        drawn = f"{case.path_parameters} {case.query} {str(case.body)[:200]}"
+        assert answer.status_code < 500, f"{drawn}: {answer.status_code} {answer.content[:300]!r}"
+        if answer.status_code >= 400:
+            assert answer.json().get("detail"), f"{drawn}: a {answer.status_code} without a message: {answer.content[:300]!r}"
+
+    call()
+    assert len(statuses) >= 100 and {200, 404, 422} <= set(statuses), sorted(set(statuses))
+    assert httpx.get(f"{server['url']}/info/", timeout=30).status_code == 200
+
+
 def _rss_bytes(pid: int) -> int:
     """Resident memory of a process and all its descendants (from /proc)."""
     total, todo = 0, [pid]
@@ -147,18 +194,17 @@ def _rss_bytes(pid: int) -> int:
 
 
 def test_the_server_answers_a_load_of_point_prompts_without_growing(server, phantom_dir):
-    from concurrent.futures import ThreadPoolExecutor
-
+    """200 point prompts one after another and 20 at once (``bench label --load``'s load): all answered,
+    their p50 / p95 latency measured, and the server's resident memory flat (within 20 %)."""
     uid, studies = server["scans"][0], server["studies"]
     point = _voxel(studies, uid, _annotations(phantom_dir, uid)[0])
     for _ in range(10):  # warm-up: caches, allocator pools
         assert _infer(server, [point]).status_code == 200
     before = _rss_bytes(server["pid"])
-    sequential = [_infer(server, [point]).status_code for _ in range(200)]
-    with ThreadPoolExecutor(20) as pool:
-        concurrent = list(pool.map(lambda _: _infer(server, [point]).status_code, range(20)))
+    load = point_prompt_load(server["url"], uid, point, sequential=200, concurrent=20)
     after = _rss_bytes(server["pid"])
-    assert sequential == [200] * 200 and concurrent == [200] * 20
+    assert load["sequential"]["statuses"] == [200] * 200 and load["concurrent"]["statuses"] == [200] * 20
+    assert 0 < load["sequential"]["p50_s"] <= load["sequential"]["p95_s"] and load["concurrent"]["runs"] == 20
     assert after <= 1.2 * before, f"resident memory grew from {before / 2**20:.0f} MB to {after / 2**20:.0f} MB"
 
 
@@ -214,7 +260,9 @@ def test_training_swaps_the_served_weights_only_for_better_ones_and_can_restore_
 def test_the_point_prompt_benchmark_runs_a_real_server():
     from nodule_bundle.apps.bench.label import bench_label, format_label_result
 
-    result = bench_label(LABEL_VENV, shape=(128, 128, 60), repeats=2, nodules=4)
+    result = bench_label(LABEL_VENV, shape=(128, 128, 60), repeats=2, nodules=4, load=(4, 3))
     assert result["point_prompt"]["runs"] == 2 and 0 < result["point_prompt"]["median_s"] < result["first_request_s"] + 60
     assert result["http_floor_info"]["median_s"] < result["point_prompt"]["median_s"]
-    assert "point prompt" in format_label_result(result)
+    assert result["load"]["sequential"]["statuses"] == [200] * 4 and result["load"]["concurrent"]["statuses"] == [200] * 3
+    text = format_label_result(result)
+    assert "point prompt" in text and "load, concurrent    3 clicks" in text and "0 error(s)" in text

@@ -41,7 +41,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
                                overrides=dict(args.set))  # fmt: skip
         print(format_realism_result(result))
     elif args.benchmark == "label":
-        result = label.bench_label(args.label_venv, tuple(args.shape), args.repeats)
+        result = label.bench_label(args.label_venv, tuple(args.shape), args.repeats, load=tuple(args.load) if args.load else None)
         print(label.format_label_result(result))
     else:
         result = whole_scan.bench_whole_scan(tuple(args.shape), args.repeats, nodules=args.nodules)
@@ -101,3 +101,5 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     realism.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
     realism.set_defaults(func=run_benchmark)
     kinds.choices["label"].add_argument("--label-venv", type=Path, default=Path(".venv-label"), help="MONAI Label's environment (.ci/label-venv)")
+    kinds.choices["label"].add_argument("--load", type=positive_int, nargs=2, metavar=("SEQUENTIAL", "CONCURRENT"), default=None,
+                                        help="also a load: SEQUENTIAL clicks one after another, then CONCURRENT at once (p50, p95, errors)")

@@ -20,6 +20,8 @@ from nodule_bundle.core.errors import NoduleBundleError
 
 APP_DIR = Path(__file__).resolve().parent
 MODEL = "lung_nodule_ct_classification"
+#: MONAI Label's server with the bundle's request checks (asgi.py)
+UVICORN_APP = "nodule_bundle.apps.label_app.asgi:app"
 
 
 def free_port() -> int:
@@ -46,7 +48,7 @@ def start_server(
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [str(command), "start_server", "--app", str(APP_DIR), "--studies", str(studies), *conf,
-             "--host", "127.0.0.1", "--port", str(port)],
+             "--uvicorn_app", UVICORN_APP, "--host", "127.0.0.1", "--port", str(port)],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
