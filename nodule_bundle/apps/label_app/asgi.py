@@ -2,9 +2,8 @@
 
 Start it with ``monailabel start_server --app ... --uvicorn_app nodule_bundle.apps.label_app.asgi:app``
 (:func:`~nodule_bundle.apps.label_app.server.start_server` does). MONAI Label's own ``/infer/<model>``
-answers ``500`` when ``params`` is not a JSON object, when no image is named or when the model is not
-served, before the app is asked; here such a request gets a ``422`` or ``404`` that says what is
-wrong. Everything else is MONAI Label's app unchanged.
+answers ``500`` when ``params`` is not JSON or names no image, before the app is asked; here such a
+request gets a ``422`` that says what is wrong. Everything else is MONAI Label's app unchanged.
 """
 
 from __future__ import annotations
