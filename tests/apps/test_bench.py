@@ -150,3 +150,11 @@ def test_benchmarks_time_the_bundles_own_pipeline():
     assert steps["preprocess"].preprocess.denoise_sigma_mm == parser["denoise_sigma_mm"]
     network = inference_network(parser)
     assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in network.modules())  # folded, as inference's initialize leaves it
+
+
+def test_label_load_latency_of_one_answer_is_that_answer():
+    from nodule_bundle.apps.bench.label import _latency
+
+    assert _latency([1.5]) == {"p50_s": 1.5, "p95_s": 1.5, "runs": 1}
+    many = _latency([float(k) for k in range(1, 101)])
+    assert many["p50_s"] == 50.5 and 95.0 <= many["p95_s"] <= 96.0

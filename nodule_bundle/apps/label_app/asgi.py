@@ -2,8 +2,9 @@
 
 Start it with ``monailabel start_server --app ... --uvicorn_app nodule_bundle.apps.label_app.asgi:app``
 (:func:`~nodule_bundle.apps.label_app.server.start_server` does). MONAI Label's own ``/infer/<model>``
-answers ``500`` when ``params`` is not JSON or names no image, before the app is asked; here such a
-request gets a ``422`` that says what is wrong. Everything else is MONAI Label's app unchanged.
+answers ``500`` when ``params`` is not a JSON object, when no image is named or when the model is not
+served, before the app is asked, and after inference when ``output=dicom_seg`` is asked of a datastore
+that is not DICOMweb; here such a request gets a ``422`` or ``404`` that says what is wrong. Everything else is MONAI Label's app unchanged.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 
 from monailabel.app import app
+from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.interfaces.utils.app import app_instance
 from starlette.datastructures import FormData
 from starlette.requests import Request
@@ -47,6 +49,8 @@ def _form_problem(request: Request, form: FormData) -> str | None:
             return f"params must be a JSON object, got {params[:80]!r}"
     if not (request.query_params.get("image") or request.query_params.get("session_id") or form.get("file")):
         return "no image: give an image id (?image=<id>), a session_id or a file"
+    if request.query_params.get("output") == "dicom_seg" and not isinstance(app_instance().datastore(), DICOMWebDatastore):
+        return "output=dicom_seg needs a DICOMweb datastore (start the server with --studies <DICOMweb URL>)"
     return None
 
 
