@@ -143,6 +143,13 @@ def test_realism_malignancy_compares_the_network_with_size_and_the_ratings(datas
     assert result["all"]["network_auc"] == 1.0
     assert result["all"]["n"] == len(both)
     assert 0.0 <= result["all"]["diameter_auc"] <= 1.0 and result["all"]["ratings_regression_auc"] is not None
+    assert "measured_diameter_auc" not in result["all"]
+    # a measurement that is the outline's diameter ranks as it does; one that does not segment the
+    # malignant ones (they rank lowest) and measures the benign ones 1 mm ranks at 0
+    exact = [{"seriesuid": i["seriesuid"], "nodule_id": i["nodule_id"], "mean_diameter_mm": float(i["diameter_mm"])} for i in both]
+    assert malignancy_against_baselines(path, predictions, measured=exact)["all"]["measured_diameter_auc"] == result["all"]["diameter_auc"]
+    inverted = [{**r, "mean_diameter_mm": math.nan if i["malignancy"] else 1.0} for r, i in zip(exact, both)]
+    assert malignancy_against_baselines(path, predictions, measured=inverted)["all"]["measured_diameter_auc"] == 0.0
 
 
 def test_bench_realism_measures_the_test_outlines(dataset, tmp_path):

@@ -8,7 +8,8 @@ category from the measurement against the category from the outline.
 
 Malignancy: the test AUC of a network trained from scratch through ``configs/train.json`` on the
 training split (and evaluated by ``configs/evaluate.json``: ``predictions.csv``) beside the
-reference diameter alone and beside a logistic regression on the readers' ratings fitted on the
+reference diameter alone, beside the bundle's own measured diameter alone (what a site gets from
+size without the network) and beside a logistic regression on the readers' ratings fitted on the
 training split (what the ratings hold: the ceiling), overall and within size strata, with paired
 bootstrap intervals of the network's AUC minus the diameter's.
 """
@@ -82,6 +83,7 @@ def measure_against_reference(data_dir: str | Path, split: str = "test", bundle_
         for k, item in enumerate(items):
             ref = references[(item["seriesuid"], item["nodule_id"])]
             rows.append({
+                "seriesuid": item["seriesuid"], "nodule_id": item["nodule_id"],
                 "texture": ref["texture"], "juxtapleural": ref["juxtapleural"] == "1", "juxtavascular": ref["juxtavascular"] == "1",
                 **{f"reference_{key}": float(ref[key]) for key in ("long_axis_mm", "short_axis_mm", "volume_mm3", "solid_mean_diameter_mm", "diameter_mm")},
                 **{key: float(measured[f"measured_{key}"][k]) for key in ("long_axis_mm", "mean_diameter_mm", "volume_mm3", "solid_mean_diameter_mm")},
@@ -174,10 +176,12 @@ def read_malignancy_predictions(path: str | Path) -> dict[tuple[str, str], float
         return {(r["seriesuid"], r["nodule_id"]): float(r["malignancy_prob"]) for r in csv.DictReader(file) if r["malignancy_prob"]}
 
 
-def malignancy_against_baselines(datalist: str | Path, predictions: str | Path, split: str = "test") -> dict:
-    """AUC on ``split`` of the network (``predictions``), the reference diameter and the ratings'
-    regression, overall and per stratum of the reference mean diameter; paired network-minus-diameter
-    intervals."""
+def malignancy_against_baselines(datalist: str | Path, predictions: str | Path, split: str = "test",
+                                 measured: list[dict] | None = None) -> dict:  # fmt: skip
+    """AUC on ``split`` of the network (``predictions``), the reference diameter, the measured mean
+    diameter (``measured``: :func:`measure_against_reference`'s rows of that split, if given; a nodule
+    not segmented ranks lowest) and the ratings' regression, overall and per stratum of the reference
+    mean diameter; paired network-minus-diameter intervals."""
     from nodule_bundle.evaluation.metrics import paired_auc_difference
 
     network = read_malignancy_predictions(predictions)
@@ -193,6 +197,9 @@ def malignancy_against_baselines(datalist: str | Path, predictions: str | Path, 
         "diameter": [float(i["diameter_mm"]) for i in test],
         "ratings_regression": [float(p) for p in ratings],
     }
+    if measured is not None:
+        diameters = {(r["seriesuid"], r["nodule_id"]): r["mean_diameter_mm"] for r in measured}
+        scores["measured_diameter"] = [d if math.isfinite(d := diameters[(i["seriesuid"], i["nodule_id"])]) else 0.0 for i in test]
     labels = [int(i["malignancy"]) for i in test]
     strata: dict[str, list[int]] = {"all": list(range(len(test)))}
     for k, item in enumerate(test):
@@ -261,7 +268,9 @@ def bench_realism(data: str | Path, work: str | Path | None = None, epochs: int 
         for split_name, key in (("validation", "malignancy_validation"), ("test", "malignancy")):
             evaluation = {**common, "output_dir": str(work / ("eval" if split_name == "test" else f"eval_{split_name}"))}
             run_bundle(["train", *configs, "evaluate"], root, evaluate_split=split_name, **evaluation)
-            result[key] = malignancy_against_baselines(data / "datalist.json", Path(evaluation["output_dir"]) / "predictions.csv", split_name)
+            rows = measured["rows"] if split_name == split else measure_against_reference(data, split_name, bundle_root, measuring)["rows"]
+            predictions = Path(evaluation["output_dir"]) / "predictions.csv"
+            result[key] = malignancy_against_baselines(data / "datalist.json", predictions, split_name, rows)
     return result
 
 
@@ -284,9 +293,11 @@ def format_realism_result(result: dict) -> str:
     for key, split in (("malignancy_validation", "validation"), ("malignancy", "test")):
         if key not in result:
             continue
-        lines.append(f"malignancy ROC-AUC on the {split} split: network / diameter alone / readers' ratings (logistic regression)")
+        lines.append(f"malignancy ROC-AUC on the {split} split: network / diameter alone (outline) / measured diameter alone / "
+                     "readers' ratings (logistic regression)")  # fmt: skip
         for name, e in result[key].items():
-            aucs = " / ".join("n/a" if e[f"{s}_auc"] is None else f"{e[f'{s}_auc']:.3f}" for s in ("network", "diameter", "ratings_regression"))
+            scores = ("network", "diameter", "measured_diameter", "ratings_regression")
+            aucs = " / ".join("n/a" if e.get(f"{s}_auc") is None else f"{e[f'{s}_auc']:.3f}" for s in scores)
             paired = e.get("network_minus_diameter")
             versus = f"  network - diameter {paired['difference']:+.3f} (95 % CI {paired['ci95'][0]:+.3f} to {paired['ci95'][1]:+.3f})" if paired else ""
             lines.append(f"  {name:<10} n={e['n']:<4} ({e['malignant']} malignant)  {aucs}{versus}")
