@@ -6,16 +6,18 @@ classification path still crops first). Stages:
 1. :func:`lung_mask` (on a coarse 2 mm grid): HU < -400, air touching the field-of-view border
    removed (outside the body), the large components kept (the lungs), airways removed (air below
    -950 HU connected to the top of the scan), then each lung closed on its own with a ball of
-   ``closing_mm`` and its holes filled, so that vessels, nodules and juxta-pleural nodules lie
+   ``closing_mm`` (by distance transforms) and its holes filled, so that vessels, nodules and juxta-pleural nodules lie
    inside the mask and the two lungs are not bridged.
-2. :func:`detect_candidates`: scale-normalised Laplacian of Gaussian (ITK's recursive filter) of the
-   HU clipped at -300 at radii 1.5-15 mm (3-30 mm nodules), local maxima of the strongest response inside the lung mask,
-   a Hessian blobness test at each maximum that rejects tubes (vessels) and sheets (fissures,
-   pleura), then greedy non-maximum suppression in world mm.
+2. :func:`detect_candidates`: scale-normalised Laplacian of Gaussian (ITK's recursive Gaussian, a
+   finite-difference Laplacian) of the HU clipped at -300 at radii 1.5-15 mm (3-30 mm nodules),
+   local maxima of the strongest response inside the lung mask, a Hessian blobness test at each
+   maximum that rejects tubes (vessels) and sheets (fissures, pleura), then greedy non-maximum
+   suppression in world mm.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import itk
@@ -86,10 +88,18 @@ def lung_mask_array(hu: np.ndarray, spacing_mm: float, closing_mm: float = 10.0)
 
 
 def _close_and_fill(region: np.ndarray, radius: int) -> np.ndarray:
-    """Binary closing with a ball (padded, so the border does not erode it), then hole filling."""
+    """Binary closing with a ball of ``radius`` voxels (padded, so the border does not erode it), then
+    hole filling, on the region's bounding box (a closing stays inside the convex hull). The closing
+    is two Euclidean distance transforms (dilation: within ``radius`` of the region; erosion: farther
+    than ``radius`` from outside it): ``ndi.binary_closing`` with :func:`_ball`, voxel for voxel, in a
+    fraction of its time."""
+    box = ndi.find_objects(region.astype(np.uint8))[0]
     pad = radius + 1
-    closed = ndi.binary_closing(np.pad(region, pad), structure=_ball(radius))[pad:-pad, pad:-pad, pad:-pad]
-    return ndi.binary_fill_holes(closed)
+    dilated = ndi.distance_transform_edt(~np.pad(region[box], pad)) <= radius
+    closed = ndi.distance_transform_edt(dilated) > radius
+    out = np.zeros_like(region)
+    out[box] = ndi.binary_fill_holes(closed[pad:-pad, pad:-pad, pad:-pad])
+    return out
 
 
 def lung_mask(image: MetaTensor, spacing_mm: float = 2.0, closing_mm: float = 10.0) -> MetaTensor:
@@ -100,17 +110,51 @@ def lung_mask(image: MetaTensor, spacing_mm: float = 2.0, closing_mm: float = 10
     return MetaTensor(torch.from_numpy(mask[None].astype(np.uint8)), affine=coarse.affine, meta=meta)
 
 
-def _log_responses(hu: np.ndarray, radii_mm: np.ndarray, spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
-    """Strongest scale-normalised -LoG response per voxel and the index of its radius."""
+def _laplacian(smoothed: np.ndarray, spacing_mm: float) -> np.ndarray:
+    """The 7-point finite-difference Laplacian (per mm², edges replicated) of an isotropic array."""
+    out = smoothed * np.float32(-6.0)
+    for axis in range(3):
+        n = smoothed.shape[axis]
+
+        def part(start: int, stop: int) -> tuple[slice, ...]:
+            return tuple(slice(start, stop) if a == axis else slice(None) for a in range(3))
+
+        out[part(1, n)] += smoothed[part(0, n - 1)]
+        out[part(0, n - 1)] += smoothed[part(1, n)]
+        out[part(0, 1)] += smoothed[part(0, 1)]
+        out[part(n - 1, n)] += smoothed[part(n - 1, n)]
+    out /= np.float32(spacing_mm**2)
+    return out
+
+
+def log_response(image: itk.Image, sigma_mm: float, spacing_mm: float) -> np.ndarray:
+    """The scale-normalised -LoG response ``-sigma² ∇²(G_sigma * image)`` of an isotropic ITK image:
+    ITK's multi-threaded recursive Gaussian, then the finite-difference Laplacian, whose stencil
+    itself blurs by a variance of ``spacing² / 12``, taken off the Gaussian's. 3 recursive passes
+    instead of the 9 of ITK's ``LaplacianRecursiveGaussianImageFilter``; ``bench whole-scan`` runs
+    the detector with both and compares their candidates."""
+    smoothing = itk.SmoothingRecursiveGaussianImageFilter.New(image, Sigma=float(np.sqrt(sigma_mm**2 - spacing_mm**2 / 12.0)))
+    smoothing.Update()
+    response = _laplacian(itk.array_view_from_image(smoothing.GetOutput()), spacing_mm)
+    response *= np.float32(-(sigma_mm**2))
+    return response
+
+
+ResponseAt = Callable[[itk.Image, float, float], np.ndarray]
+
+
+def strongest_responses(
+    hu: np.ndarray, radii_mm: np.ndarray, spacing_mm: float, response_at: ResponseAt = log_response
+) -> tuple[np.ndarray, np.ndarray]:
+    """Strongest ``response_at`` (``sigma = r / √3``) over the radii per voxel of an isotropic HU
+    array (clipped to -1000..200) and the index of its radius."""
     image = itk.image_from_array(np.ascontiguousarray(np.clip(hu, -1000.0, 200.0).astype(np.float32)))
     image.SetSpacing([spacing_mm] * 3)
     best = np.full(hu.shape, -np.inf, np.float32)
     which = np.zeros(hu.shape, np.int16)
     stronger = np.empty(hu.shape, bool)
     for i, radius in enumerate(radii_mm):
-        log = itk.LaplacianRecursiveGaussianImageFilter.New(image, Sigma=float(radius / np.sqrt(3.0)), NormalizeAcrossScale=True)
-        log.Update()
-        response = -itk.array_view_from_image(log.GetOutput())
+        response = response_at(image, float(radius / np.sqrt(3.0)), spacing_mm)
         np.greater(response, best, out=stronger)
         np.copyto(best, response, where=stronger)
         np.copyto(which, np.int16(i), where=stronger)
@@ -146,6 +190,7 @@ def detect_candidates(
     mask: MetaTensor | None = None,
     coarse_from_mm: float = 6.0,
     clip_hu: float = -300.0,
+    response_at: ResponseAt = log_response,
 ) -> list[Candidate]:
     """Nodule candidates in a CT (``[1, X, Y, Z]`` HU MetaTensor, any orientation), strongest first.
 
@@ -156,7 +201,8 @@ def detect_candidates(
     third of the time). The LoG sees the HU clipped at ``clip_hu``, so that vessels, the chest wall
     and calcium do not outshine a faint ground-glass nodule beside them (on the demo's phantom scans:
     CPM 0.902 against 0.889 for nodules >= 4 mm, sensitivity 0.953 against 0.943 at 4 FP/scan); the
-    blobness test sees the HU as they are.
+    blobness test sees the HU as they are. ``response_at`` is the LoG of one scale
+    (:func:`log_response`; ``bench whole-scan`` passes its reference).
     """
     fine = isotropic(image, spacing_mm)
     mask = lung_mask(image) if mask is None else mask
@@ -173,7 +219,7 @@ def detect_candidates(
     ]
     space = fine.meta.get("space", "RAS")
     responses = [
-        _log_responses(np.minimum(hu, clip_hu), np.asarray(radii, dtype=np.float64), spacing) if radii else None
+        strongest_responses(np.minimum(hu, clip_hu), np.asarray(radii, dtype=np.float64), spacing, response_at) if radii else None
         for hu, _, _, spacing, radii in levels
     ]
     if all(r is not None for r in responses):  # a maximum over scales must beat the other level too

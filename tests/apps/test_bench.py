@@ -31,6 +31,9 @@ def test_whole_scan_benchmark_reports_every_stage(tmp_path, capsys):
     assert set(result["stages"]) == {"read", "lung_mask", "candidates", "measure", "crop_preprocess", "network"}
     assert result["total"]["median_s"] >= sum(t["median_s"] for t in result["stages"].values()) - 1e-6
     assert result["candidates"] >= 1 and "total" in capsys.readouterr().out
+    ref = result["reference_log"]  # the detector's LoG against ITK's LaplacianRecursiveGaussianImageFilter on the same scan
+    assert ref["candidates_s"] > 0 and ref["nodules"] == 3
+    assert ref["reference_found_within_1mm"] >= ref["reference_candidates"] - 1 and ref["nodules_hit"] >= ref["nodules_hit_by_reference"]
 
 
 def test_scan_to_report_benchmark_compares_both_baselines(tmp_path, capsys):

@@ -8,7 +8,10 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from nodule_bundle.detection.candidates import detect_candidates, lung_mask
+from scipy import ndimage as ndi
+
+from nodule_bundle.apps.bench.whole_scan import recursive_log_response
+from nodule_bundle.detection.candidates import _ball, _close_and_fill, detect_candidates, lung_mask, strongest_responses
 from nodule_bundle.detection.froc import froc, match_scan, system_score
 from nodule_bundle.detection.transforms import DetectNodulesd
 from nodule_bundle.core.geometry import LPS_TO_RAS, world_to_voxel
@@ -87,6 +90,28 @@ def test_a_juxta_pleural_nodule_stays_inside_the_lung_mask():
     assert not _inside(mask, np.array([-58.0, -48.0, -75.0]))  # air outside the body
     (found,) = detect_candidates(image, mask=mask)
     assert np.linalg.norm(np.array(found.center_world_mm) - center) <= 3.0  # a hit (<= radius), pulled off the wall
+
+
+@pytest.mark.parametrize("radius_mm", [1.5, 2.2, 3.2, 4.6, 6.7, 10.0])
+def test_the_log_of_a_sphere_matches_itks_recursive_laplacian_of_gaussian(radius_mm):
+    """The detector's LoG (a recursive Gaussian, then finite differences) picks the same scale at a
+    sphere's centre as ITK's LaplacianRecursiveGaussianImageFilter and answers within 4 % everywhere."""
+    radii = np.array([1.5, 2.2, 3.2, 4.6, 6.7, 10.0])
+    offsets = np.indices((48, 48, 48)) - 23.6
+    hu = np.where((offsets**2).sum(0) <= radius_mm**2, 30.0, -850.0)
+    best, which = strongest_responses(hu, radii, 1.0)
+    reference, reference_which = strongest_responses(hu, radii, 1.0, recursive_log_response)
+    centre = (24, 24, 24)
+    assert which[centre] == reference_which[centre] == list(radii).index(radius_mm)
+    assert np.abs(best - reference).max() <= 0.04 * reference[centre]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_lung_closing_by_distance_transforms_equals_a_binary_closing_with_a_ball(seed):
+    region = ndi.gaussian_filter(np.random.default_rng(seed).random((70, 60, 50)), 3) > 0.52
+    for radius in (1, 3, 5):
+        expected = ndi.binary_fill_holes(ndi.binary_closing(np.pad(region, radius + 1), _ball(radius))[(slice(radius + 1, -radius - 1),) * 3])
+        assert (_close_and_fill(region, radius) == expected).all()
 
 
 def test_match_and_froc_on_hand_counted_detections():
