@@ -116,12 +116,14 @@ def segment_nodule(crop_hu: np.ndarray, spacing_mm: float, hold_margin_mm: float
     return NoduleSegmentation(region, threshold, (smooth >= threshold) & ~region)
 
 
-def without_strands(region: np.ndarray, centre: tuple[int, ...], thickness_mm: float, spacing_mm: float) -> np.ndarray:
+def without_strands(
+    region: np.ndarray, centre: tuple[int, ...], thickness_mm: float, spacing_mm: float, ball_max_mm: float = STRAND_BALL_MAX_MM
+) -> np.ndarray:
     """``region`` (isotropic voxels of ``spacing_mm``) without the vessels and strands that touch it:
     what an opening by a ball of ``STRAND_BALL_FACTOR`` times the nodule's ``thickness_mm`` (at most
-    ``STRAND_BALL_MAX_MM``) drops, the region's own edge within that radius (at most ``RESTORE_MAX_MM``)
+    ``ball_max_mm``) drops, the region's own edge within that radius (at most ``RESTORE_MAX_MM``)
     of what it keeps restored; ``region`` itself where the opening loses the ``centre`` voxel."""
-    radius = min(STRAND_BALL_FACTOR * thickness_mm, STRAND_BALL_MAX_MM) / spacing_mm
+    radius = min(STRAND_BALL_FACTOR * thickness_mm, ball_max_mm) / spacing_mm
     if radius < 1.0:
         return region
     opened = _opened(region, radius)
