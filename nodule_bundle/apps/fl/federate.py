@@ -85,7 +85,7 @@ def federate(out: str | os.PathLike, sites: int = 3, rounds: int = 5, local_epoc
 
     Each site trains on ``scans_per_site`` scans (one of them its validation split) and is tested on
     ``test_scans_per_site`` more, which no training sees."""
-    from nodule_bundle.apps.fl.job import fedavg_recipe, simulate
+    from nodule_bundle.apps.fl.job import fedavg_recipe, initial_model, simulate
 
     root, out = find_bundle_root(bundle_root), Path(out)
     site_dirs = write_site_data(out / "data", sites, scans_per_site, test_scans_per_site, seed, fov_mm)
@@ -97,7 +97,8 @@ def federate(out: str | os.PathLike, sites: int = 3, rounds: int = 5, local_epoc
     pooled = pooled_datalist(site_dirs, out / "central" / "datalist.json")
     run_bundle(["train"], root, dataset_dir=str(out / "central"), datalist=str(pooled), ckpt_dir=str(out / "central" / "models"),
                output_dir=str(out / "central" / "eval"), **common)  # fmt: skip
-    recipe = fedavg_recipe(root, out / "data", out / "fl_sites", sites, rounds, local_epochs, audit=out / "audit.jsonl")
+    recipe = fedavg_recipe(root, out / "data", out / "fl_sites", sites, rounds, local_epochs, audit=out / "audit.jsonl", seed=seed,
+                           initial_ckpt=initial_model(out / "initial_model.pt", seed))  # fmt: skip
     result = simulate(recipe, sites, out / "simulation")
     best = torch.load(result / "server" / "simulate_job" / "app_server" / "best_FL_global_model.pt", map_location="cpu", weights_only=True)
     (out / "models").mkdir(parents=True, exist_ok=True)

@@ -39,11 +39,12 @@ def main() -> None:
     parser.add_argument("--total_epochs", type=int, default=None,
                         help="epochs over the whole federation (rounds x local epochs): the learning-rate schedule's length")  # fmt: skip
     parser.add_argument("--send_weight_diff", action="store_true", help="send weight differences (for NVFlare's PercentilePrivacy)")
+    parser.add_argument("--seed", type=int, default=0, help="train.json's seed (data order, augmentation)")
     args = parser.parse_args()
 
     flare.init()
     site = flare.get_site_name()
-    overrides = site_overrides(args.data_root, site, args.work_root)
+    overrides = {**site_overrides(args.data_root, site, args.work_root), "seed": args.seed}
     if args.total_epochs:
         overrides["epochs"] = args.total_epochs  # train.json's cosine schedule spans every round, as it would in one training
     algo = MonaiAlgo(
