@@ -111,7 +111,9 @@ def lung_mask(image: MetaTensor, spacing_mm: float = 2.0, closing_mm: float = 10
 
 
 def _laplacian(smoothed: np.ndarray, spacing_mm: float) -> np.ndarray:
-    """The 7-point finite-difference Laplacian (per mm², edges replicated) of an isotropic array."""
+    """The 7-point finite-difference Laplacian (per mm², edges replicated) of an isotropic array:
+    ``ndimage.laplace(mode="nearest")``'s stencil by slice additions, 6x faster than it (0.023 s against
+    0.14 s on 5.8 M float32 voxels; it runs 5 times per scan on 20 M)."""
     out = smoothed * np.float32(-6.0)
     for axis in range(3):
         n = smoothed.shape[axis]

@@ -11,7 +11,7 @@ from monai.data import MetaTensor
 from scipy import ndimage as ndi
 
 from nodule_bundle.apps.bench.whole_scan import recursive_log_response
-from nodule_bundle.detection.candidates import _ball, _close_and_fill, detect_candidates, lung_mask, strongest_responses
+from nodule_bundle.detection.candidates import _ball, _close_and_fill, _laplacian, detect_candidates, lung_mask, strongest_responses
 from nodule_bundle.detection.froc import froc, match_scan, system_score
 from nodule_bundle.detection.transforms import DetectNodulesd
 from nodule_bundle.core.geometry import LPS_TO_RAS, world_to_voxel
@@ -104,6 +104,11 @@ def test_the_log_of_a_sphere_matches_itks_recursive_laplacian_of_gaussian(radius
     centre = (24, 24, 24)
     assert which[centre] == reference_which[centre] == list(radii).index(radius_mm)
     assert np.abs(best - reference).max() <= 0.04 * reference[centre]
+
+
+def test_the_laplacian_is_scipys_stencil():
+    smoothed = np.random.default_rng(0).normal(0.0, 100.0, (30, 25, 20)).astype(np.float32)
+    np.testing.assert_allclose(_laplacian(smoothed, 2.0), ndi.laplace(smoothed, mode="nearest") / 4.0, atol=1e-3)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

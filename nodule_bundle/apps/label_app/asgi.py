@@ -4,7 +4,8 @@ Start it with ``monailabel start_server --app ... --uvicorn_app nodule_bundle.ap
 (:func:`~nodule_bundle.apps.label_app.server.start_server` does). MONAI Label's own ``/infer/<model>``
 answers ``500`` when ``params`` is not a JSON object, when no image is named or when the model is not
 served, before the app is asked, and after inference when ``output=dicom_seg`` is asked of a datastore
-that is not DICOMweb; here such a request gets a ``422`` or ``404`` that says what is wrong. Everything else is MONAI Label's app unchanged.
+that is not DICOMweb; here such a request gets a ``422`` or ``404`` that says what is wrong.
+Everything else is MONAI Label's app unchanged.
 """
 
 from __future__ import annotations
