@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
 PACKAGE = ROOT / "nodule_bundle"
-STAGES = {"core", "reading", "detection", "preprocessing", "network", "measuring", "evaluation", "reports", "data"}
+STAGES = {"core", "reading", "detection", "preprocessing", "network", "measuring", "evaluation", "reports", "data", "followup"}
 
 
 def _imports(path: Path) -> set[str]:

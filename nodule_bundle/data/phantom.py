@@ -65,7 +65,8 @@ class PhantomScan:
     ``nodules`` are :class:`PhantomNodule` or any record with ``nodule``, ``csv_columns()`` and
     ``item_fields()`` (the real-geometry source's); ``patient_id`` groups scans for the split
     (``None``: the scan is its own patient); ``label_map``, when known, the nodules' reference masks
-    on the scan's grid (uint8, nodule ``i`` labelled ``i + 1``).
+    on the scan's grid (uint8, nodule ``i`` labelled ``i + 1``); ``study_date`` the date of a scan
+    that is one time point of a patient's series (:mod:`nodule_bundle.data.followup_phantom`).
     """
 
     seriesuid: str
@@ -75,6 +76,7 @@ class PhantomScan:
     nodules: tuple
     patient_id: str | None = None
     label_map: np.ndarray | None = None
+    study_date: str | None = None  # YYYYMMDD, where the scan is one of a patient's series (follow-ups)
 
     @property
     def affine_lps(self) -> np.ndarray:
@@ -143,12 +145,13 @@ def _draw_nodule_traits(rng: np.random.Generator, diameter_mm: float) -> tuple[i
     return malignant, str(margin), str(texture), calcified
 
 
-def _render_nodule(canvas: Canvas, rng: np.random.Generator, center: np.ndarray, pn: PhantomNodule) -> tuple[float, tuple, np.ndarray]:
-    """Draw one nodule: smooth / lobulated / spiculated body, texture, optional calcification.
+def render_nodule(canvas: Canvas, rng: np.random.Generator, center: np.ndarray, pn: PhantomNodule) -> tuple[tuple[float, float], tuple, np.ndarray]:
+    """Draw one nodule: smooth / lobulated / spiculated body, texture, optional calcification; its
+    shape is drawn from ``rng`` and scales with ``pn.nodule.diameter_mm``, the size drawn for it.
 
     Occupancy is averaged over three sub-positions per slice (slice-thickness partial volume).
-    Returns the body's reference diameter (:func:`_reference_diameter`) and its reference mask: the
-    canvas box it was drawn in and, on it, the voxels the body (spicules excluded) fills at least half.
+    Returns the body's reference size (:func:`_reference_size`: mean diameter, volume) and its reference
+    mask: the canvas box it was drawn in and, on it, the voxels the body (spicules excluded) fills at least half.
     """
     radius = pn.nodule.diameter_mm / 2.0
     spikes = _random_unit(rng, int(rng.integers(14, 24))) if pn.margin == "spiculated" else np.zeros((0, 3))
@@ -192,11 +195,12 @@ def _render_nodule(canvas: Canvas, rng: np.random.Generator, center: np.ndarray,
     if pn.calcified:
         canvas.blend(sl, core * occ, rng.uniform(350, 900))
     lobes = [(offset * w, r_lobe) for w, r_lobe, offset in zip(lobe_dirs, lobe_r, lobe_offset)]
-    return _reference_diameter(core_r, lobes, stretch), sl, occ >= 0.5
+    return _reference_size(core_r, lobes, stretch), sl, occ >= 0.5
 
 
-def _reference_diameter(core_r: float, lobes: list[tuple[np.ndarray, float]], stretch: np.ndarray) -> float:
-    """Lung-RADS mean axial diameter of the drawn body, spicules excluded (as radiologists measure).
+def _reference_size(core_r: float, lobes: list[tuple[np.ndarray, float]], stretch: np.ndarray) -> tuple[float, float]:
+    """Lung-RADS mean axial diameter (mm) and volume (mm3) of the drawn body, spicules excluded (as
+    radiologists measure).
 
     The body (core sphere and lobes, stretched) is rasterised without blur or noise on a fine grid
     and measured with the same calipers as the CT (:func:`~nodule_bundle.measuring.measure.axial_diameters`).
@@ -209,7 +213,7 @@ def _reference_diameter(core_r: float, lobes: list[tuple[np.ndarray, float]], st
     for offset, r_lobe in lobes:
         body |= (vx - offset[0]) ** 2 + (vy - offset[1]) ** 2 + (vz - offset[2]) ** 2 <= r_lobe**2
     long_axis, short_axis = axial_diameters(body, step)
-    return (long_axis + short_axis) / 2.0
+    return (long_axis + short_axis) / 2.0, float(body.sum()) * step**3
 
 
 def draw_chest(canvas: Canvas, rng: np.random.Generator, fov: np.ndarray, centre: np.ndarray) -> tuple[list, np.ndarray]:
@@ -273,7 +277,14 @@ def _draw_vessel_tree(canvas, rng, hilum: np.ndarray, lung_axes: np.ndarray, lun
                 stack.append((point, direction + 0.8 * rng.normal(size=3), radius * 0.75, depth + 1))
 
 
-def _place_nodules(rng, cfg: PhantomConfig, lungs, seriesuid: str) -> list[tuple[np.ndarray, PhantomNodule]]:
+def nodule_reach(diameter_mm: float, margin: str) -> float:
+    """How far (mm) from its centre a nodule drawn at ``diameter_mm`` with ``margin`` can reach: its
+    lobes, or its spicules, included."""
+    reach = diameter_mm / 2 * 1.4 + 2.7 if margin == "lobulated" else diameter_mm / 2
+    return reach + (diameter_mm / 2 + 11.0 if margin == "spiculated" else 0.0)
+
+
+def place_nodules(rng, cfg: PhantomConfig, lungs, seriesuid: str) -> list[tuple[np.ndarray, PhantomNodule]]:
     """Non-overlapping nodules inside the lungs, log-uniform diameters within the configured range."""
     placed: list[tuple[np.ndarray, PhantomNodule]] = []
     lo, hi = cfg.diameter_range_mm
@@ -284,8 +295,7 @@ def _place_nodules(rng, cfg: PhantomConfig, lungs, seriesuid: str) -> list[tuple
             break
         diameter = float(np.exp(rng.uniform(np.log(lo), np.log(max_d))))
         malignancy, margin, texture, calcified = _draw_nodule_traits(rng, diameter)
-        reach = diameter / 2 * 1.4 + 2.7 if margin == "lobulated" else diameter / 2
-        reach += diameter / 2 + 11.0 if margin == "spiculated" else 0.0
+        reach = nodule_reach(diameter, margin)
         for _ in range(200):
             u = _random_unit(rng, 1)[0] * rng.random() ** (1 / 3)
             center = c_lung + u * (axes - diameter / 2 - 2.0)
@@ -315,8 +325,29 @@ def scanner(hu: np.ndarray, spacing: np.ndarray, rng: np.random.Generator, noise
     return np.clip(np.rint(out), -1024, 3071).astype(np.int16)
 
 
+@dataclass(frozen=True)
+class PhantomPatient:
+    """What another scan of the same patient re-uses (:mod:`nodule_bundle.data.followup_phantom`): the
+    anatomy before the nodules (HU, float32, on the scan's grid of ``spacing_mm`` from ``origin_mm``),
+    the lungs (centre, semi-axes in mm) and each nodule as drawn: its centre (world mm), its record
+    with the size drawn for it (not the reference diameter) and the state of the generator its shape
+    was drawn from."""
+
+    anatomy_hu: np.ndarray
+    spacing_mm: np.ndarray
+    origin_mm: np.ndarray
+    lungs: list
+    drawn: list[tuple[np.ndarray, PhantomNodule, dict]]
+    volumes_mm3: list[float]  # each nodule's reference volume (:func:`_reference_size`), in ``drawn``'s order
+
+
 def make_scan(seed: int, index: int, cfg: PhantomConfig = PhantomConfig()) -> PhantomScan:
     """Deterministic phantom scan ``index`` of the dataset drawn with ``seed``."""
+    return draw_patient(seed, index, cfg)[0]
+
+
+def draw_patient(seed: int, index: int, cfg: PhantomConfig = PhantomConfig()) -> tuple[PhantomScan, PhantomPatient]:
+    """:func:`make_scan`'s scan and what a follow-up scan of the same patient needs of it."""
     rng = np.random.default_rng([seed, index])
     fov = np.array(cfg.fov_mm, dtype=np.float64)
     inplane = rng.uniform(*cfg.inplane_spacing_mm)
@@ -327,14 +358,17 @@ def make_scan(seed: int, index: int, cfg: PhantomConfig = PhantomConfig()) -> Ph
     seriesuid = generate_uid(entropy_srcs=["nodule-bundle-phantom", str(seed), str(index)])
     canvas = Canvas(shape, spacing, origin)
     lungs, _ = draw_chest(canvas, rng, fov, centre)
-    placed = _place_nodules(rng, cfg, lungs, seriesuid)
-    nodules, label_map = [], np.zeros(shape, np.uint8)
+    anatomy = canvas.hu.copy()
+    placed = place_nodules(rng, cfg, lungs, seriesuid)
+    nodules, label_map, drawn, volumes = [], np.zeros(shape, np.uint8), [], []
     for value, (center, pn) in enumerate(placed, start=1):
-        reference, box, mask = _render_nodule(canvas, rng, center, pn)
+        drawn.append((center, pn, rng.bit_generator.state))
+        (reference, reference_volume), box, mask = render_nodule(canvas, rng, center, pn)
         label_map[box][mask] = value
         nodules.append(replace(pn, nodule=replace(pn.nodule, diameter_mm=round(float(reference), 3))))
+        volumes.append(reference_volume)
     volume = scanner(canvas.hu, spacing, rng, float(rng.uniform(*cfg.noise_hu)))
-    return PhantomScan(
+    scan = PhantomScan(
         seriesuid=seriesuid,
         volume_hu=volume,
         spacing_mm=tuple(float(s) for s in spacing),
@@ -342,3 +376,4 @@ def make_scan(seed: int, index: int, cfg: PhantomConfig = PhantomConfig()) -> Ph
         nodules=tuple(nodules),
         label_map=label_map,
     )
+    return scan, PhantomPatient(anatomy, spacing, origin, lungs, drawn, volumes)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from nodule_bundle.data.phantom import HU_LUNG, PhantomConfig, _draw_nodule_traits, _reference_diameter, make_scan
+from nodule_bundle.data.phantom import HU_LUNG, PhantomConfig, _draw_nodule_traits, _reference_size, make_scan
 from nodule_bundle.measuring.measure import measure_mask
 
 CFG = PhantomConfig(fov_mm=(120.0, 100.0, 60.0), nodules_per_scan=(6, 8))
@@ -57,12 +57,13 @@ def test_label_depends_on_size_and_margin_with_overlap():
     assert not any(t[3] for t, m in zip(traits, malignant) if m)  # calcification only in benign
 
 
-def test_reference_diameter_is_the_lung_rads_mean_of_the_drawn_body():
-    assert _reference_diameter(5.0, [], np.ones(3)) == pytest.approx(10.0, abs=0.2)
+def test_reference_size_is_the_lung_rads_mean_of_the_drawn_body():
+    assert _reference_size(5.0, [], np.ones(3))[0] == pytest.approx(10.0, abs=0.2)
+    assert _reference_size(5.0, [], np.ones(3))[1] == pytest.approx(4 / 3 * np.pi * 5.0**3, rel=0.02)  # the volume, mm3
     stretched = np.array([1.2, 0.9, 1 / 1.08])
-    assert _reference_diameter(5.0, [], stretched) == pytest.approx(5.0 * (1.2 + 0.9), abs=0.2)  # mean of long, short
+    assert _reference_size(5.0, [], stretched)[0] == pytest.approx(5.0 * (1.2 + 0.9), abs=0.2)  # mean of long, short
     lobe = [(np.array([5.0, 0.0, 0.0]), 2.0)]  # a lobe reaching 7 mm out along x
-    assert _reference_diameter(5.0, lobe, np.ones(3)) == pytest.approx((12.0 + 10.0) / 2, abs=0.3)
+    assert _reference_size(5.0, lobe, np.ones(3))[0] == pytest.approx((12.0 + 10.0) / 2, abs=0.3)
 
 
 def test_label_map_holds_each_nodule_body_at_its_centre_and_its_reference_size():

@@ -1,0 +1,129 @@
+"""Phantom follow-ups, registration, matching and change, each against the truth the phantom knows."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from nodule_bundle.core.geometry import LPS_TO_RAS
+from nodule_bundle.data.followup_phantom import FollowupConfig, make_followup_scan, schedule
+from nodule_bundle.data.phantom import PhantomConfig, make_scan
+from nodule_bundle.followup.change import lung_rads_with_prior, status, vdt_interval, volume_doubling_time
+from nodule_bundle.followup.matching import match_nodules
+from nodule_bundle.followup.registration import FollowupError, register
+
+CFG = PhantomConfig(fov_mm=(160.0, 140.0, 100.0), nodules_per_scan=(8, 10))
+SERIES = FollowupConfig(timepoints=3)
+
+
+def as_image(scan) -> MetaTensor:
+    return MetaTensor(torch.from_numpy(scan.volume_hu[None].astype(np.float32)), affine=torch.as_tensor(LPS_TO_RAS @ scan.affine_lps))
+
+
+@pytest.fixture(scope="module")
+def series():
+    return [make_followup_scan(2, 0, t, CFG, SERIES) for t in range(SERIES.timepoints)]
+
+
+def test_the_baseline_is_the_phantoms_own_scan_and_the_series_one_patients(series):
+    assert np.array_equal(series[0].volume_hu, make_scan(2, 0, CFG).volume_hu)
+    dates = [date for date, _ in schedule(2, 0, SERIES)]
+    assert [s.study_date for s in series] == dates == sorted(dates) and len(set(dates)) == 3
+    assert len({s.patient_id for s in series}) == 1 and len({s.seriesuid for s in series}) == 3
+    assert len({s.spacing_mm[2] for s in series[:2]}) == 2 and series[2].spacing_mm[2] != series[0].spacing_mm[2]  # another slice thickness
+
+
+def test_each_nodule_grows_by_its_doubling_time_and_is_drawn_where_its_record_says(series):
+    days = [d for _, d in schedule(2, 0, SERIES)]
+    before = {n.track_id: n for n in series[0].nodules}
+    grown = 0
+    for scan, day in zip(series[1:], days[1:]):
+        for n in scan.nodules:  # each record's centre lies in its own reference mask
+            voxel = tuple(np.rint(np.linalg.solve(scan.affine_lps, [*n.nodule.center_world_mm, 1.0])[:3]).astype(int))
+            assert scan.label_map[voxel] == scan.nodules.index(n) + 1
+            prior = before.get(n.track_id)
+            if prior is not None and prior.nodule.diameter_mm >= 8.0 and math.isfinite(n.vdt_days):
+                assert n.volume_mm3 / prior.volume_mm3 == pytest.approx(2.0 ** (day / n.vdt_days), rel=0.05)
+                grown += 1
+    assert grown >= 2
+    tracks = [{n.track_id for n in s.nodules} for s in series]
+    assert tracks[1] - tracks[0] or tracks[2] - tracks[1], "some nodules are new"
+    assert all(math.isinf(n.vdt_days) == (n.volume_mm3 == before[n.track_id].volume_mm3) for n in series[1].nodules if n.track_id in before)
+
+
+def test_registration_carries_the_prior_nodules_onto_the_current_ones(series):
+    prior, current = series[0], series[2]
+    registration = register(as_image(prior), as_image(current))
+    ours = {n.track_id: n.nodule.center_world_mm for n in current.nodules}
+    common = [n for n in prior.nodules if n.track_id in ours]
+    moved = np.array([ours[n.track_id] for n in common]) - np.array([n.nodule.center_world_mm for n in common])
+    carried = registration.prior_to_current(np.array([n.nodule.center_world_mm for n in common]))
+    error = np.linalg.norm(carried - np.array([ours[n.track_id] for n in common]), axis=1)
+    assert np.median(np.linalg.norm(moved, axis=1)) > 5.0 and error.max() < 1.5  # moved far, carried within 1.5 mm
+    assert registration.lung_dice > 0.9 and registration.vessel_correlation > 0.5
+    assert np.allclose(registration.current_to_prior(carried), [n.nodule.center_world_mm for n in common], atol=1e-3)
+
+
+def test_scans_of_two_patients_or_without_lungs_are_refused_naming_both(series):
+    other = make_followup_scan(2, 4, 1, CFG, SERIES)
+    with pytest.raises(FollowupError, match="prior.scan -> current.scan: .*not one patient's"):
+        register(as_image(series[0]), as_image(other), "prior.scan", "current.scan")
+    body_only = series[1].volume_hu.copy()
+    body_only[body_only < -300] = 40  # no aerated lung: not a chest CT that can be followed
+    no_lungs = MetaTensor(torch.from_numpy(body_only[None].astype(np.float32)), affine=as_image(series[1]).affine)
+    with pytest.raises(FollowupError, match="current.nii.gz: no lungs found"):
+        register(as_image(series[0]), no_lungs, "prior.nii.gz", "current.nii.gz")
+
+
+def test_matching_pairs_each_nodule_once_within_the_gate():
+    prior = np.array([[0.0, 0.0, 0.0], [8.0, 0.0, 0.0], [50.0, 0.0, 0.0]])
+    current = np.array([[7.0, 0.5, 0.0], [1.0, 0.0, 0.0], [0.0, 30.0, 0.0]])  # swapped order; one new, one gone
+    matches = match_nodules(prior, current, gate_mm=5.0)
+    assert [(m.prior, m.current) for m in matches] == [(1, 0), (0, 1), (None, 2), (2, None)]
+    assert matches[0].distance_mm == pytest.approx(math.hypot(1.0, 0.5)) and matches[0].displacement_mm == (-1.0, 0.5, 0.0)
+    # the nearest for each alone would take prior 0 twice over; the assignment does not
+    crowded = match_nodules(np.array([[0.0, 0, 0], [3.0, 0, 0]]), np.array([[1.0, 0, 0], [1.5, 0, 0]]), gate_mm=5.0)
+    assert sorted((m.prior, m.current) for m in crowded) == [(0, 0), (1, 1)]
+    assert match_nodules(np.zeros((0, 3)), np.zeros((0, 3))) == []
+
+
+def test_volume_doubling_time_and_its_interval():
+    assert volume_doubling_time(100.0, 200.0, 120) == pytest.approx(120.0)
+    assert volume_doubling_time(200.0, 100.0, 90) == pytest.approx(-90.0) and volume_doubling_time(5.0, 5.0, 30) == math.inf
+    low, high = vdt_interval(100.0, 400.0, 200, log_sd=0.1)
+    assert low < 100.0 < high < math.inf
+    assert vdt_interval(100.0, 105.0, 200, log_sd=0.1)[1] == math.inf  # within the measurement's error: maybe no growth
+    with pytest.raises(ValueError, match="positive"):
+        volume_doubling_time(0.0, 10.0, 30)
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (("solid", 5.0, 5.0, None), "3"),  # new 4-<6
+        (("solid", 3.5, 3.5, None), "2"),  # new <4
+        (("solid", 9.0, 9.0, None), "4B"),  # new >=8
+        (("solid", 7.5, 7.5, 5.5), "4A"),  # growing <8
+        (("solid", 10.0, 10.0, 8.2), "4B"),  # growing >=8
+        (("solid", 7.0, 7.0, 6.5), "2"),  # a 3 that stayed
+        (("solid", 9.0, 9.0, 8.5), "3"),  # a 4A that stayed
+        (("solid", 8.4, 8.4, 7.6), "4A"),  # not growth, but it reached a higher size category
+        (("solid", 16.0, 16.0, 16.2), "4B"),
+        (("solid", None, None, 6.0), None),  # gone
+        (("part-solid", 5.0, 2.0, None), "3"),  # new, total <6
+        (("part-solid", 9.0, 3.0, None), "4A"),  # new, solid component <4
+        (("part-solid", 12.0, 6.0, 11.0, 3.0, "part-solid"), "4B"),  # solid component growing, >=4
+        (("ground-glass", 32.0, 0.0, None), "3"),
+        (("ground-glass", 32.0, 0.0, 31.0, 0.0, "ground-glass"), "2"),
+    ],
+)
+def test_lung_rads_with_the_prior(args, expected):
+    assert lung_rads_with_prior(*args) == expected
+
+
+def test_status_by_the_change_in_mean_diameter():
+    assert [status(None, 5.0), status(5.0, None), status(5.0, 6.6), status(5.0, 6.4), status(6.6, 5.0)] == ["new", "resolved", "growing", "stable", "shrinking"]
