@@ -45,7 +45,7 @@ from nodule_bundle.core.errors import NoduleBundleError, find_user_error
 def _synth(args: argparse.Namespace) -> None:
     from nodule_bundle.data.phantom import PhantomConfig
     from nodule_bundle.data.real_geometry import RealGeometryConfig, write_real_geometry_dataset
-    from nodule_bundle.data.synth import write_phantom_dataset
+    from nodule_bundle.data.synth import write_followup_dataset, write_phantom_dataset
 
     formats = args.formats.split(",")
     if args.geometry == "lidc":
@@ -55,6 +55,10 @@ def _synth(args: argparse.Namespace) -> None:
         return
     cfg = PhantomConfig(fov_mm=tuple(args.fov_mm or PhantomConfig.fov_mm), nodules_per_scan=(args.min_nodules, args.max_nodules))
     scans = 10 if args.scans is None else args.scans
+    if args.timepoints > 1:
+        path = write_followup_dataset(args.out, scans, args.timepoints, args.seed, formats, cfg, args.workers, args.negatives_per_scan)
+        print(f"wrote {scans} phantom patients, {args.timepoints} scans each (followups.csv); datalist: {path}")
+        return
     path = write_phantom_dataset(args.out, scans, args.seed, formats, cfg, args.workers, args.negatives_per_scan)
     print(f"wrote {scans} phantom scans; datalist: {path}")
 
@@ -75,6 +79,25 @@ def _classify(args: argparse.Namespace) -> None:
     names = ("report.json", "report.csv", "report.html", "nodules.png", "nodule_labels.nii.gz", SEG_NAME, SR_NAME)
     written = [Path(args.out) / name for name in names]
     print(f"report: {', '.join(str(p) for p in written if p.exists())}")
+
+
+def _followup(args: argparse.Namespace) -> None:
+    from nodule_bundle.apps.workflow import run_bundle, run_inference
+    from nodule_bundle.followup.report import format_followup_table
+
+    reports = {}
+    for name, image, nodules, report in (("prior", args.prior, args.prior_nodules, args.prior_report), ("current", args.current, args.current_nodules, None)):
+        if report is None:
+            run_inference(args.bundle_root, args.model, quiet=not args.verbose, image=image, nodules=nodules, output_dir=str(args.out / name))
+            report = args.out / name / "report.json"
+        reports[name] = str(report)
+    run_bundle(["followup"], args.bundle_root, prior_image=args.prior, current_image=args.current, prior_report=reports["prior"],
+               current_report=reports["current"], output_dir=str(args.out), prior_date=args.prior_date, current_date=args.current_date)  # fmt: skip
+    result = json.loads((args.out / "followup.json").read_text())
+    print(f"prior {result['prior']['study_date'] or '?'} -> current {result['current']['study_date'] or '?'}"
+          f" ({result['interval_days'] if result['interval_days'] is not None else '?'} days); lungs overlap {result['registration']['lung_dice']:.2f} after registration")  # fmt: skip
+    print(format_followup_table(result["nodules"]))
+    print(f"follow-up: {', '.join(str(args.out / n) for n in ('followup.json', 'followup.csv', 'followup.png'))}")
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -209,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-nodules", type=int, default=5, help="phantom only")
     p.add_argument("--max-nodules", type=int, default=20, help="phantom only")
     p.add_argument("--min-readers", type=positive_int, default=3, help="lidc only: readers who outlined a nodule")
+    p.add_argument("--timepoints", type=positive_int, default=1,
+                   help="phantom only: scans per patient (2 or more: follow-ups, --scans patients; each nodule grown by a known VDT)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
     p.add_argument("--negatives-per-scan", type=int, default=20, help="detector false candidates kept as non-nodule items")
     p.set_defaults(func=_synth)
@@ -225,6 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-phi", action="store_true", help="put the patient's name, id and birth date in the report")
     p.add_argument("--bundle-root", default=None)
     p.set_defaults(func=_classify)
+
+    p = sub.add_parser("followup", help="a prior and a current scan of one patient: nodules matched, growth, VDT, Lung-RADS with the prior")
+    p.add_argument("--prior", required=True, help="the earlier scan: NIfTI file, MHD file or DICOM series directory")
+    p.add_argument("--current", required=True, help="the later scan")
+    p.add_argument("--prior-report", type=Path, default=None, help="the prior's report.json from an earlier run (else the prior is classified too)")
+    p.add_argument("--prior-nodules", default=None, help="CSV of the prior's nodules, as classify --nodules (default: the scan is searched)")
+    p.add_argument("--current-nodules", default=None, help="CSV of the current scan's nodules (default: the scan is searched)")
+    p.add_argument("--prior-date", default=None, help="YYYYMMDD (default: the DICOM StudyDate)")
+    p.add_argument("--current-date", default=None, help="YYYYMMDD (default: the DICOM StudyDate)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--model", default=None, help="weights (default: <bundle root>/models/model.pt)")
+    p.add_argument("--bundle-root", default=None)
+    p.set_defaults(func=_followup)
 
     p = sub.add_parser("pacs", help="a study from a PACS (DICOMweb or DIMSE) through the bundle; its DICOM SEG and SR stored back")
     where = p.add_mutually_exclusive_group(required=True)

@@ -42,6 +42,7 @@ from nodule_bundle.data.phantom import (
     PhantomScan,
     draw_patient,
     nodule_reach,
+    phantom_series_uid,
     place_nodules,
     render_nodule,
     scanner,
@@ -88,18 +89,29 @@ class Course:
 @dataclass(frozen=True)
 class FollowupNodule(PhantomNodule):
     """A phantom nodule at one time point of a series: which nodule it is across time (``track_id``),
-    its reference volume (mm3, of the drawn body) and its true VDT (days)."""
+    its reference volume (mm3, of the drawn body) and solid component's diameter (mm: the mean
+    diameter of a solid nodule, the dense core's of a part-solid one, 0 for ground glass), and its true
+    VDT (days)."""
 
     track_id: str = ""
     volume_mm3: float = math.nan
+    solid_mm: float = math.nan
     vdt_days: float = math.inf
 
     def csv_columns(self) -> dict:
-        return {**super().csv_columns(), "track_id": self.track_id, "reference_volume_mm3": round(self.volume_mm3, 1), "vdt_days": round(self.vdt_days, 1)}
+        return {**super().csv_columns(), "track_id": self.track_id, "reference_volume_mm3": round(self.volume_mm3, 1),
+                "reference_solid_mm": round(self.solid_mm, 2), "vdt_days": round(self.vdt_days, 1)}  # fmt: skip
 
 
 def patient_id(seed: int, index: int) -> str:
     return f"phantom-{seed}-{index:04d}"
+
+
+def followup_series_uid(seed: int, index: int, timepoint: int) -> str:
+    """The series UID of a time point (the baseline's is the phantom scan's own)."""
+    if timepoint == 0:
+        return phantom_series_uid(seed, index)
+    return generate_uid(entropy_srcs=["nodule-bundle-phantom-followup", str(seed), str(index), str(timepoint)])
 
 
 def schedule(seed: int, index: int, cfg: FollowupConfig = FollowupConfig()) -> list[tuple[str, int]]:
@@ -177,8 +189,8 @@ def make_followup_scan(seed: int, index: int, timepoint: int, cfg: PhantomConfig
     date, days = dates[timepoint]
     pid = patient_id(seed, index)
     if timepoint == 0:
-        nodules = [FollowupNodule(pn.nodule, pn.margin, pn.calcified, c.track_id, v, c.vdt_days)
-                   for c, pn, v in zip(found, baseline.nodules, patient.volumes_mm3)]  # fmt: skip
+        nodules = [FollowupNodule(pn.nodule, pn.margin, pn.calcified, c.track_id, volume, solid, c.vdt_days)
+                   for c, pn, (_, volume, solid) in zip(found, baseline.nodules, patient.sizes)]  # fmt: skip
         return replace(baseline, nodules=tuple(nodules), patient_id=pid, study_date=date)
     rng = np.random.default_rng([seed, index, timepoint])
     inplane = rng.uniform(*cfg.inplane_spacing_mm)
@@ -196,7 +208,7 @@ def make_followup_scan(seed: int, index: int, timepoint: int, cfg: PhantomConfig
         np.diag(1 / patient.spacing_mm) @ (inverse @ (origin - centre - shift) + centre - patient.origin_mm),
         output_shape=shape, order=1, mode="nearest",
     ).astype(np.float32)  # fmt: skip
-    seriesuid = generate_uid(entropy_srcs=["nodule-bundle-phantom-followup", str(seed), str(index), str(timepoint)])
+    seriesuid = followup_series_uid(seed, index, timepoint)
     nodules, label_map = [], np.zeros(shape, np.uint8)
     for course in (c for c in found if c.appears <= timepoint):
         size = course.drawn_size_at(days - dates[course.appears][1])
@@ -207,9 +219,9 @@ def make_followup_scan(seed: int, index: int, timepoint: int, cfg: PhantomConfig
                          center_world_mm=tuple(round(float(v), 3) for v in center), diameter_mm=size)  # fmt: skip
         generator = np.random.Generator(np.random.PCG64())
         generator.bit_generator.state = course.state
-        (reference, volume), box, mask = render_nodule(canvas, generator, center, replace(course.nodule, nodule=record))
+        (reference, volume, solid), box, mask = render_nodule(canvas, generator, center, replace(course.nodule, nodule=record))
         label_map[box][mask] = len(nodules) + 1
         record = replace(record, diameter_mm=round(float(reference), 3))
-        nodules.append(FollowupNodule(record, course.nodule.margin, course.nodule.calcified, course.track_id, volume, course.vdt_days))
+        nodules.append(FollowupNodule(record, course.nodule.margin, course.nodule.calcified, course.track_id, volume, solid, course.vdt_days))
     volume_hu = scanner(canvas.hu, spacing, rng, float(rng.uniform(*cfg.noise_hu)))
     return PhantomScan(seriesuid, volume_hu, tuple(float(s) for s in spacing), tuple(float(o) for o in origin), tuple(nodules), pid, label_map, date)

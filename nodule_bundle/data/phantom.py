@@ -150,8 +150,8 @@ def render_nodule(canvas: Canvas, rng: np.random.Generator, center: np.ndarray, 
     shape is drawn from ``rng`` and scales with ``pn.nodule.diameter_mm``, the size drawn for it.
 
     Occupancy is averaged over three sub-positions per slice (slice-thickness partial volume).
-    Returns the body's reference size (:func:`_reference_size`: mean diameter, volume) and its reference
-    mask: the canvas box it was drawn in and, on it, the voxels the body (spicules excluded) fills at least half.
+    Returns the body's reference size (:func:`_reference_size`: mean diameter, volume; and the solid
+    component's diameter: the dense core's of a part-solid nodule) and its reference mask: the canvas box it was drawn in and, on it, the voxels the body (spicules excluded) fills at least half.
     """
     radius = pn.nodule.diameter_mm / 2.0
     spikes = _random_unit(rng, int(rng.integers(14, 24))) if pn.margin == "spiculated" else np.zeros((0, 3))
@@ -195,7 +195,9 @@ def render_nodule(canvas: Canvas, rng: np.random.Generator, center: np.ndarray, 
     if pn.calcified:
         canvas.blend(sl, core * occ, rng.uniform(350, 900))
     lobes = [(offset * w, r_lobe) for w, r_lobe, offset in zip(lobe_dirs, lobe_r, lobe_offset)]
-    return _reference_size(core_r, lobes, stretch), sl, occ >= 0.5
+    mean_mm, volume_mm3 = _reference_size(core_r, lobes, stretch)
+    solid_mm = {"solid": mean_mm, "part-solid": 2.0 * radius * core_frac, "ground-glass": 0.0}[texture]
+    return (mean_mm, volume_mm3, solid_mm), sl, occ >= 0.5
 
 
 def _reference_size(core_r: float, lobes: list[tuple[np.ndarray, float]], stretch: np.ndarray) -> tuple[float, float]:
@@ -338,7 +340,11 @@ class PhantomPatient:
     origin_mm: np.ndarray
     lungs: list
     drawn: list[tuple[np.ndarray, PhantomNodule, dict]]
-    volumes_mm3: list[float]  # each nodule's reference volume (:func:`_reference_size`), in ``drawn``'s order
+    sizes: list[tuple[float, float, float]]  # each nodule's reference size (:func:`render_nodule`), in ``drawn``'s order
+
+
+def phantom_series_uid(seed: int, index: int) -> str:
+    return generate_uid(entropy_srcs=["nodule-bundle-phantom", str(seed), str(index)])
 
 
 def make_scan(seed: int, index: int, cfg: PhantomConfig = PhantomConfig()) -> PhantomScan:
@@ -355,18 +361,18 @@ def draw_patient(seed: int, index: int, cfg: PhantomConfig = PhantomConfig()) ->
     shape = tuple(int(v) for v in np.round(fov / spacing))
     origin = np.array([-fov[0] / 2, -fov[1] / 2, -fov[2] - 100.0]) + rng.uniform(-15, 15, 3)
     centre = origin + spacing * (np.array(shape) - 1) / 2
-    seriesuid = generate_uid(entropy_srcs=["nodule-bundle-phantom", str(seed), str(index)])
+    seriesuid = phantom_series_uid(seed, index)
     canvas = Canvas(shape, spacing, origin)
     lungs, _ = draw_chest(canvas, rng, fov, centre)
     anatomy = canvas.hu.copy()
     placed = place_nodules(rng, cfg, lungs, seriesuid)
-    nodules, label_map, drawn, volumes = [], np.zeros(shape, np.uint8), [], []
+    nodules, label_map, drawn, sizes = [], np.zeros(shape, np.uint8), [], []
     for value, (center, pn) in enumerate(placed, start=1):
         drawn.append((center, pn, rng.bit_generator.state))
-        (reference, reference_volume), box, mask = render_nodule(canvas, rng, center, pn)
+        size, box, mask = render_nodule(canvas, rng, center, pn)
         label_map[box][mask] = value
-        nodules.append(replace(pn, nodule=replace(pn.nodule, diameter_mm=round(float(reference), 3))))
-        volumes.append(reference_volume)
+        nodules.append(replace(pn, nodule=replace(pn.nodule, diameter_mm=round(float(size[0]), 3))))
+        sizes.append(size)
     volume = scanner(canvas.hu, spacing, rng, float(rng.uniform(*cfg.noise_hu)))
     scan = PhantomScan(
         seriesuid=seriesuid,
@@ -376,4 +382,4 @@ def draw_patient(seed: int, index: int, cfg: PhantomConfig = PhantomConfig()) ->
         nodules=tuple(nodules),
         label_map=label_map,
     )
-    return scan, PhantomPatient(anatomy, spacing, origin, lungs, drawn, volumes)
+    return scan, PhantomPatient(anatomy, spacing, origin, lungs, drawn, sizes)

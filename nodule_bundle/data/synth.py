@@ -11,6 +11,8 @@ Layout of ``out``::
     labels/<seriesuid>.nii.gz      the nodules' reference masks (nodule i labelled i + 1)
     candidates.csv                 LUNA16 candidates_V2 columns (class 1 nodules, class 0 the detector's
                                    strongest false candidates: vessels, airway walls, pleura) + score
+    followups.csv                  follow-ups only: each patient's scans in time (patient_id, timepoint,
+                                   seriesuid, study_date, days since the first)
     datalist.json                  MONAI datalist (training / validation / test, split by scan); the
                                    false candidates are items with ``is_nodule: 0`` and no size or label;
                                    every item names its scan's label map (``mask``) and its value
@@ -47,6 +49,7 @@ from nodule_bundle.core.io_utils import atomic_path, write_json_atomic, write_te
 from nodule_bundle.core.nodule import Nodule
 from nodule_bundle.data.datalist import build_datalist, nodule_item
 from nodule_bundle.data.nodule_csv import write_nodule_csv
+from nodule_bundle.data.followup_phantom import followup_series_uid
 from nodule_bundle.data.phantom import PhantomConfig, PhantomScan, make_scan
 from nodule_bundle.data.writers import write_dicom_series, write_itk_image, write_nifti
 from nodule_bundle.detection.candidates import Candidate, detect_candidates
@@ -99,7 +102,7 @@ def _write_scan(task: tuple[Path, int, Callable[..., PhantomScan], tuple, tuple[
         "nifti": lambda p: write_nifti(p, scan.volume_hu, scan.affine_lps),
         "mhd": lambda p: write_itk_image(p, scan.volume_hu, scan.affine_lps),
         "nrrd": lambda p: write_itk_image(p, scan.volume_hu, scan.affine_lps),
-        "dicom": lambda p: write_dicom_series(p, scan.volume_hu, scan.affine_lps, scan.seriesuid),
+        "dicom": lambda p: write_dicom_series(p, scan.volume_hu, scan.affine_lps, scan.seriesuid, scan.patient_id or "PHANTOM", scan.study_date or "20260101"),
     }
     for fmt in formats:
         writers[fmt](out / _image_path(fmt, scan.seriesuid))
@@ -151,6 +154,32 @@ def write_phantom_dataset(
         description="nodule-bundle synthetic chest-CT phantom",
         phantom={"seed": seed, "scans": scans, "formats": list(formats), "negatives_per_scan": negatives_per_scan, **asdict(cfg)},
     )  # fmt: skip
+
+
+def write_followup_dataset(
+    out: str | Path, patients: int, timepoints: int, seed: int = 0, formats: Sequence[str] = ("nifti",), cfg: PhantomConfig = PhantomConfig(),
+    workers: int | None = None, negatives_per_scan: int = 20,
+) -> Path:  # fmt: skip
+    """``patients`` phantom patients scanned ``timepoints`` times each (:mod:`~nodule_bundle.data.followup_phantom`)
+    into ``out``, split by patient, with ``followups.csv``; returns the path of ``datalist.json``."""
+    from nodule_bundle.data.followup_phantom import FollowupConfig, make_followup_scan, patient_id, schedule
+
+    if patients < 1 or timepoints < 2:
+        raise ValueError(f"a follow-up dataset needs patients >= 1 and timepoints >= 2, got {patients} and {timepoints}")
+    fcfg = FollowupConfig(timepoints=timepoints)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["patient_id", "timepoint", "seriesuid", "study_date", "days"])
+    for index in range(patients):
+        for t, (date, days) in enumerate(schedule(seed, index, fcfg)):
+            writer.writerow([patient_id(seed, index), t, followup_series_uid(seed, index, t), date, days])
+    path = write_synthetic_dataset(
+        out, make_followup_scan, [(seed, i, t, cfg, fcfg) for i in range(patients) for t in range(timepoints)], seed, formats, workers,
+        negatives_per_scan, description="nodule-bundle synthetic chest-CT phantom follow-ups",
+        phantom={"seed": seed, "patients": patients, "timepoints": timepoints, "formats": list(formats), **asdict(cfg), **asdict(fcfg)},
+    )  # fmt: skip
+    write_text_atomic(Path(out) / "followups.csv", buf.getvalue())
+    return path
 
 
 def write_synthetic_dataset(

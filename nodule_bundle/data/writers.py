@@ -52,8 +52,10 @@ def write_dicom_series(
     affine_lps: np.ndarray,
     series_uid: str,
     patient_id: str = "PHANTOM",
+    study_date: str = "20260101",
 ) -> None:
-    """One file per slice along the affine's third axis, ``directory/IM00001.dcm`` ...
+    """One file per slice along the affine's third axis, ``directory/IM00001.dcm`` ..., of
+    ``patient_id``'s study on ``study_date`` (YYYYMMDD).
 
     Any direction cosines work (oblique, flipped); the third axis must be the slice normal up to sign.
     """
@@ -76,7 +78,7 @@ def write_dicom_series(
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
         ds.Modality, ds.PatientID, ds.PatientName = "CT", patient_id, patient_id
         ds.PatientBirthDate, ds.PatientSex, ds.ReferringPhysicianName, ds.AccessionNumber = "", "O", "", ""
-        ds.StudyDate = ds.SeriesDate = "20260101"  # the CT image IOD's type 2 attributes, as a scanner writes them
+        ds.StudyDate = ds.SeriesDate = study_date  # the CT image IOD's type 2 attributes, as a scanner writes them
         ds.StudyTime = ds.SeriesTime = "120000"
         ds.StudyID, ds.AcquisitionNumber, ds.PatientPosition, ds.BodyPartExamined = "1", 1, "HFS", "CHEST"
         ds.PositionReferenceIndicator, ds.Manufacturer, ds.KVP = "", "nodule_bundle phantom", "120"

@@ -67,7 +67,8 @@ def lung_rads_with_prior(texture: str, mean_mm: float | None, solid_mm: float | 
 
     Solid: new <4 mm 2, 4-<6 3, 6-<8 4A, >=8 4B; growing <8 mm 4A, >=8 4B; otherwise the prior's
     category stepped down (3 -> 2, 4A -> 3, 4B stays), unless its size now reaches a higher category.
-    Part-solid: new with a total <6 mm 3; new or growing solid component <4 mm 4A, >=4 mm 4B.
+    Part-solid: new with a total <6 mm 3; at 6 mm and more, a new or growing solid component <4 mm
+    4A, >=4 mm 4B.
     Ground glass: 2, or 3 when new at >= 30 mm; >= 30 mm and stable 2."""
     if mean_mm is None:
         return None
@@ -78,11 +79,11 @@ def lung_rads_with_prior(texture: str, mean_mm: float | None, solid_mm: float | 
     if texture == "ground-glass":
         return "3" if prior_mean_mm is None and mean_mm >= 30.0 else "2"
     if texture == "part-solid":
+        if prior_mean_mm is None and mean_mm < 6.0:
+            return "3"
         solid_new = prior_mean_mm is None or prior_texture == "ground-glass"
         solid_growing = not solid_new and solid - (prior_solid_mm or 0.0) > GROWTH_MM
-        if solid_new or solid_growing:
-            if prior_mean_mm is None and mean_mm < 6.0:
-                return "3"
+        if mean_mm >= 6.0 and (solid_new or solid_growing):
             return "4A" if solid < 4.0 else "4B"
     elif prior_mean_mm is None:
         return "2" if mean_mm < 4.0 else "3" if mean_mm < 6.0 else "4A" if mean_mm < 8.0 else "4B"

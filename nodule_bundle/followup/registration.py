@@ -4,12 +4,13 @@ affine, the metric taken on the current scan's lungs.
 Both scans go to an isotropic grid (``spacing_mm``, trilinear) in RAS order with their lung masks
 (:func:`~nodule_bundle.detection.candidates.lung_mask`). The rigid stage starts from the lungs'
 centres of mass (the patient moved on the table) and the affine stage takes it on (breathing scales
-the chest); both use Mattes mutual information on the current lungs grown by ``margin_mm`` (their
+the chest; where that stage lowers the lungs' overlap or scales by more than a breath can, the rigid
+result stands); both use Mattes mutual information on the current lungs grown by ``margin_mm`` (their
 border with the chest wall and diaphragm is what holds the registration), three resolutions, ITK's
 regular-step gradient descent. The result maps points both ways and says how well the lungs
 overlap afterwards and how well their vessels line up; a pair that cannot be one patient's (no
-lungs, lungs that do not overlap, a chest that would have to shrink or grow by more than a breath,
-vessels that do not line up) is refused with a :class:`FollowupError` naming both scans.
+lungs, lungs that do not overlap, vessels that do not line up) is refused with a
+:class:`FollowupError` naming both scans.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from nodule_bundle.core.errors import NoduleBundleError
 from nodule_bundle.core.geometry import LPS_TO_RAS
 from nodule_bundle.detection.candidates import isotropic, lung_mask_array
 
-MIN_LUNG_ML = 200.0  # less aerated lung than this is not a chest CT (or not one the lungs can be registered on)
+MIN_LUNG_ML = 100.0  # less aerated lung than this (a chest holds 4-6 litres) is not a chest CT the lungs can be registered on
 MIN_LUNG_DICE = 0.75  # the registered lungs overlap at least this much, or the pair is not one patient's
-MAX_SCALE_CHANGE = 0.2  # a breath changes the chest's volume by less than this (each axis' scale within 1 +- this)
+MAX_SCALE_CHANGE = 0.2  # a breath scales the chest by less than this along any axis: an affine stage beyond it went astray
 #: the registered scans' HU inside both lungs correlate at least this much: one patient's vessels line up
 #: (phantom pairs: 0.72-0.98 for the same patient, 0.08-0.23 for two patients, whose lungs overlap as well)
 MIN_VESSEL_CORRELATION = 0.4
@@ -78,20 +79,20 @@ def _lungs(image: MetaTensor, spacing_mm: float, name: str) -> tuple[sitk.Image,
     return as_sitk(np.clip(hu, -1000.0, 400.0), affine), as_sitk(mask.astype(np.uint8), affine), mask
 
 
-def _registered(fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image, initial: sitk.Transform, seed: int) -> sitk.Transform:
+def _registered(fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image, initial: sitk.Transform, seed: int, learning_rate: float) -> sitk.Transform:
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricSamplingStrategy(method.RANDOM)
     method.SetMetricSamplingPercentage(0.3, seed)
     method.SetMetricFixedMask(fixed_mask)
     method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=200, relaxationFactor=0.5)
+    method.SetOptimizerAsRegularStepGradientDescent(learningRate=learning_rate, minStep=1e-3, numberOfIterations=200, relaxationFactor=0.5)
     method.SetOptimizerScalesFromPhysicalShift()
     method.SetShrinkFactorsPerLevel([4, 2, 1])
     method.SetSmoothingSigmasPerLevel([4.0, 2.0, 0.0])
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     method.SetInitialTransform(initial, inPlace=False)
-    return method.Execute(fixed, moving)
+    return method.Execute(fixed, moving).GetNthTransform(0)
 
 
 def register(prior: MetaTensor, current: MetaTensor, prior_name: str = "prior", current_name: str = "current",
@@ -105,23 +106,30 @@ def register(prior: MetaTensor, current: MetaTensor, prior_name: str = "prior", 
     metric_mask = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(grown, (2, 1, 0))).astype(np.uint8))
     metric_mask.CopyInformation(fixed_mask)
     start = sitk.CenteredTransformInitializer(fixed_mask, moving_mask, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS)
-    rigid = sitk.Euler3DTransform(_registered(fixed, moving, metric_mask, start, seed).GetNthTransform(0))
+    rigid = sitk.Euler3DTransform(_registered(fixed, moving, metric_mask, start, seed, learning_rate=2.0))
     affine = sitk.AffineTransform(3)
     affine.SetCenter(rigid.GetCenter())
     affine.SetMatrix(rigid.GetMatrix())
     affine.SetTranslation(rigid.GetTranslation())
-    transform = sitk.AffineTransform(_registered(fixed, moving, metric_mask, affine, seed).GetNthTransform(0))
-    scale = tuple(float(s) for s in np.linalg.svd(np.asarray(transform.GetMatrix()).reshape(3, 3), compute_uv=False))
-    carried = sitk.GetArrayFromImage(sitk.Resample(moving_mask, fixed_mask, transform, sitk.sitkNearestNeighbor, 0)).transpose(2, 1, 0) > 0
-    dice = float(2 * (carried & current_lungs).sum() / max(carried.sum() + current_lungs.sum(), 1))
+    affine = sitk.AffineTransform(_registered(fixed, moving, metric_mask, affine, seed, learning_rate=0.5))
+
+    def overlap(transform: sitk.Transform) -> tuple[float, np.ndarray]:
+        carried = sitk.GetArrayFromImage(sitk.Resample(moving_mask, fixed_mask, transform, sitk.sitkNearestNeighbor, 0)).transpose(2, 1, 0) > 0
+        return float(2 * (carried & current_lungs).sum() / max(carried.sum() + current_lungs.sum(), 1)), carried
+
+    def scales(transform: sitk.Transform) -> tuple[float, ...]:
+        return tuple(float(s) for s in np.linalg.svd(np.asarray(transform.GetMatrix()).reshape(3, 3), compute_uv=False))
+
+    (dice, carried), (rigid_dice, rigid_carried) = overlap(affine), overlap(rigid)
+    transform, scale = affine, scales(affine)
+    if dice < rigid_dice or any(abs(s - 1.0) > MAX_SCALE_CHANGE for s in scale):  # the affine stage went astray: the rigid result stands
+        transform, scale, dice, carried = rigid, scales(rigid), rigid_dice, rigid_carried
+    pair = f"{prior_name} -> {current_name}"
+    if dice < MIN_LUNG_DICE:
+        raise FollowupError(f"{pair}: the registered lungs overlap by {dice:.2f} (Dice, at least {MIN_LUNG_DICE} expected): not one patient's scans, or the scans do not cover the same lungs")
     inside = ndi.distance_transform_edt(current_lungs & carried) > margin_mm / spacing_mm
     warped = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, transform, sitk.sitkLinear, -1000.0)).transpose(2, 1, 0)
     correlation = float(np.corrcoef(warped[inside], sitk.GetArrayFromImage(fixed).transpose(2, 1, 0)[inside])[0, 1])
-    pair = f"{prior_name} -> {current_name}"
-    if any(abs(s - 1.0) > MAX_SCALE_CHANGE for s in scale):
-        raise FollowupError(f"{pair}: the registration scales the chest by {', '.join(f'{s:.2f}' for s in scale)}, more than a breath can: not one patient's scans, or not the same part of the body")
-    if dice < MIN_LUNG_DICE:
-        raise FollowupError(f"{pair}: the registered lungs overlap by {dice:.2f} (Dice, at least {MIN_LUNG_DICE} expected): not one patient's scans, or the scans do not cover the same lungs")
     if correlation < MIN_VESSEL_CORRELATION:
         raise FollowupError(f"{pair}: the registered lungs' vessels do not line up (correlation {correlation:.2f}, at least {MIN_VESSEL_CORRELATION} expected): not one patient's scans")
     return Registration(transform, dice, scale, correlation)  # type: ignore[arg-type]

@@ -161,3 +161,14 @@ def test_label_load_latency_of_one_answer_is_that_answer():
     assert _latency([1.5]) == {"p50_s": 1.5, "p95_s": 1.5, "runs": 1}
     many = _latency([float(k) for k in range(1, 101)])
     assert many["p50_s"] == 50.5 and 95.0 <= many["p95_s"] <= 96.0
+
+
+@pytest.mark.slow
+def test_followup_benchmark_scores_matching_growth_and_categories_against_the_truth(tmp_path, capsys):
+    out = tmp_path / "followup.json"
+    assert main(["bench", "followup", "--patients", "1", "--timepoints", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["pairs_of_scans"] == 1 and result["nodule_pairs"] >= 5
+    assert result["matched_right"] >= 0.9 > result["matched_right_without_registration"]  # the patient moved: registration is what matches them
+    assert 0.5 < result["status_agreement"] <= 1.0 and 0.5 < result["lung_rads_agreement"] <= 1.0
+    assert "matched right" in capsys.readouterr().out

@@ -117,6 +117,7 @@ def test_volume_doubling_time_and_its_interval():
         (("part-solid", 5.0, 2.0, None), "3"),  # new, total <6
         (("part-solid", 9.0, 3.0, None), "4A"),  # new, solid component <4
         (("part-solid", 12.0, 6.0, 11.0, 3.0, "part-solid"), "4B"),  # solid component growing, >=4
+        (("part-solid", 4.5, 2.0, 4.0, 0.0, "ground-glass"), "2"),  # a solid component appeared, but the nodule is under 6 mm
         (("ground-glass", 32.0, 0.0, None), "3"),
         (("ground-glass", 32.0, 0.0, 31.0, 0.0, "ground-glass"), "2"),
     ],

@@ -40,6 +40,11 @@ def run_benchmark(args: argparse.Namespace) -> None:
         result = bench_realism(args.data, args.work, args.epochs, args.split, args.seed, configs=tuple(args.configs), phantom=args.phantom,
                                overrides=dict(args.set))  # fmt: skip
         print(format_realism_result(result))
+    elif args.benchmark == "followup":
+        from nodule_bundle.apps.bench.followup import bench_followup, format_followup_result
+
+        result = bench_followup(args.patients, args.seed, args.timepoints)
+        print(format_followup_result(result))
     elif args.benchmark == "label":
         result = label.bench_label(args.label_venv, tuple(args.shape), args.repeats, load=tuple(args.load) if args.load else None)
         print(label.format_label_result(result))
@@ -100,6 +105,12 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                          help="a config override, e.g. loss#rating_weight=1.0 (repeatable)")
     realism.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
     realism.set_defaults(func=run_benchmark)
+    followup = kinds.add_parser("followup", help="phantom follow-ups: registration, matching, growth, VDT and Lung-RADS with the prior against the truth")
+    followup.add_argument("--patients", type=positive_int, default=8)
+    followup.add_argument("--timepoints", type=positive_int, default=3, help="scans per patient (2 or more)")
+    followup.add_argument("--seed", type=int, default=0)
+    followup.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
+    followup.set_defaults(func=run_benchmark)
     kinds.choices["label"].add_argument("--label-venv", type=Path, default=Path(".venv-label"), help="MONAI Label's environment (.ci/label-venv)")
     kinds.choices["label"].add_argument("--load", type=positive_int, nargs=2, metavar=("SEQUENTIAL", "CONCURRENT"), default=None,
                                         help="also a load: SEQUENTIAL clicks one after another, then CONCURRENT at once (p50, p95, errors)")

@@ -1,0 +1,143 @@
+"""``bench followup``: phantom follow-ups through registration, matching and change, against the truth
+each series was drawn with."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+
+from nodule_bundle.apps.bench.timing import summary
+
+
+def _image(scan) -> MetaTensor:
+    from nodule_bundle.core.geometry import LPS_TO_RAS
+
+    return MetaTensor(torch.from_numpy(scan.volume_hu[None].astype(np.float32)), affine=torch.as_tensor(LPS_TO_RAS @ scan.affine_lps))
+
+
+def _truth(prior, current) -> dict:
+    """The reference sizes of one nodule as :func:`~nodule_bundle.followup.compare.change_row` reads them."""
+    found = {}
+    for side, n in (("prior", prior), ("current", current)):
+        found[side] = None if n is None else {"mean_diameter_mm": n.nodule.diameter_mm, "volume_mm3": n.volume_mm3, "solid_mean_diameter_mm": n.solid_mm,
+                                              "texture": n.nodule.texture}  # fmt: skip
+    return found
+
+
+def bench_followup(patients: int = 8, seed: int = 0, timepoints: int = 3, first_index: int = 70, bundle_root: str | Path | None = None) -> dict:
+    """Phantom series (:mod:`nodule_bundle.data.followup_phantom`, ``patients`` patients of
+    ``timepoints`` scans, indices from ``first_index``: not the demo's) compared pair by pair (each
+    scan with the one before it, and the last with the first): every nodule of each scan given by its
+    centre, as a reader's list would give it, measured as inference.json measures (its
+    ``NoduleMeasured``), the prior registered to the current scan, the nodules matched and their change
+    computed. Against the truth: pairs matched right, wrong and missed (beside matching by the scanner's
+    coordinates alone, no registration, in the same run), the status (new, growing, stable, shrinking,
+    resolved) by Lung-RADS' growth rule, the VDT's error (median absolute log2 ratio, for nodules of
+    6 mm and more whose volume changed by 25 % or more), the Lung-RADS category with the prior and the
+    time per pair (registration, matching, change)."""
+    from nodule_bundle.apps.bench.realism import measurement_transforms
+    from nodule_bundle.core.nodule import texture_from_measurement
+    from nodule_bundle.data.followup_phantom import FollowupConfig, make_followup_scan, schedule
+    from nodule_bundle.followup.compare import change_row, compare_findings
+    from nodule_bundle.followup.matching import match_nodules
+    from nodule_bundle.followup.registration import register
+    from nodule_bundle.measuring.measure import MEASUREMENT_KEYS
+
+    series_cfg = FollowupConfig(timepoints=timepoints)
+    measure = measurement_transforms(bundle_root).transforms[-1]
+    counts = {"pairs": 0, "right": 0, "wrong": 0, "missed": 0, "right_unregistered": 0, "wrong_unregistered": 0}
+    statuses, categories, vdt_errors, seconds, moved = [], [], [], [], []
+    for index in range(first_index, first_index + patients):
+        scans = [make_followup_scan(seed, index, t, fcfg=series_cfg) for t in range(timepoints)]
+        days = [d for _, d in schedule(seed, index, series_cfg)]
+        images = [_image(s) for s in scans]
+        findings = []
+        for scan, image in zip(scans, images):
+            measured = measure({"image": image, "center_world_mm": [n.nodule.center_world_mm for n in scan.nodules]})
+            found = [{"nodule_id": n.track_id, "center_world_mm": list(n.nodule.center_world_mm), **{key: measured[key][k] for key in MEASUREMENT_KEYS}}
+                     for k, n in enumerate(scan.nodules)]  # fmt: skip
+            for f in found:
+                f.update({key: None for key in MEASUREMENT_KEYS if not math.isfinite(f[key])})
+                f["texture"] = texture_from_measurement(f["measured_mean_diameter_mm"], f["measured_solid_mean_diameter_mm"]) if f["measured_volume_mm3"] else None
+                f["diameter_mm"] = 0.1  # no network here to stand in where no mask could be grown: such a nodule counts as (almost) gone
+            findings.append(found)
+        pairs = [(t - 1, t) for t in range(1, timepoints)] + ([(0, timepoints - 1)] if timepoints > 2 else [])
+        for a, b in pairs:
+            start = time.perf_counter()
+            rows = compare_findings(register(images[a], images[b]), findings[a], findings[b], days[b] - days[a])
+            seconds.append(time.perf_counter() - start)
+            truth = {n.track_id: n for n in scans[b].nodules}
+            before = {n.track_id: n for n in scans[a].nodules}
+            both = set(truth) & set(before)
+            counts["pairs"] += len(both)
+            for row in rows:
+                if row["prior_nodule_id"] and row["current_nodule_id"]:
+                    counts["right" if row["prior_nodule_id"] == row["current_nodule_id"] else "wrong"] += 1
+                track = row["current_nodule_id"] or row["prior_nodule_id"]
+                reference = _truth(before.get(track), truth.get(track))
+                true_row = change_row(reference["prior"], reference["current"], days[b] - days[a])
+                statuses.append((row["status"], true_row["status"]))
+                if row["current_nodule_id"] is not None:
+                    categories.append((row["lung_rads_category"], true_row["lung_rads_category"]))
+                paired = row["prior_nodule_id"] == row["current_nodule_id"]
+                if paired and track in both and reference["current"]["mean_diameter_mm"] >= 6.0:
+                    ratio = reference["current"]["volume_mm3"] / reference["prior"]["volume_mm3"]
+                    if abs(ratio - 1.0) >= 0.25 and row.get("vdt_days") is not None:
+                        true_vdt = true_row["vdt_days"]
+                        vdt_errors.append(abs(math.log2(row["vdt_days"] / true_vdt)) if row["vdt_days"] * true_vdt > 0 else math.inf)
+            counts["missed"] += len(both) - sum(1 for r in rows if r["prior_nodule_id"] and r["prior_nodule_id"] == r["current_nodule_id"])
+            unregistered = match_nodules(np.array([f["center_world_mm"] for f in findings[a]]), np.array([f["center_world_mm"] for f in findings[b]]))
+            for m in unregistered:
+                if m.prior is not None and m.current is not None:
+                    right = findings[a][m.prior]["nodule_id"] == findings[b][m.current]["nodule_id"]
+                    counts["right_unregistered" if right else "wrong_unregistered"] += 1
+            common = sorted(both)
+            moved += list(np.linalg.norm(np.array([truth[t].nodule.center_world_mm for t in common]) - np.array([before[t].nodule.center_world_mm for t in common]), axis=1))
+    finite = [e for e in vdt_errors if math.isfinite(e)]
+    return {
+        "benchmark": "followup",
+        "patients": patients,
+        "timepoints": timepoints,
+        "pairs_of_scans": len(seconds),
+        "nodule_pairs": counts["pairs"],
+        "matched_right": counts["right"] / max(counts["pairs"], 1),
+        "matched_wrong": counts["wrong"],
+        "missed": counts["missed"],
+        "matched_right_without_registration": counts["right_unregistered"] / max(counts["pairs"], 1),
+        "matched_wrong_without_registration": counts["wrong_unregistered"],
+        "median_displacement_mm": float(statistics.median(moved)) if moved else math.nan,
+        "status_agreement": float(np.mean([m == t for m, t in statuses])) if statuses else math.nan,
+        "status_confusion": {f"{t} as {m}": sum(1 for x in statuses if x == (m, t)) for t, m in sorted({(t, m) for m, t in statuses}) if m != t},
+        "lung_rads_agreement": float(np.mean([m == t for m, t in categories])) if categories else math.nan,
+        "lung_rads_confusion": {f"{t} as {m}": sum(1 for x in categories if x == (m, t)) for t, m in sorted({(str(t), str(m)) for m, t in categories}) if m != t},
+        "vdt_nodules": len(vdt_errors),
+        "vdt_median_abs_log2_error": float(statistics.median(vdt_errors)) if vdt_errors else math.nan,
+        "vdt_wrong_sign": len(vdt_errors) - len(finite),
+        "seconds_per_pair": summary(seconds),
+    }
+
+
+def format_followup_result(result: dict) -> str:
+    r = result
+    lines = [
+        f"follow-ups: {r['patients']} phantom patients, {r['pairs_of_scans']} pairs of scans, {r['nodule_pairs']} nodules seen in both scans of a pair"
+        f" (moved {r['median_displacement_mm']:.1f} mm in the scanner's coordinates, median)",
+        f"  matched right        {r['matched_right']:.3f}  (wrong {r['matched_wrong']}, missed {r['missed']});"
+        f" without registration {r['matched_right_without_registration']:.3f} (wrong {r['matched_wrong_without_registration']})",
+        f"  status               {r['status_agreement']:.3f} agree with the truth (new, growing, stable, shrinking, resolved)",
+        f"  Lung-RADS with prior {r['lung_rads_agreement']:.3f} agree with the truth's category",
+        f"  VDT                  median |log2(measured / true)| {r['vdt_median_abs_log2_error']:.3f} over {r['vdt_nodules']} nodules >= 6 mm with a volume change >= 25 %"
+        f" ({r['vdt_wrong_sign']} with the wrong sign)",
+        f"  time per pair        {r['seconds_per_pair']['median_s']:.2f} s (registration, matching, change; median)",
+    ]
+    if r["status_confusion"]:
+        lines.append("  status errors: " + ", ".join(f"{k} {v}" for k, v in r["status_confusion"].items()))
+    if r["lung_rads_confusion"]:
+        lines.append("  category errors (truth as measured): " + ", ".join(f"{k} {v}" for k, v in r["lung_rads_confusion"].items()))
+    return "\n".join(lines)
