@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bundle_run import monai_bundle_run
 from conftest import SMALL
 from nodule_bundle.apps.cli import main
 from nodule_bundle.data.followup_phantom import FollowupConfig, schedule
@@ -56,6 +57,11 @@ def test_followup_pairs_each_nodule_with_itself_and_dates_the_change(series, tra
     assert {r["status"] for r in result["nodules"]} <= {"new", "growing", "stable", "shrinking", "resolved"}
     assert all(r["lung_rads_category"] for r in result["nodules"] if r["current"]) and (out / "followup.png").stat().st_size > 1000
     assert "Lung-RADS" in capsys.readouterr().out
+    # the same comparison as a bundle workflow, from the two reports, the way users run configs
+    run = monai_bundle_run(["followup"], prior_image=series / "dicom" / prior_uid, current_image=series / "dicom" / current_uid,
+                           prior_report=out / "prior" / "report.json", current_report=out / "current" / "report.json", output_dir=tmp_path / "again")  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads((tmp_path / "again" / "followup.json").read_text())["nodules"] == result["nodules"]
 
 
 def test_followup_refuses_two_patients_by_their_dicom_ids(series, trained, tmp_path, capsys):
