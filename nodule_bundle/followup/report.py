@@ -9,7 +9,10 @@
 
 ``followup.png`` shows each nodule's axial view on the prior scan beside the current one (the
 prior's cut where the registration carries the current centre, for a new nodule), captioned with
-both sizes, the status and the category.
+both sizes, the status and the category. For a DICOM current scan whose report has its masks, the
+current scan's ``nodule_labels.seg.dcm`` and ``nodule_labels.sr.dcm`` are written again beside them:
+each nodule seen before under the prior finding's tracking UID (a PACS and a viewer follow one
+finding across studies by it), with its change and volume doubling time.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import csv
 import datetime
 import io
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -31,6 +35,7 @@ from nodule_bundle.followup.compare import compare_findings
 from nodule_bundle.followup.matching import GATE_MM
 from nodule_bundle.followup.registration import FollowupError, register
 from nodule_bundle.preprocessing.transforms import NoduleCrop
+from nodule_bundle.reports.dicom import segment_tracking_uids, write_dicom_report
 from nodule_bundle.reports.pictures import nodule_views, write_montage
 
 CSV_COLUMNS = (
@@ -99,7 +104,23 @@ class FollowupComparison:
         write_json_atomic(out / "followup.json", result)
         write_text_atomic(out / "followup.csv", _csv(rows))
         self._pictures(out / "followup.png", images, rows, registration)
+        if os.path.isdir(current_image) and (Path(current_report).parent / "nodule_labels.nii.gz").is_file():
+            self._dicom(out, rows, (prior_report, prior_findings), (current_report, current_scan, current_findings), current_image)
         return result
+
+    @staticmethod
+    def _dicom(out: Path, rows: list[dict], prior: tuple, current: tuple, dicom_dir: str) -> None:
+        """The current scan's DICOM SEG and SR again, each nodule seen before under the prior finding's
+        tracking UID (from the prior's ``nodule_labels.seg.dcm``), with its change and VDT."""
+        (prior_report, prior_findings), (current_report, scan, findings) = prior, current
+        by_segment = segment_tracking_uids(Path(prior_report).parent)
+        prior_uids = {f["nodule_id"]: by_segment[f["label_value"]] for f in prior_findings if f.get("label_value") in by_segment}
+        change = {r["current_nodule_id"]: r for r in rows if r["current_nodule_id"] is not None}
+        nodules = [{**f, "followup_status": change[f["nodule_id"]]["status"], "vdt_days": change[f["nodule_id"]].get("vdt_days"),
+                    **({"tracking_uid": prior_uids[change[f["nodule_id"]]["prior_nodule_id"]]} if change[f["nodule_id"]]["prior_nodule_id"] in prior_uids else {})}
+                   for f in findings]  # fmt: skip
+        model = json.loads(Path(current_report).read_text())["model"]
+        write_dicom_report(Path(current_report).parent, {**scan, "nodules": nodules}, dicom_dir, scan["seriesuid"], model, out=out)
 
     def _pictures(self, path: Path, images: Mapping[str, MetaTensor], rows: list[dict], registration) -> None:
         """Each nodule's axial view on both scans, side by side (the other scan cut where the

@@ -6,7 +6,9 @@ measurement report (TID 1500) of their findings, both made with highdicom from t
 ``nodule_labels.sr.dcm``: per nodule a volumetric finding (pulmonary nodule, its tracking identifier and
 UID, the segment it refers to) with long axis, short axis, mean diameter, volume, solid component,
 texture, malignancy probability and Lung-RADS v2022 category, the bundle's name and version as the
-algorithm. The patient and study come from the source series, as a PACS needs them.
+algorithm. The patient and study come from the source series, as a PACS needs them. On a follow-up
+(:mod:`nodule_bundle.followup.report`) a nodule seen before keeps the prior finding's tracking UID, and
+its finding adds the change since the prior scan and the volume doubling time.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ LUNG_RADS = ("LUNGRADS", "Lung-RADS v2022 category")
 TEXTURE = ("TEXTURE", "Nodule texture")
 SOLID_COMPONENT = ("SOLIDDIAM", "Solid component mean diameter")
 NODULE_COUNT = ("NODULECOUNT", "Number of lung nodules found")
+FOLLOWUP_STATUS = ("FUSTATUS", "Change since the prior scan")  # new, growing, stable, shrinking (follow-ups)
+VOLUME_DOUBLING_TIME = ("VDT", "Volume doubling time")
 
 
 def _code(value: str, meaning: str) -> hd.sr.CodedConcept:
@@ -122,12 +126,13 @@ def nodule_measurement_report(
                 (codes.SCT.Diameter, "measured_mean_diameter_mm", mm), (codes.SCT.Volume, "measured_volume_mm3", mm3),
                 (_code(*SOLID_COMPONENT), "measured_solid_mean_diameter_mm", mm),
                 (codes.DCM.ProbabilityOfCancer, "malignancy_probability", codes.UCUM.NoUnits),
+                (_code(*VOLUME_DOUBLING_TIME), "vdt_days", hd.sr.CodedConcept("d", "UCUM", "day")),
             )
             if nodule.get(key) is not None
         ]  # fmt: skip
         evaluations = [
             hd.sr.QualitativeEvaluation(name=_code(*concept), value=_code(str(nodule[key]).upper(), str(nodule[key])))
-            for concept, key in ((LUNG_RADS, "lung_rads_category"), (TEXTURE, "texture"))
+            for concept, key in ((LUNG_RADS, "lung_rads_category"), (TEXTURE, "texture"), (FOLLOWUP_STATUS, "followup_status"))
             if nodule.get(key)
         ]  # fmt: skip
         groups.append(
@@ -175,11 +180,24 @@ def save_dataset(path: Path, dataset: pydicom.Dataset) -> Path:
     return path
 
 
-def write_dicom_report(folder: str | Path, scan: Mapping, dicom_dir: str | Path, series_uid: str | None, model: Mapping) -> list[Path]:
-    """``nodule_labels.seg.dcm`` (when a nodule has a mask) and ``nodule_labels.sr.dcm`` in ``folder``,
-    each atomically (:func:`scan_segmentation`, :func:`nodule_measurement_report`), for the source
-    series ``series_uid`` in ``dicom_dir``. ``model``: ``{"name", "version"}``."""
-    folder = Path(folder)
-    sources, seg = scan_segmentation(folder, scan, dicom_dir, series_uid, model)
+def write_dicom_report(folder: str | Path, scan: Mapping, dicom_dir: str | Path, series_uid: str | None, model: Mapping,
+                       out: str | Path | None = None) -> list[Path]:  # fmt: skip
+    """``nodule_labels.seg.dcm`` (when a nodule has a mask) and ``nodule_labels.sr.dcm`` in ``out``
+    (default ``folder``, which holds the scan's ``nodule_labels.nii.gz``), each atomically
+    (:func:`scan_segmentation`, :func:`nodule_measurement_report`), for the source series
+    ``series_uid`` in ``dicom_dir``. ``model``: ``{"name", "version"}``; a nodule's ``tracking_uid``,
+    where it has one, is kept."""
+    sources, seg = scan_segmentation(Path(folder), scan, dicom_dir, series_uid, model)
     sr = nodule_measurement_report(sources, seg, scan["nodules"], model)
-    return [save_dataset(folder / name, dataset) for name, dataset in ((SEG_NAME, seg), (SR_NAME, sr)) if dataset is not None]
+    out = Path(out or folder)
+    return [save_dataset(out / name, dataset) for name, dataset in ((SEG_NAME, seg), (SR_NAME, sr)) if dataset is not None]
+
+
+def segment_tracking_uids(folder: str | Path) -> dict[int, str]:
+    """The tracking UID of each segment (by number) of the ``nodule_labels.seg.dcm`` in ``folder``;
+    empty without one."""
+    path = Path(folder) / SEG_NAME
+    if not path.is_file():
+        return {}
+    seg = pydicom.dcmread(path, stop_before_pixels=True)
+    return {int(item.SegmentNumber): str(item.TrackingUID) for item in seg.SegmentSequence if "TrackingUID" in item}

@@ -7,13 +7,16 @@ import csv
 import json
 from pathlib import Path
 
+import highdicom as hd
 import pytest
 
 from bundle_run import monai_bundle_run
 from conftest import SMALL
+from debian_tools import dciodvfy_errors
 from nodule_bundle.apps.cli import main
 from nodule_bundle.data.followup_phantom import FollowupConfig, schedule
 from nodule_bundle.data.synth import write_followup_dataset
+from nodule_bundle.reports.dicom import SEG_NAME, SR_NAME, segment_tracking_uids
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +60,17 @@ def test_followup_pairs_each_nodule_with_itself_and_dates_the_change(series, tra
     assert {r["status"] for r in result["nodules"]} <= {"new", "growing", "stable", "shrinking", "resolved"}
     assert all(r["lung_rads_category"] for r in result["nodules"] if r["current"]) and (out / "followup.png").stat().st_size > 1000
     assert "Lung-RADS" in capsys.readouterr().out
+    # the current scan's SEG and SR again: each nodule seen before under the prior finding's tracking UID
+    for name in (SEG_NAME, SR_NAME):
+        assert not dciodvfy_errors(out / name), name
+    prior_uids, current_uids = segment_tracking_uids(out / "prior"), segment_tracking_uids(out)
+    labels = {side: {n["nodule_id"]: n["label_value"] for n in json.loads((out / side / "report.json").read_text())["scans"][0]["nodules"]} for side in ("prior", "current")}
+    paired = [(labels["prior"][r["prior_nodule_id"]], labels["current"][r["current_nodule_id"]]) for r in result["nodules"] if r["prior_nodule_id"] and r["current_nodule_id"]]
+    assert paired and all(current_uids[b] == prior_uids[a] for a, b in paired)
+    new = [labels["current"][r["current_nodule_id"]] for r in result["nodules"] if r["status"] == "new"]
+    assert not {current_uids[b] for b in new} & set(prior_uids.values())
+    sr = hd.sr.srread(out / SR_NAME)
+    assert "Change since the prior scan" in str(sr.ContentSequence)
     # the same comparison as a bundle workflow, from the two reports, the way users run configs
     run = monai_bundle_run(["followup"], prior_image=series / "dicom" / prior_uid, current_image=series / "dicom" / current_uid,
                            prior_report=out / "prior" / "report.json", current_report=out / "current" / "report.json", output_dir=tmp_path / "again")  # fmt: skip

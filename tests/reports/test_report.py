@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -23,6 +22,7 @@ from pydicom.sr.codedict import codes
 from scipy import ndimage as ndi
 
 from bundle_run import monai_bundle_run
+from debian_tools import dciodvfy_errors, debian_tool
 from dicom_helpers import edit
 from nodule_bundle.reports.writer import NoduleReportWriter
 from nodule_bundle.core.nodule import lung_rads_category, texture_from_measurement
@@ -198,27 +198,12 @@ def test_report_files_and_label_map_over_the_scan(report_dirs, phantom_dir, test
     assert set(np.unique(values)) - {0} <= {n["label_value"] for n in scan["nodules"] if "label_value" in n}
 
 
-def _debian_tool(package: str, *names: str) -> str:
-    """The path of one of ``names``, from Debian's ``package``: skipped without it, except under CI."""
-    found = next(filter(None, map(shutil.which, names)), None)
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must install Debian's {package} (.ci/run) for this test")
-        pytest.skip(f"{package} is not installed")
-    return found
-
-
-def _dciodvfy() -> str:
-    return _debian_tool("dicom3tools", "dciodvfy")
-
-
 def test_dicom_seg_and_sr_are_valid_and_hold_the_reports_masks_and_numbers(report_dirs, phi_scan):
     """For a DICOM source: a SEG and a TID 1500 SR that the standard's validator passes, on the source's
     study and series, the SEG's segments the label map's nodules, the SR's numbers report.json's."""
     out = report_dirs["dicom"]
     for name in (SEG_NAME, SR_NAME):
-        result = subprocess.run([_dciodvfy(), str(out / name)], capture_output=True, text=True, timeout=120)
-        errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+        errors = dciodvfy_errors(out / name)
         assert not errors, f"{name}: {errors}"
     (scan,) = json.loads((out / "report.json").read_text())["scans"]
     series, sources = read_source_series(phi_scan)
@@ -277,8 +262,7 @@ def test_a_source_without_its_type_2_attributes_still_gets_a_valid_seg_and_sr(re
     uid = pydicom.dcmread(next(series.iterdir())).SeriesInstanceUID
     written = write_dicom_report(out, scan, series, uid, {"name": "lung_nodule_ct_classification", "version": "test"})
     for path in written:
-        result = subprocess.run([_dciodvfy(), str(path)], capture_output=True, text=True, timeout=120)
-        assert not [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")], path.name
+        assert not dciodvfy_errors(path), path.name
     assert {p.name: p.read_bytes() for p in series.iterdir()} == before
 
 
@@ -298,8 +282,7 @@ def test_a_dicom_scan_without_nodules_gets_an_sr_that_says_so(trained, phi_scan,
     (count,) = sr.content.get_image_measurement_groups()
     assert [m.value for m in count.get_measurements()] == [0]
     assert sr.StudyInstanceUID == pydicom.dcmread(next(phi_scan.iterdir())).StudyInstanceUID
-    result = subprocess.run([_dciodvfy(), str(tmp_path / SR_NAME)], capture_output=True, text=True, timeout=120)
-    assert not [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+    assert not dciodvfy_errors(tmp_path / SR_NAME)
 
 
 def test_patient_identity_stays_out_unless_asked(report_dirs):
@@ -316,7 +299,7 @@ def test_patient_identity_stays_out_unless_asked(report_dirs):
 
 
 def _chromium() -> str:
-    return _debian_tool("chromium", "chromium", "chromium-browser")
+    return debian_tool("chromium", "chromium", "chromium-browser")
 
 
 def test_html_report_renders_offline_in_headless_chromium(report_dirs, tmp_path):
