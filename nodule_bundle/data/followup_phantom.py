@@ -167,15 +167,51 @@ def courses(seed: int, index: int, patient: PhantomPatient, cfg: PhantomConfig, 
     return found
 
 
-def _pose(rng: np.random.Generator, cfg: FollowupConfig) -> tuple[np.ndarray, np.ndarray]:
-    """``R S`` (3x3) and ``t`` (mm) of a follow-up's pose and breathing."""
+@dataclass(frozen=True)
+class Pose:
+    """Where a follow-up puts the patient: ``A(q) = linear (q - centre) + centre + shift`` from the
+    baseline's frame to the scanner's (world mm; ``linear`` is ``R S``), and the new scanner grid."""
+
+    linear: np.ndarray
+    shift: np.ndarray
+    centre: np.ndarray
+    spacing: np.ndarray
+    shape: tuple[int, int, int]
+    origin: np.ndarray
+
+    def point(self, q: np.ndarray) -> np.ndarray:
+        return self.linear @ (np.asarray(q, dtype=np.float64) - self.centre) + self.centre + self.shift
+
+    def resample(self, array: np.ndarray, spacing: np.ndarray, origin: np.ndarray) -> np.ndarray:
+        """``array`` (on the baseline's grid of ``spacing`` from ``origin``) seen through the pose on the
+        new grid (linear; beyond the baseline's grid its border continues)."""
+        inverse = np.linalg.inv(self.linear)
+        return ndi.affine_transform(
+            array, np.diag(1 / spacing) @ inverse @ np.diag(self.spacing),
+            np.diag(1 / spacing) @ (inverse @ (self.origin - self.centre - self.shift) + self.centre - origin),
+            output_shape=self.shape, order=1, mode="nearest",
+        ).astype(np.float32)  # fmt: skip
+
+
+def draw_pose(rng: np.random.Generator, cfg: FollowupConfig, fov_mm, inplane_mm: tuple[float, float], thicknesses: tuple[float, ...],
+              baseline_shape, baseline_spacing: np.ndarray, baseline_origin: np.ndarray) -> Pose:  # fmt: skip
+    """A follow-up's pose, breathing and scanner grid: pixels of ``inplane_mm``, a slice thickness of
+    ``thicknesses`` other than the baseline's (of :data:`SLICE_THICKNESSES_MM` if none is), the grid
+    of ``fov_mm`` centred on the patient within a few mm."""
+    inplane = rng.uniform(*inplane_mm)
+    others = [t for t in thicknesses if t != baseline_spacing[2]] or [t for t in SLICE_THICKNESSES_MM if t != baseline_spacing[2]]
+    spacing = np.array([inplane, inplane, float(rng.choice(others))])
+    shape = tuple(int(v) for v in np.round(np.asarray(fov_mm) / spacing))
     ax, ay, az = np.radians(cfg.rotation_deg * rng.uniform(-1, 1, 3) * np.array([0.5, 0.5, 1.0]))
     rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
     ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
     rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
     s = rng.uniform(*cfg.breathing)
-    scale = np.diag([1 + (s - 1) / 4, 1 + (s - 1) / 3, s])
-    return rz @ ry @ rx @ scale, rng.uniform(-1, 1, 3) * np.asarray(cfg.shift_mm)
+    linear = rz @ ry @ rx @ np.diag([1 + (s - 1) / 4, 1 + (s - 1) / 3, s])
+    shift = rng.uniform(-1, 1, 3) * np.asarray(cfg.shift_mm)
+    centre = baseline_origin + baseline_spacing * (np.array(baseline_shape) - 1) / 2
+    origin = centre + shift + rng.uniform(-1, 1, 3) * np.array([5.0, 5.0, 2.0]) - spacing * (np.array(shape) - 1) / 2
+    return Pose(linear, shift, centre, spacing, shape, origin)  # type: ignore[arg-type]
 
 
 def make_followup_scan(seed: int, index: int, timepoint: int, cfg: PhantomConfig = PhantomConfig(), fcfg: FollowupConfig = FollowupConfig()) -> PhantomScan:
@@ -193,28 +229,16 @@ def make_followup_scan(seed: int, index: int, timepoint: int, cfg: PhantomConfig
                    for c, pn, (_, volume, solid) in zip(found, baseline.nodules, patient.sizes)]  # fmt: skip
         return replace(baseline, nodules=tuple(nodules), patient_id=pid, study_date=date)
     rng = np.random.default_rng([seed, index, timepoint])
-    inplane = rng.uniform(*cfg.inplane_spacing_mm)
-    others = [t for t in cfg.slice_thicknesses_mm if t != baseline.spacing_mm[2]] or [t for t in SLICE_THICKNESSES_MM if t != baseline.spacing_mm[2]]
-    thickness = float(rng.choice(others))  # never the baseline's
-    spacing = np.array([inplane, inplane, thickness])
-    shape = tuple(int(v) for v in np.round(np.asarray(cfg.fov_mm) / spacing))
-    linear, shift = _pose(rng, fcfg)
-    centre = patient.origin_mm + patient.spacing_mm * (np.array(patient.anatomy_hu.shape) - 1) / 2
-    origin = centre + shift + rng.uniform(-1, 1, 3) * np.array([5.0, 5.0, 2.0]) - spacing * (np.array(shape) - 1) / 2
-    inverse = np.linalg.inv(linear)
-    canvas = Canvas(shape, spacing, origin)
-    canvas.hu = ndi.affine_transform(
-        patient.anatomy_hu, np.diag(1 / patient.spacing_mm) @ inverse @ np.diag(spacing),
-        np.diag(1 / patient.spacing_mm) @ (inverse @ (origin - centre - shift) + centre - patient.origin_mm),
-        output_shape=shape, order=1, mode="nearest",
-    ).astype(np.float32)  # fmt: skip
+    pose = draw_pose(rng, fcfg, cfg.fov_mm, cfg.inplane_spacing_mm, cfg.slice_thicknesses_mm, patient.anatomy_hu.shape, patient.spacing_mm, patient.origin_mm)
+    canvas = Canvas(pose.shape, pose.spacing, pose.origin)
+    canvas.hu = pose.resample(patient.anatomy_hu, patient.spacing_mm, patient.origin_mm)
     seriesuid = followup_series_uid(seed, index, timepoint)
-    nodules, label_map = [], np.zeros(shape, np.uint8)
+    nodules, label_map = [], np.zeros(pose.shape, np.uint8)
     for course in (c for c in found if c.appears <= timepoint):
         size = course.drawn_size_at(days - dates[course.appears][1])
         if size < RESOLVED_BELOW_MM:
             continue
-        center = linear @ (course.center_mm - centre) + centre + shift
+        center = pose.point(course.center_mm)
         record = replace(course.nodule.nodule, nodule_id=f"{seriesuid[-6:]}-{len(nodules):02d}", seriesuid=seriesuid,
                          center_world_mm=tuple(round(float(v), 3) for v in center), diameter_mm=size)  # fmt: skip
         generator = np.random.Generator(np.random.PCG64())
@@ -223,5 +247,5 @@ def make_followup_scan(seed: int, index: int, timepoint: int, cfg: PhantomConfig
         label_map[box][mask] = len(nodules) + 1
         record = replace(record, diameter_mm=round(float(reference), 3))
         nodules.append(FollowupNodule(record, course.nodule.margin, course.nodule.calcified, course.track_id, volume, solid, course.vdt_days))
-    volume_hu = scanner(canvas.hu, spacing, rng, float(rng.uniform(*cfg.noise_hu)))
-    return PhantomScan(seriesuid, volume_hu, tuple(float(s) for s in spacing), tuple(float(o) for o in origin), tuple(nodules), pid, label_map, date)
+    volume_hu = scanner(canvas.hu, pose.spacing, rng, float(rng.uniform(*cfg.noise_hu)))
+    return PhantomScan(seriesuid, volume_hu, tuple(float(s) for s in pose.spacing), tuple(float(o) for o in pose.origin), tuple(nodules), pid, label_map, date)
