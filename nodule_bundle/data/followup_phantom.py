@@ -103,6 +103,13 @@ class FollowupNodule(PhantomNodule):
                 "reference_solid_mm": round(self.solid_mm, 2), "vdt_days": round(self.vdt_days, 1)}  # fmt: skip
 
 
+def generator_in(state: dict) -> np.random.Generator:
+    """A generator in ``state``: the draws a shape or density was made with at baseline, again."""
+    generator = np.random.Generator(np.random.PCG64())
+    generator.bit_generator.state = state
+    return generator
+
+
 def patient_id(seed: int, index: int) -> str:
     return f"phantom-{seed}-{index:04d}"
 
@@ -124,7 +131,7 @@ def schedule(seed: int, index: int, cfg: FollowupConfig = FollowupConfig()) -> l
     return [((baseline + datetime.timedelta(days=d)).strftime("%Y%m%d"), d) for d in days]
 
 
-def _vdt_days(rng: np.random.Generator, malignant: bool, new: bool) -> float:
+def draw_vdt_days(rng: np.random.Generator, malignant: bool, new: bool) -> float:
     """A VDT for a nodule's course: malignant fast; benign stable, slowly growing or shrinking (new
     benign nodules, often inflammatory, half of them shrinking)."""
     if malignant:
@@ -137,7 +144,7 @@ def _vdt_days(rng: np.random.Generator, malignant: bool, new: bool) -> float:
     return math.inf
 
 
-def _capped(vdt: float, drawn_mm: float, days: float) -> float:
+def capped_vdt(vdt: float, drawn_mm: float, days: float) -> float:
     """``vdt``, lengthened where the nodule would outgrow :data:`MAX_DIAMETER_MM` within ``days``."""
     if vdt <= 0 or drawn_mm >= MAX_DIAMETER_MM or days <= 0:
         return vdt
@@ -150,7 +157,7 @@ def courses(seed: int, index: int, patient: PhantomPatient, cfg: PhantomConfig, 
     pid = patient_id(seed, index)
     rng = np.random.default_rng([seed, index, 0, 1])
     found = [
-        Course(f"{pid}-{k:02d}", 0, pn.nodule.diameter_mm, _capped(_vdt_days(rng, bool(pn.nodule.malignancy), False), pn.nodule.diameter_mm, days[-1]),
+        Course(f"{pid}-{k:02d}", 0, pn.nodule.diameter_mm, capped_vdt(draw_vdt_days(rng, bool(pn.nodule.malignancy), False), pn.nodule.diameter_mm, days[-1]),
                np.asarray(center), pn, state)
         for k, (center, pn, state) in enumerate(patient.drawn)
     ]  # fmt: skip
@@ -161,7 +168,7 @@ def courses(seed: int, index: int, patient: PhantomPatient, cfg: PhantomConfig, 
             reach = nodule_reach(pn.nodule.diameter_mm, pn.margin) + 2.0
             if any(np.linalg.norm(center - c.center_mm) < reach + c.reach_mm(days[-1] - days[c.appears]) for c in found):
                 continue  # where a nodule is, or will grow to: no new one there
-            vdt = _capped(_vdt_days(rng, bool(pn.nodule.malignancy), True), pn.nodule.diameter_mm, days[-1] - days[t])
+            vdt = capped_vdt(draw_vdt_days(rng, bool(pn.nodule.malignancy), True), pn.nodule.diameter_mm, days[-1] - days[t])
             state = np.random.default_rng([seed, index, t, 1 + len(found)]).bit_generator.state
             found.append(Course(f"{pid}-{len(found):02d}", t, pn.nodule.diameter_mm, vdt, np.asarray(center), pn, state))
     return found
@@ -241,9 +248,7 @@ def make_followup_scan(seed: int, index: int, timepoint: int, cfg: PhantomConfig
         center = pose.point(course.center_mm)
         record = replace(course.nodule.nodule, nodule_id=f"{seriesuid[-6:]}-{len(nodules):02d}", seriesuid=seriesuid,
                          center_world_mm=tuple(round(float(v), 3) for v in center), diameter_mm=size)  # fmt: skip
-        generator = np.random.Generator(np.random.PCG64())
-        generator.bit_generator.state = course.state
-        (reference, volume, solid), box, mask = render_nodule(canvas, generator, center, replace(course.nodule, nodule=record))
+        (reference, volume, solid), box, mask = render_nodule(canvas, generator_in(course.state), center, replace(course.nodule, nodule=record))
         label_map[box][mask] = len(nodules) + 1
         record = replace(record, diameter_mm=round(float(reference), 3))
         nodules.append(FollowupNodule(record, course.nodule.margin, course.nodule.calcified, course.track_id, volume, solid, course.vdt_days))

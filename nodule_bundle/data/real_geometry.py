@@ -196,7 +196,7 @@ def _ball(shape, centre_index, radius_mm: float, spacing: np.ndarray) -> np.ndar
     return sum(((g - c) * s) ** 2 for g, c, s in zip(grid, centre_index, spacing)) <= radius_mm**2
 
 
-def _outline_hu(rng: np.random.Generator, outline: OutlinedNodule, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def outline_hu(rng: np.random.Generator, outline: OutlinedNodule, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """HU inside the outline (see the module docstring) and its solid component (mask)."""
     mask = outline.mask
     depth = depth_inside_mm(mask, spacing)
@@ -261,7 +261,7 @@ def _place(rng, mask: np.ndarray, lungs, depth_mm: np.ndarray, taken: np.ndarray
     return None
 
 
-def _vessel_along(rng, canvas: Canvas, mask: np.ndarray, start: np.ndarray, where: np.ndarray) -> None:
+def vessel_along(rng, canvas: Canvas, mask: np.ndarray, start: np.ndarray, where: np.ndarray) -> None:
     """A vessel touching the outline's surface at a random point, tangent to it."""
     surface = np.argwhere(mask & ~ndi.binary_erosion(mask))
     point = canvas.origin + (start + surface[rng.integers(len(surface))]) * canvas.spacing
@@ -277,9 +277,28 @@ def _vessel_along(rng, canvas: Canvas, mask: np.ndarray, start: np.ndarray, wher
     canvas.tube(axis_point - length * along, axis_point + length * along, radius, rng.normal(HU_SOFT, 10.0), where=where)
 
 
+@dataclass(frozen=True)
+class RealPatient:
+    """What a follow-up of a real-geometry scan re-uses (:mod:`nodule_bundle.data.followup_real_geometry`):
+    the chest before the nodules (HU, float32) and its lungs' occupancy on the scan's grid, and each
+    placed outline with the index of its mask's first voxel and the generator states its densities and
+    its vessel (``None``: none) were drawn from."""
+
+    anatomy_hu: np.ndarray
+    lung_occupancy: np.ndarray
+    spacing_mm: np.ndarray
+    origin_mm: np.ndarray
+    placed: list[tuple[OutlinedNodule, np.ndarray, dict, dict | None]]
+
+
 def render_scan(seed: int, index: int, source: OutlinedScan, cfg: RealGeometryConfig = RealGeometryConfig()) -> PhantomScan:
     """Scan ``index`` of the real-geometry dataset drawn with ``seed``: ``source``'s nodule outlines in
     a synthetic chest on ``source``'s grid (see the module docstring); nodules that find no room are left out."""
+    return draw_real_patient(seed, index, source, cfg)[0]
+
+
+def draw_real_patient(seed: int, index: int, source: OutlinedScan, cfg: RealGeometryConfig = RealGeometryConfig()) -> tuple[PhantomScan, RealPatient]:
+    """:func:`render_scan`'s scan and what a follow-up scan of the same patient needs of it."""
     rng = np.random.default_rng([seed, index])
     fov = np.array(cfg.fov_mm, dtype=np.float64)
     spacing = np.array(source.spacing_mm, dtype=np.float64)
@@ -293,20 +312,23 @@ def render_scan(seed: int, index: int, source: OutlinedScan, cfg: RealGeometryCo
     taken = np.zeros(shape, bool)
     label_map = np.zeros(shape, np.uint8)
     gap = np.ceil(3.0 / spacing).astype(int)
-    placed = []
+    placed, anatomy, states = [], canvas.hu.copy(), []
     for outline in sorted(source.nodules, key=lambda o: -int(o.mask.sum())):  # the largest first, while there is room
         touch_wall = bool(rng.random() < cfg.juxtapleural_fraction)
         start = _place(rng, outline.mask, lungs, depth_mm, taken, canvas, touch_wall)
         if start is None:
             continue
         box = tuple(slice(a, a + n) for a, n in zip(start, outline.mask.shape))
-        hu, solid = _outline_hu(rng, outline, spacing)
+        density_state = rng.bit_generator.state
+        hu, solid = outline_hu(rng, outline, spacing)
         canvas.hu[box] = np.where(outline.mask, hu, canvas.hu[box])
         beside_vessel = bool(rng.random() < cfg.juxtavascular_fraction)
+        vessel_state = rng.bit_generator.state if beside_vessel else None
         if beside_vessel:
-            _vessel_along(rng, canvas, outline.mask, start, lung_occupancy)
+            vessel_along(rng, canvas, outline.mask, start, lung_occupancy)
         taken[tuple(slice(max(a - g, 0), a + n + g) for a, n, g in zip(start, outline.mask.shape, gap))] = True
         placed.append((outline, start, solid, touch_wall, beside_vessel))
+        states.append((outline, start, density_state, vessel_state))
     nodules = []
     for value, (outline, start, solid, touch_wall, beside_vessel) in enumerate(sorted(placed, key=lambda p: p[0].number), start=1):
         box = tuple(slice(a, a + n) for a, n in zip(start, outline.mask.shape))
@@ -328,8 +350,9 @@ def render_scan(seed: int, index: int, source: OutlinedScan, cfg: RealGeometryCo
         ))  # fmt: skip
     slice_sigma = source.slice_thickness_mm / 2.355 / spacing[2]  # the slice profile: FWHM = slice thickness
     volume_hu = scanner(canvas.hu, spacing, rng, float(rng.uniform(*cfg.noise_hu)), float(rng.uniform(*cfg.psf_mm)), slice_sigma)
-    return PhantomScan(seriesuid, volume_hu, tuple(float(s) for s in spacing), tuple(float(o) for o in origin), tuple(nodules),
+    scan = PhantomScan(seriesuid, volume_hu, tuple(float(s) for s in spacing), tuple(float(o) for o in origin), tuple(nodules),
                        patient_id=source.patient_id, label_map=label_map)  # fmt: skip
+    return scan, RealPatient(anatomy, lung_occupancy.astype(np.float32), spacing, origin, sorted(states, key=lambda p: p[0].number))
 
 
 def write_real_geometry_dataset(

@@ -209,3 +209,23 @@ def test_config_overrides_are_id_equals_json():
     for bad in ("epochs", "=3", "deblur=unsharp"):
         with pytest.raises(argparse.ArgumentTypeError):
             _override(bad)
+
+
+def test_real_follow_ups_grow_each_outline_by_its_doubling_time(sources):
+    from nodule_bundle.data.followup_phantom import FollowupConfig, schedule
+    from nodule_bundle.data.followup_real_geometry import make_real_followup_scan
+
+    series_cfg = FollowupConfig(timepoints=2)
+    index, source = max(enumerate(sources), key=lambda s: max(int(o.mask.sum()) for o in s[1].nodules))
+    before, after = (make_real_followup_scan(4, index, t, source, fcfg=series_cfg) for t in range(2))
+    assert np.array_equal(before.volume_hu, render_scan(4, index, source).volume_hu)  # the baseline is the real-geometry scan itself
+    assert after.spacing_mm[2] != before.spacing_mm[2] and after.study_date > before.study_date
+    days = schedule(4, index, series_cfg)[1][1]
+    first, grown = {n.track_id: n for n in before.nodules}, []
+    for n in after.nodules:
+        voxel = tuple(np.rint(world_to_voxel(n.nodule.center_world_mm, after.affine_lps, "LPS")).astype(int))
+        assert after.label_map[voxel] == n.label_value  # drawn where its record says
+        if first[n.track_id].nodule.diameter_mm >= 8.0:  # a large outline keeps its volume's growth through the resampling
+            assert n.volume_mm3 / first[n.track_id].volume_mm3 == pytest.approx(2.0 ** (days / n.vdt_days), rel=0.1)
+            grown.append(n.track_id)
+    assert grown and {n.track_id for n in after.nodules} <= set(first)

@@ -43,7 +43,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
     elif args.benchmark == "followup":
         from nodule_bundle.apps.bench.followup import bench_followup, format_followup_result
 
-        result = bench_followup(args.patients, args.seed, args.timepoints)
+        result = bench_followup(args.patients, args.seed, args.timepoints, geometry=args.geometry, **({"first_index": args.first_index} if args.first_index is not None else {}))
         print(format_followup_result(result))
     elif args.benchmark == "label":
         result = label.bench_label(args.label_venv, tuple(args.shape), args.repeats, load=tuple(args.load) if args.load else None)
@@ -109,6 +109,9 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     followup.add_argument("--patients", type=positive_int, default=8)
     followup.add_argument("--timepoints", type=positive_int, default=3, help="scans per patient (2 or more)")
     followup.add_argument("--seed", type=int, default=0)
+    followup.add_argument("--geometry", choices=("phantom", "lidc"), default="phantom",
+                          help="phantom follow-ups, or LIDC-IDRI's consensus outlines grown in synthetic chest CT (needs the [lidc] extra)")
+    followup.add_argument("--first-index", type=int, default=None, help="the first patient (phantom default 70, outside the demo's; lidc: the first LIDC scan, default 70)")
     followup.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
     followup.set_defaults(func=run_benchmark)
     kinds.choices["label"].add_argument("--label-venv", type=Path, default=Path(".venv-label"), help="MONAI Label's environment (.ci/label-venv)")

@@ -30,9 +30,28 @@ def _truth(prior, current) -> dict:
     return found
 
 
-def bench_followup(patients: int = 8, seed: int = 0, timepoints: int = 3, first_index: int = 70, bundle_root: str | Path | None = None) -> dict:
-    """Phantom series (:mod:`nodule_bundle.data.followup_phantom`, ``patients`` patients of
-    ``timepoints`` scans, indices from ``first_index``: not the demo's) compared pair by pair (each
+def _series(geometry: str, patients: int, seed: int, first_index: int, series_cfg):
+    """Each patient's scans in time: phantom patients from ``first_index``, or the LIDC-IDRI scans' outlines from that index."""
+    from nodule_bundle.data.followup_phantom import make_followup_scan, schedule
+
+    if geometry == "lidc":
+        from nodule_bundle.data.followup_real_geometry import make_real_followup_scan
+        from nodule_bundle.data.real_geometry import outlined_scans
+
+        sources = outlined_scans(limit=first_index + patients)[first_index:]
+        for index, source in enumerate(sources, start=first_index):
+            yield [make_real_followup_scan(seed, index, t, source, fcfg=series_cfg) for t in range(series_cfg.timepoints)], schedule(seed, index, series_cfg)
+    else:
+        for index in range(first_index, first_index + patients):
+            yield [make_followup_scan(seed, index, t, fcfg=series_cfg) for t in range(series_cfg.timepoints)], schedule(seed, index, series_cfg)
+
+
+def bench_followup(patients: int = 8, seed: int = 0, timepoints: int = 3, first_index: int = 70, bundle_root: str | Path | None = None,
+                   geometry: str = "phantom") -> dict:  # fmt: skip
+    """Follow-up series (``geometry``: phantom patients, :mod:`nodule_bundle.data.followup_phantom`, indices
+    from ``first_index``: not the demo's; or ``lidc``, LIDC-IDRI's consensus outlines in synthetic chest CT,
+    :mod:`nodule_bundle.data.followup_real_geometry`, from the LIDC scan of that index on), ``patients``
+    patients of ``timepoints`` scans each, compared pair by pair (each
     scan with the one before it, and the last with the first): every nodule of each scan given by its
     centre, as a reader's list would give it, measured as inference.json measures (its
     ``NoduleMeasured``), the prior registered to the current scan, the nodules matched and their change
@@ -43,7 +62,7 @@ def bench_followup(patients: int = 8, seed: int = 0, timepoints: int = 3, first_
     time per pair (registration, matching, change)."""
     from nodule_bundle.apps.bench.realism import measurement_transforms
     from nodule_bundle.core.nodule import texture_from_measurement
-    from nodule_bundle.data.followup_phantom import FollowupConfig, make_followup_scan, schedule
+    from nodule_bundle.data.followup_phantom import FollowupConfig
     from nodule_bundle.followup.compare import change_row, compare_findings
     from nodule_bundle.followup.matching import match_nodules
     from nodule_bundle.followup.registration import register
@@ -53,9 +72,8 @@ def bench_followup(patients: int = 8, seed: int = 0, timepoints: int = 3, first_
     measure = measurement_transforms(bundle_root).transforms[-1]
     counts = {"pairs": 0, "right": 0, "wrong": 0, "missed": 0, "right_unregistered": 0, "wrong_unregistered": 0}
     statuses, categories, vdt_errors, seconds, moved = [], [], [], [], []
-    for index in range(first_index, first_index + patients):
-        scans = [make_followup_scan(seed, index, t, fcfg=series_cfg) for t in range(timepoints)]
-        days = [d for _, d in schedule(seed, index, series_cfg)]
+    for scans, dates in _series(geometry, patients, seed, first_index, series_cfg):
+        days = [d for _, d in dates]
         images = [_image(s) for s in scans]
         findings = []
         for scan, image in zip(scans, images):
@@ -102,6 +120,7 @@ def bench_followup(patients: int = 8, seed: int = 0, timepoints: int = 3, first_
     finite = [e for e in vdt_errors if math.isfinite(e)]
     return {
         "benchmark": "followup",
+        "geometry": geometry,
         "patients": patients,
         "timepoints": timepoints,
         "pairs_of_scans": len(seconds),
@@ -126,7 +145,7 @@ def bench_followup(patients: int = 8, seed: int = 0, timepoints: int = 3, first_
 def format_followup_result(result: dict) -> str:
     r = result
     lines = [
-        f"follow-ups: {r['patients']} phantom patients, {r['pairs_of_scans']} pairs of scans, {r['nodule_pairs']} nodules seen in both scans of a pair"
+        f"follow-ups: {r['patients']} {'LIDC-IDRI (real geometry)' if r['geometry'] == 'lidc' else 'phantom'} patients, {r['pairs_of_scans']} pairs of scans, {r['nodule_pairs']} nodules seen in both scans of a pair"
         f" (moved {r['median_displacement_mm']:.1f} mm in the scanner's coordinates, median)",
         f"  matched right        {r['matched_right']:.3f}  (wrong {r['matched_wrong']}, missed {r['missed']});"
         f" without registration {r['matched_right_without_registration']:.3f} (wrong {r['matched_wrong_without_registration']})",
