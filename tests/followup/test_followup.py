@@ -79,6 +79,20 @@ def test_scans_of_two_patients_or_without_lungs_are_refused_naming_both(series):
         register(as_image(series[0]), no_lungs, "prior.nii.gz", "current.nii.gz")
 
 
+def test_scans_of_different_parts_of_the_chest_are_refused(series):
+    """The prior holds the upper half of the chest, the current one the lower half: no overlap to compare."""
+
+    def part(scan, slices: slice) -> MetaTensor:
+        affine = scan.affine_lps.copy()
+        affine[:3, 3] += affine[:3, 2] * slices.start
+        return MetaTensor(torch.from_numpy(scan.volume_hu[:, :, slices][None].astype(np.float32)), affine=torch.as_tensor(LPS_TO_RAS @ affine))
+
+    upper = part(series[0], slice(0, series[0].volume_hu.shape[2] // 2))
+    lower = part(series[1], slice(series[1].volume_hu.shape[2] // 2, series[1].volume_hu.shape[2]))
+    with pytest.raises(FollowupError, match=r"upper -> lower: the registered lungs overlap by 0\.\d+ .*do not cover the same lungs"):
+        register(upper, lower, "upper", "lower")
+
+
 def test_matching_pairs_each_nodule_once_within_the_gate():
     prior = np.array([[0.0, 0.0, 0.0], [8.0, 0.0, 0.0], [50.0, 0.0, 0.0]])
     current = np.array([[7.0, 0.5, 0.0], [1.0, 0.0, 0.0], [0.0, 30.0, 0.0]])  # swapped order; one new, one gone
