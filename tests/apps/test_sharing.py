@@ -77,7 +77,7 @@ def test_the_export_is_self_contained_and_portable(exported, unpacked):
         assert name in names
     assert not any("__pycache__" in n or n.startswith("/") for n in names)
     shipped = {n.split("/")[1] for n in names if n.startswith("nodule_bundle/") and n.count("/") > 1}
-    assert shipped == {"core", "reading", "detection", "preprocessing", "network", "measuring", "evaluation", "reports", "data"}  # the runtime: no apps/
+    assert shipped == {"core", "reading", "detection", "preprocessing", "network", "measuring", "evaluation", "reports", "data", "followup"}  # the runtime: no apps/
     assert set(read_manifest(unpacked)) == set(names) - {"manifest.sha256"}
     for config in (unpacked / "configs").glob("*.json"):
         assert str(ROOT) not in config.read_text() and "/tmp/" not in config.read_text()

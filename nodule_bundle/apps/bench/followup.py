@@ -115,8 +115,7 @@ def bench_followup(patients: int = 8, seed: int = 0, timepoints: int = 3, first_
                 if m.prior is not None and m.current is not None:
                     right = findings[a][m.prior]["nodule_id"] == findings[b][m.current]["nodule_id"]
                     counts["right_unregistered" if right else "wrong_unregistered"] += 1
-            common = sorted(both)
-            moved += list(np.linalg.norm(np.array([truth[t].nodule.center_world_mm for t in common]) - np.array([before[t].nodule.center_world_mm for t in common]), axis=1))
+            moved += [float(np.linalg.norm(np.subtract(truth[t].nodule.center_world_mm, before[t].nodule.center_world_mm))) for t in sorted(both)]
     finite = [e for e in vdt_errors if math.isfinite(e)]
     return {
         "benchmark": "followup",
