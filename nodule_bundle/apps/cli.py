@@ -50,6 +50,12 @@ def _synth(args: argparse.Namespace) -> None:
     formats = args.formats.split(",")
     if args.geometry == "lidc":
         cfg = RealGeometryConfig(**({"fov_mm": tuple(args.fov_mm)} if args.fov_mm else {}))
+        if args.timepoints > 1:
+            from nodule_bundle.data.followup_real_geometry import write_real_followup_dataset
+
+            path = write_real_followup_dataset(args.out, args.scans, args.timepoints, args.seed, formats, cfg, args.workers, args.negatives_per_scan, args.min_readers)
+            print(f"wrote {'every' if args.scans is None else args.scans} LIDC-IDRI scan's patient {args.timepoints} times (followups.csv); datalist: {path}")
+            return
         path = write_real_geometry_dataset(args.out, args.scans, args.seed, formats, cfg, args.workers, args.negatives_per_scan, args.min_readers)
         print(f"wrote {'all' if args.scans is None else args.scans} LIDC-IDRI scans' nodule outlines in synthetic chest CT; datalist: {path}")
         return
@@ -233,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-nodules", type=int, default=20, help="phantom only")
     p.add_argument("--min-readers", type=positive_int, default=3, help="lidc only: readers who outlined a nodule")
     p.add_argument("--timepoints", type=positive_int, default=1,
-                   help="phantom only: scans per patient (2 or more: follow-ups, --scans patients; each nodule grown by a known VDT)")
+                   help="scans per patient (2 or more: follow-ups, --scans patients; each nodule grown by a known VDT)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
     p.add_argument("--negatives-per-scan", type=int, default=20, help="detector false candidates kept as non-nodule items")
     p.set_defaults(func=_synth)

@@ -100,3 +100,27 @@ def make_real_followup_scan(seed: int, index: int, timepoint: int, source: Outli
     return PhantomScan(seriesuid, volume_hu, tuple(float(s) for s in pose.spacing), tuple(float(o) for o in pose.origin), tuple(nodules),
                        source.patient_id, label_map, date)  # fmt: skip
 
+
+
+def write_real_followup_dataset(
+    out, scans: int | None, timepoints: int, seed: int = 0, formats=("nifti",), cfg: RealGeometryConfig = RealGeometryConfig(),
+    workers: int | None = None, negatives_per_scan: int = 20, min_readers: int = 3,
+):  # fmt: skip
+    """The first ``scans`` LIDC-IDRI scans' patients (``None``: all) scanned ``timepoints`` times each into
+    ``out`` (the layout of :mod:`nodule_bundle.data.synth`, with ``followups.csv``); returns the path of
+    ``datalist.json``."""
+    from dataclasses import asdict
+
+    from nodule_bundle.data.real_geometry import outlined_scans
+    from nodule_bundle.data.synth import write_synthetic_dataset
+
+    if timepoints < 2:
+        raise ValueError(f"a follow-up dataset needs timepoints >= 2, got {timepoints}")
+    fcfg = FollowupConfig(timepoints=timepoints)
+    sources = outlined_scans(scans, min_readers)
+    return write_synthetic_dataset(
+        out, make_real_followup_scan, [(seed, i, t, source, cfg, fcfg) for i, source in enumerate(sources) for t in range(timepoints)], seed, formats,
+        workers, negatives_per_scan, description=f"LIDC-IDRI readers' consensus outlines (>= {min_readers} readers) in synthetic chest CT, follow-ups",
+        real_geometry={"seed": seed, "scans": len(sources), "timepoints": timepoints, "min_readers": min_readers, "formats": list(formats),
+                       "negatives_per_scan": negatives_per_scan, **asdict(cfg), **asdict(fcfg)},
+    )  # fmt: skip

@@ -26,6 +26,7 @@ on from the scans it finished (a record is used only for the same version and ar
 from __future__ import annotations
 
 import csv
+import datetime
 import hashlib
 import io
 import math
@@ -49,7 +50,6 @@ from nodule_bundle.core.io_utils import atomic_path, write_json_atomic, write_te
 from nodule_bundle.core.nodule import Nodule
 from nodule_bundle.data.datalist import build_datalist, nodule_item
 from nodule_bundle.data.nodule_csv import write_nodule_csv
-from nodule_bundle.data.followup_phantom import followup_series_uid
 from nodule_bundle.data.phantom import PhantomConfig, PhantomScan, make_scan
 from nodule_bundle.data.writers import write_dicom_series, write_itk_image, write_nifti
 from nodule_bundle.detection.candidates import Candidate, detect_candidates
@@ -127,6 +127,19 @@ def false_candidates(scan: PhantomScan, limit: int) -> list[Candidate]:
     return false[:limit]
 
 
+def _followup_rows(scans: Sequence[PhantomScan]) -> str:
+    """``followups.csv``: each patient's scans in time (time point, series, date, days since the first)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["patient_id", "timepoint", "seriesuid", "study_date", "days"])
+    for patient in sorted({scan.patient_id for scan in scans}):
+        series = sorted((scan for scan in scans if scan.patient_id == patient), key=lambda scan: scan.study_date)
+        first = datetime.datetime.strptime(series[0].study_date, "%Y%m%d")
+        for t, scan in enumerate(series):
+            writer.writerow([patient, t, scan.seriesuid, scan.study_date, (datetime.datetime.strptime(scan.study_date, "%Y%m%d") - first).days])
+    return buf.getvalue()
+
+
 def _candidate_rows(scan: PhantomScan, negatives: list[Candidate]) -> list[list]:
     rows = [[scan.seriesuid, *pn.nodule.center_world_mm, 1, ""] for pn in scan.nodules]
     return rows + [[scan.seriesuid, *(round(v, 3) for v in c.center_world_mm), 0, round(c.score, 2)] for c in negatives]
@@ -162,24 +175,16 @@ def write_followup_dataset(
 ) -> Path:  # fmt: skip
     """``patients`` phantom patients scanned ``timepoints`` times each (:mod:`~nodule_bundle.data.followup_phantom`)
     into ``out``, split by patient, with ``followups.csv``; returns the path of ``datalist.json``."""
-    from nodule_bundle.data.followup_phantom import FollowupConfig, make_followup_scan, patient_id, schedule
+    from nodule_bundle.data.followup_phantom import FollowupConfig, make_followup_scan
 
     if patients < 1 or timepoints < 2:
         raise ValueError(f"a follow-up dataset needs patients >= 1 and timepoints >= 2, got {patients} and {timepoints}")
     fcfg = FollowupConfig(timepoints=timepoints)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["patient_id", "timepoint", "seriesuid", "study_date", "days"])
-    for index in range(patients):
-        for t, (date, days) in enumerate(schedule(seed, index, fcfg)):
-            writer.writerow([patient_id(seed, index), t, followup_series_uid(seed, index, t), date, days])
-    path = write_synthetic_dataset(
+    return write_synthetic_dataset(
         out, make_followup_scan, [(seed, i, t, cfg, fcfg) for i in range(patients) for t in range(timepoints)], seed, formats, workers,
         negatives_per_scan, description="nodule-bundle synthetic chest-CT phantom follow-ups",
         phantom={"seed": seed, "patients": patients, "timepoints": timepoints, "formats": list(formats), **asdict(cfg), **asdict(fcfg)},
     )  # fmt: skip
-    write_text_atomic(Path(out) / "followups.csv", buf.getvalue())
-    return path
 
 
 def write_synthetic_dataset(
@@ -230,6 +235,9 @@ def write_synthetic_dataset(
     writer.writerow(["seriesuid", "coordX", "coordY", "coordZ", "class", "score"])
     writer.writerows(row for scan, negatives in results for row in _candidate_rows(scan, negatives))
     write_text_atomic(out / "candidates.csv", buf.getvalue())
+    dated = [scan for scan, _ in results if scan.study_date]
+    if dated:
+        write_text_atomic(out / "followups.csv", _followup_rows(dated))
     datalist_path = out / "datalist.json"
     write_json_atomic(datalist_path, build_datalist(items, seed, split_fractions, **datalist_fields))
     shutil.rmtree(out / PROGRESS_DIR)

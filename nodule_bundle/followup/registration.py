@@ -83,7 +83,7 @@ def _registered(fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image, i
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.3, seed)
+    method.SetMetricSamplingPercentage(0.3, seed + 1)  # SimpleITK's seed 0 is the clock
     method.SetMetricFixedMask(fixed_mask)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(learningRate=learning_rate, minStep=1e-3, numberOfIterations=200, relaxationFactor=0.5)

@@ -106,6 +106,19 @@ def test_synth_lidc_writes_the_phantom_layout_with_ratings_and_labels(tmp_path):
     assert all(set(RATING_COLUMNS) <= set(i) for i in items)
 
 
+def test_synth_lidc_timepoints_writes_each_patient_in_time(tmp_path):
+    out = tmp_path / "rg"
+    assert main(["synth", "--geometry", "lidc", "--timepoints", "2", "--out", str(out), "--scans", "1", "--workers", "1", "--negatives-per-scan", "0"]) == 0
+    with open(out / "followups.csv", newline="") as fh:
+        series = list(csv.DictReader(fh))
+    with open(out / "annotations.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["timepoint"]) for r in series] == [0, 1] and int(series[1]["days"]) > 0 and len({r["patient_id"] for r in series}) == 1
+    tracks = {r["seriesuid"]: {a["track_id"] for a in rows if a["seriesuid"] == r["seriesuid"]} for r in series}
+    assert tracks[series[1]["seriesuid"]] <= tracks[series[0]["seriesuid"]] and tracks[series[0]["seriesuid"]]  # the same nodules, some maybe gone
+    assert all((out / "images" / f"{r['seriesuid']}.nii.gz").exists() for r in series)
+
+
 def test_realism_measurement_summary_counts_each_stratum():
     def row(ref_long, long_axis, ref_volume, volume, texture="solid"):
         return {"texture": texture, "juxtapleural": False, "juxtavascular": False, "reference_long_axis_mm": ref_long,
