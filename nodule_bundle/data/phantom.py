@@ -19,8 +19,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from pydicom.uid import generate_uid
 
+from nodule_bundle.core.geometry import LPS_TO_RAS
 from nodule_bundle.core.nodule import Nodule
 from nodule_bundle.measuring.measure import axial_diameters
 from nodule_bundle.preprocessing.filters import gaussian_blur
@@ -84,6 +86,10 @@ class PhantomScan:
         aff = np.diag([*self.spacing_mm, 1.0])
         aff[:3, 3] = self.origin_mm
         return aff
+
+    def image(self) -> MetaTensor:
+        """The scan as the bundle's reader hands it over: ``[1, X, Y, Z]`` float32 HU, RAS affine."""
+        return MetaTensor(torch.from_numpy(self.volume_hu[None].astype(np.float32)), affine=torch.as_tensor(LPS_TO_RAS @ self.affine_lps))
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

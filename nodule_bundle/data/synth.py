@@ -41,10 +41,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
 from tqdm import tqdm
 
-from nodule_bundle.core.geometry import LPS_TO_RAS
 from nodule_bundle import __version__
 from nodule_bundle.core.io_utils import atomic_path, write_json_atomic, write_text_atomic
 from nodule_bundle.core.nodule import Nodule
@@ -117,7 +115,7 @@ def _write_scan(task: tuple[Path, int, Callable[..., PhantomScan], tuple, tuple[
 
 def false_candidates(scan: PhantomScan, limit: int) -> list[Candidate]:
     """The detector's strongest candidates in ``scan`` farther than 2 mm beyond every nodule's radius."""
-    image = MetaTensor(torch.from_numpy(scan.volume_hu[None].astype(np.float32)), affine=torch.as_tensor(LPS_TO_RAS @ scan.affine_lps))
+    image = scan.image()
     nodules = np.array([pn.nodule.center_world_mm for pn in scan.nodules]).reshape(-1, 3)
     reach = np.array([pn.nodule.diameter_mm / 2 + 2.0 for pn in scan.nodules])
     false = [

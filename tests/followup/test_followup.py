@@ -20,10 +20,6 @@ CFG = PhantomConfig(fov_mm=(160.0, 140.0, 100.0), nodules_per_scan=(8, 10))
 SERIES = FollowupConfig(timepoints=3)
 
 
-def as_image(scan) -> MetaTensor:
-    return MetaTensor(torch.from_numpy(scan.volume_hu[None].astype(np.float32)), affine=torch.as_tensor(LPS_TO_RAS @ scan.affine_lps))
-
-
 @pytest.fixture(scope="module")
 def series():
     return [make_followup_scan(2, 0, t, CFG, SERIES) for t in range(SERIES.timepoints)]
@@ -57,7 +53,7 @@ def test_each_nodule_grows_by_its_doubling_time_and_is_drawn_where_its_record_sa
 
 def test_registration_carries_the_prior_nodules_onto_the_current_ones(series):
     prior, current = series[0], series[2]
-    registration = register(as_image(prior), as_image(current))
+    registration = register(prior.image(), current.image())
     ours = {n.track_id: n.nodule.center_world_mm for n in current.nodules}
     common = [n for n in prior.nodules if n.track_id in ours]
     moved = np.array([ours[n.track_id] for n in common]) - np.array([n.nodule.center_world_mm for n in common])
@@ -71,12 +67,12 @@ def test_registration_carries_the_prior_nodules_onto_the_current_ones(series):
 def test_scans_of_two_patients_or_without_lungs_are_refused_naming_both(series):
     other = make_followup_scan(2, 4, 1, CFG, SERIES)
     with pytest.raises(FollowupError, match="prior.scan -> current.scan: .*not one patient's"):
-        register(as_image(series[0]), as_image(other), "prior.scan", "current.scan")
+        register(series[0].image(), other.image(), "prior.scan", "current.scan")
     body_only = series[1].volume_hu.copy()
     body_only[body_only < -300] = 40  # no aerated lung: not a chest CT that can be followed
-    no_lungs = MetaTensor(torch.from_numpy(body_only[None].astype(np.float32)), affine=as_image(series[1]).affine)
+    no_lungs = MetaTensor(torch.from_numpy(body_only[None].astype(np.float32)), affine=series[1].image().affine)
     with pytest.raises(FollowupError, match="current.nii.gz: no lungs found"):
-        register(as_image(series[0]), no_lungs, "prior.nii.gz", "current.nii.gz")
+        register(series[0].image(), no_lungs, "prior.nii.gz", "current.nii.gz")
 
 
 def test_scans_of_different_parts_of_the_chest_are_refused(series):

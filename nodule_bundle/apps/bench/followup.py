@@ -6,19 +6,12 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import torch
-from monai.data import MetaTensor
 
 from nodule_bundle.apps.bench.timing import summary
-
-
-def _image(scan) -> MetaTensor:
-    from nodule_bundle.core.geometry import LPS_TO_RAS
-
-    return MetaTensor(torch.from_numpy(scan.volume_hu[None].astype(np.float32)), affine=torch.as_tensor(LPS_TO_RAS @ scan.affine_lps))
 
 
 def _truth(prior, current) -> dict:
@@ -74,7 +67,7 @@ def bench_followup(patients: int = 8, seed: int = 0, timepoints: int = 3, first_
     statuses, categories, vdt_errors, seconds, moved = [], [], [], [], []
     for scans, dates in _series(geometry, patients, seed, first_index, series_cfg):
         days = [d for _, d in dates]
-        images = [_image(s) for s in scans]
+        images = [s.image() for s in scans]
         findings = []
         for scan, image in zip(scans, images):
             measured = measure({"image": image, "center_world_mm": [n.nodule.center_world_mm for n in scan.nodules]})
@@ -131,14 +124,20 @@ def bench_followup(patients: int = 8, seed: int = 0, timepoints: int = 3, first_
         "matched_wrong_without_registration": counts["wrong_unregistered"],
         "median_displacement_mm": float(statistics.median(moved)) if moved else math.nan,
         "status_agreement": float(np.mean([m == t for m, t in statuses])) if statuses else math.nan,
-        "status_confusion": {f"{t} as {m}": sum(1 for x in statuses if x == (m, t)) for t, m in sorted({(t, m) for m, t in statuses}) if m != t},
+        "status_confusion": _confusion(statuses),
         "lung_rads_agreement": float(np.mean([m == t for m, t in categories])) if categories else math.nan,
-        "lung_rads_confusion": {f"{t} as {m}": sum(1 for x in categories if x == (m, t)) for t, m in sorted({(str(t), str(m)) for m, t in categories}) if m != t},
+        "lung_rads_confusion": _confusion(categories),
         "vdt_nodules": len(vdt_errors),
         "vdt_median_abs_log2_error": float(statistics.median(vdt_errors)) if vdt_errors else math.nan,
         "vdt_wrong_sign": len(vdt_errors) - len(finite),
         "seconds_per_pair": summary(seconds),
     }
+
+
+def _confusion(pairs: list[tuple]) -> dict[str, int]:
+    """How often each truth was given as something else: ``{"<truth> as <measured>": count}`` (``None``: none)."""
+    counts = Counter((str(truth), str(measured)) for measured, truth in pairs if measured != truth)
+    return {f"{truth} as {measured}": n for (truth, measured), n in sorted(counts.items())}
 
 
 def format_followup_result(result: dict) -> str:

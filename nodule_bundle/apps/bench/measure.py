@@ -6,8 +6,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from monai.data import MetaTensor
 
 from nodule_bundle.apps.bench.timing import summary
 
@@ -19,7 +17,6 @@ def bench_measure(scans: int = 8, seed: int = 0, first_index: int = 70, bundle_r
     by the demo's dataset (indices from ``first_index``): MAE and bias per texture and margin, and the
     time per nodule."""
     from nodule_bundle.apps.bench.realism import measurement_transforms
-    from nodule_bundle.core.geometry import LPS_TO_RAS
     from nodule_bundle.core.nodule import texture_from_measurement
     from nodule_bundle.data.phantom import make_scan
 
@@ -27,7 +24,7 @@ def bench_measure(scans: int = 8, seed: int = 0, first_index: int = 70, bundle_r
     measure.workers = 1
     for index in range(first_index, first_index + scans):
         scan = make_scan(seed, index)
-        image = MetaTensor(torch.from_numpy(scan.volume_hu[None].astype(np.float32)), affine=torch.as_tensor(LPS_TO_RAS @ scan.affine_lps))
+        image = scan.image()
         start = time.perf_counter()
         measured = measure({"image": image, "center_world_mm": [pn.nodule.center_world_mm for pn in scan.nodules]})
         seconds.append((time.perf_counter() - start) / len(scan.nodules))
