@@ -110,3 +110,46 @@ def test_the_pooled_datalist_keeps_every_site_item(federation, tmp_path):
         per_site = [json.loads((s / "datalist.json").read_text())[split] for s in federation["sites"]]
         assert len(pooled[split]) == sum(len(items) for items in per_site)
     assert all(os.path.isabs(i["image"]) for i in pooled["training"])
+
+
+def test_the_server_averages_in_site_order(federation):
+    config = json.loads((federation["result"] / "config" / "config_fed_server.json").read_text())
+    assert "nodule_bundle.apps.fl.aggregator.SiteOrderedAverage" in json.dumps(config)
+
+
+def test_the_average_does_not_depend_on_which_site_answers_first():
+    """Three sites' weights summed in every arrival order: NVFlare's in-time sum differs in the last
+    bits between orders, the site-ordered average is the same to the bit and is the weighted mean."""
+    from itertools import permutations
+
+    from nvflare.app_common.abstract.fl_model import FLModel
+    from nvflare.app_common.aggregators.weighted_aggregation_helper import WeightedAggregationHelper
+
+    from nodule_bundle.apps.fl.aggregator import SiteOrderedAverage
+
+    rng = np.random.default_rng(0)
+    steps = {"site-1": 3, "site-2": 7, "site-3": 5}
+    weights = {s: {"conv": rng.normal(size=4096).astype(np.float32) * 10.0**k, "private.bias": rng.normal(size=4).astype(np.float32)}
+               for k, s in enumerate(steps)}  # fmt: skip
+    results = {s: FLModel(params=weights[s], metrics={"val_score": 0.1 * k}, meta={"client_name": s, "NUM_STEPS_CURRENT_ROUND": steps[s]}, current_round=0)
+               for k, s in enumerate(steps, 1)}  # fmt: skip
+    in_time, ordered = [], []
+    for order in permutations(steps):
+        helper = WeightedAggregationHelper()
+        for s in order:
+            helper.add(weights[s], steps[s], s, 0)
+        in_time.append(helper.get_result()["conv"])
+        aggregator = SiteOrderedAverage(exclude_vars="private")
+        for s in order:
+            aggregator.accept_model(results[s])
+        ordered.append(aggregator.aggregate_model())
+    assert any(not np.array_equal(in_time[0], other) for other in in_time[1:])  # arrival order shows in NVFlare's own sum
+    assert all(np.array_equal(ordered[0].params["conv"], other.params["conv"]) for other in ordered[1:])
+    mean = sum(steps[s] * weights[s]["conv"].astype(np.float64) for s in steps) / sum(steps.values())
+    np.testing.assert_allclose(ordered[0].params["conv"], mean, rtol=1e-5, atol=1e-4)
+    assert set(ordered[0].params) == {"conv"}  # the excluded parameter stays at the sites
+    assert ordered[0].metrics["val_score"] == pytest.approx(sum(0.1 * k * steps[s] for k, s in enumerate(steps, 1)) / 15)
+    with pytest.raises(ValueError, match="site-1 sent two results"):
+        aggregator = SiteOrderedAverage()
+        aggregator.accept_model(results["site-1"])
+        aggregator.accept_model(results["site-1"])

@@ -35,7 +35,8 @@ def fedavg_recipe(
     seed: int = 0, initial_ckpt: str | os.PathLike | None = None,
 ):  # fmt: skip
     """FedAvg over ``sites`` sites for ``rounds`` rounds, from the weights in ``initial_ckpt``
-    (:func:`initial_model`; ``None``: NVFlare's own draw), each site's training seeded with ``seed``.
+    (:func:`initial_model`; ``None``: NVFlare's own draw), each site's training seeded with ``seed``,
+    the sites' weights averaged in site-name order (:class:`~nodule_bundle.apps.fl.aggregator.SiteOrderedAverage`).
 
     Privacy options (NVFlare's own filters): ``exclude_vars`` (a regex of parameter names) keeps
     those parameters at each site, never sent; ``percentile_privacy`` makes sites send weight
@@ -46,13 +47,15 @@ def fedavg_recipe(
     from nvflare.apis.dxo import DataKind
     from nvflare.app_opt.pt.recipes.fedavg import FedAvgRecipe
 
+    from nodule_bundle.apps.fl.aggregator import SiteOrderedAverage
+
     train_args = (f"--bundle_root {bundle_root} --data_root {data_root} --work_root {work_root} --local_epochs {local_epochs}"
                   f" --total_epochs {rounds * local_epochs} --seed {seed}")  # fmt: skip
     recipe = FedAvgRecipe(
         name="lung_nodule_fedavg", model=NETWORK, initial_ckpt=None if initial_ckpt is None else str(initial_ckpt),
         min_clients=sites, num_rounds=rounds,
         train_script=site_client.__file__, train_args=train_args + (" --send_weight_diff" if percentile_privacy else ""),
-        key_metric=site_client.KEY_METRIC, exclude_vars=exclude_vars,
+        key_metric=site_client.KEY_METRIC, exclude_vars=exclude_vars, aggregator=SiteOrderedAverage(exclude_vars),
         aggregator_data_kind=DataKind.WEIGHT_DIFF if percentile_privacy else DataKind.WEIGHTS,
     )  # fmt: skip
     if percentile_privacy:
