@@ -4,7 +4,9 @@
 network, inferer, post-processing: no second copy of the pipeline), keeps the last scan it read in
 memory (clicks on one study come in a row), reloads the weights when their file changes (training
 made new ones live), and answers with the report's findings plus a label map of the nodule masks on
-the scan's own grid (label ``i + 1`` for finding ``i``, ready to overlay in 3D Slicer).
+the scan's own grid (label ``i + 1`` for finding ``i``, ready to overlay in 3D Slicer). Given a prior
+scan of the patient, :meth:`NoduleService.follow_up` finds each clicked nodule on it and says how it
+changed (:mod:`nodule_bundle.followup`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import copy
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +29,9 @@ from nodule_bundle.apps.sharing.network_checks import load_weights
 from nodule_bundle.core.errors import NoduleBundleError
 from nodule_bundle.core.geometry import voxel_to_world
 from nodule_bundle.detection.transforms import DetectNodulesd
+from nodule_bundle.followup.compare import change_row, finding_sizes
+from nodule_bundle.followup.prior_nodule import prior_nodule_centre
+from nodule_bundle.followup.registration import Registration, register
 from nodule_bundle.measuring.transforms import NoduleMeasured
 from nodule_bundle.network.networks import fold_batch_norm
 from nodule_bundle.network.segmentation import load_learned_masks
@@ -87,7 +93,8 @@ class NoduleService:
         self.inferer, self.postprocessing = parser.get_parsed_content("inferer"), parser.get_parsed_content("postprocessing")
         self.version = parser.get_parsed_content("_meta_#version")
         self._weights_stamp = None
-        self._scan_key, self._scan = None, None
+        self._scans: OrderedDict[tuple, MetaTensor] = OrderedDict()  # the current study and its prior
+        self._registrations: OrderedDict[tuple, Registration] = OrderedDict()
         self._lock = threading.Lock()
 
     def classify_points(self, image: str | os.PathLike, points_voxel: Sequence[Sequence[float]]) -> tuple[list[dict], MetaTensor]:
@@ -125,19 +132,63 @@ class NoduleService:
             label[label == f.pop("label_value")] = 0
         return kept, rejected, label, search
 
-    def _read(self, image: str | os.PathLike) -> MetaTensor:
-        """The scan as LoadCTImaged reads it; the last one is kept while its file is unchanged."""
+    def follow_up(self, image: str | os.PathLike, findings: Sequence[dict], prior_image: str | os.PathLike, days: int | None) -> dict:
+        """How each of ``findings`` (of :meth:`classify_points` on ``image``) changed since ``prior_image``,
+        a scan of the same patient ``days`` earlier (``None``: unknown, no doubling time): the prior
+        registered to the current scan (:func:`~nodule_bundle.followup.registration.register`, which
+        refuses a pair that cannot be one patient's chest), each nodule looked for on the prior
+        where the registration carries it (:func:`~nodule_bundle.followup.prior_nodule.prior_nodule_centre`)
+        and measured and classified there (none there: nothing denser than lung, or, where the detector
+        found no candidate, what is there the network finds unlikely to be a nodule), and the change (:func:`~nodule_bundle.followup.compare.change_row`:
+        status, diameter and volume change, VDT, Lung-RADS with the prior). Returns ``{"registration":
+        {...}, "nodules": [one row per finding, with the prior nodule's sizes or null]}``."""
+        with self._lock:
+            prior, current = self._read(prior_image), self._read(image)
+            key = (self._key(prior_image), self._key(image))
+            if key not in self._registrations:
+                self._registrations[key] = register(prior, current, str(prior_image), str(image))
+                while len(self._registrations) > 4:
+                    self._registrations.popitem(last=False)
+            registration = self._registrations[key]
+            carried = registration.current_to_prior(np.array([f["center_world_mm"] for f in findings], dtype=np.float64).reshape(-1, 3))
+            places = [prior_nodule_centre(prior, point, self.detection.candidates) for point in carried]
+            found = [k for k, place in enumerate(places) if place is not None]
+            before: dict[int, dict] = {}
+            if found:
+                item = {"center_world_mm": [places[k][0].tolist() for k in found], "nodule_id": [f"prior-{findings[k]['nodule_id']}" for k in found]}
+                threshold = float(self.config["min_nodule_probability"])
+                before = {k: f for k, f in zip(found, self._run(prior, item)[0])
+                          if f.get("measured_volume_mm3") and (places[k][1] or f["nodule_probability"] >= threshold)}  # fmt: skip
+        rows = []
+        for k, finding in enumerate(findings):
+            then = finding_sizes(before[k]) if k in before else None
+            distance = float(np.linalg.norm(np.asarray(then["center_world_mm"]) - carried[k])) if then else None
+            rows.append({**change_row(then, finding_sizes(finding), days), "distance_mm": None if distance is None else round(distance, 1), "prior": then})
+        summary = {"lung_dice": round(registration.lung_dice, 3), "scale": [round(v, 3) for v in registration.scale],
+                   "vessel_correlation": round(registration.vessel_correlation, 3)}  # fmt: skip
+        return {"registration": summary, "nodules": rows}
+
+    @staticmethod
+    def _key(image: str | os.PathLike) -> tuple[str, int]:
         path = Path(image)
         if not path.exists():
             raise NoduleBundleError(f"{path}: image not found")
-        key = (str(path.resolve()), path.stat().st_mtime_ns)
-        if key != self._scan_key:
-            self._scan, self._scan_key = self.load({"image": str(path)})["image"], key
-        return self._scan
+        return str(path.resolve()), path.stat().st_mtime_ns
+
+    def _read(self, image: str | os.PathLike) -> MetaTensor:
+        """The scan as LoadCTImaged reads it; the last two are kept while their files are unchanged."""
+        key = self._key(image)
+        if key not in self._scans:
+            self._scans[key] = self.load({"image": str(image)})["image"]
+            while len(self._scans) > 2:
+                self._scans.popitem(last=False)
+        self._scans.move_to_end(key)
+        return self._scans[key]
 
     def _run(self, ct: MetaTensor, item: dict) -> tuple[list[dict], MetaTensor]:
         self._reload_weights_if_changed()
-        measured = self.measure({"image": ct, "seriesuid": ct.meta.get("series_uid") or scan_stem(Path(self._scan_key[0])), **item})
+        seriesuid = ct.meta.get("series_uid") or scan_stem(Path(str(ct.meta.get("filename_or_obj", "scan"))))
+        measured = self.measure({"image": ct, "seriesuid": seriesuid, **item})
         label = measured.pop(LABEL_KEY)
         samples = self.rest(measured)
         batch = list_data_collate(samples)

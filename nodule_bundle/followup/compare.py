@@ -31,7 +31,7 @@ _SIZES = {
 }  # fmt: skip
 
 
-def _sizes(finding: Mapping) -> dict:
+def finding_sizes(finding: Mapping) -> dict:
     """A finding's centre, sizes, texture and probability; the mean diameter the network's where the
     mask gave none."""
     sizes = {name: finding.get(key) for name, key in _SIZES.items()}
@@ -46,7 +46,7 @@ def _finite(value: float, ndigits: int) -> float | None:
 
 
 def change_row(prior: Mapping | None, current: Mapping | None, days: float | None) -> dict:
-    """The change between one nodule's prior and current sizes (:func:`_sizes`; either ``None``)
+    """The change between one nodule's prior and current sizes (:func:`finding_sizes`; either ``None``)
     over ``days`` (``None``: unknown, no VDT)."""
     before = prior["mean_diameter_mm"] if prior else None
     now = current["mean_diameter_mm"] if current else None
@@ -76,8 +76,8 @@ def compare_findings(registration: Registration, prior: Sequence[Mapping], curre
     centres = np.array([f["center_world_mm"] for f in current], dtype=np.float64).reshape(-1, 3)
     rows = []
     for match in match_nodules(carried, centres, gate_mm):
-        before = _sizes(prior[match.prior]) if match.prior is not None else None
-        now = _sizes(current[match.current]) if match.current is not None else None
+        before = finding_sizes(prior[match.prior]) if match.prior is not None else None
+        now = finding_sizes(current[match.current]) if match.current is not None else None
         rows.append({
             "current_nodule_id": current[match.current].get("nodule_id") if match.current is not None else None,
             "prior_nodule_id": prior[match.prior].get("nodule_id") if match.prior is not None else None,

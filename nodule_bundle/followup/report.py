@@ -44,7 +44,8 @@ CSV_COLUMNS = (
 )  # fmt: skip
 
 
-def _date(value: str | None, where: str) -> datetime.date | None:
+def study_date(value: str | None, where: str) -> datetime.date | None:
+    """A DICOM StudyDate (``YYYYMMDD``) as a date; ``None`` for none; an error naming ``where`` for another form."""
     if not value:
         return None
     try:
@@ -83,8 +84,8 @@ class FollowupComparison:
         if None not in ids and len(ids) == 2:
             raise FollowupError(f"{prior_image} -> {current_image}: the scans are of two patients (PatientID {' and '.join(sorted(ids))})")
         dates = {
-            "prior": _date(prior_date or identity["prior"].get("StudyDate"), prior_image),
-            "current": _date(current_date or identity["current"].get("StudyDate"), current_image),
+            "prior": study_date(prior_date or identity["prior"].get("StudyDate"), prior_image),
+            "current": study_date(current_date or identity["current"].get("StudyDate"), current_image),
         }
         if None not in dates.values() and dates["current"] <= dates["prior"]:
             raise FollowupError(f"{prior_image} -> {current_image}: the prior scan ({dates['prior']}) is not older than the current one ({dates['current']})")

@@ -21,10 +21,13 @@ import numpy as np
 import pytest
 
 from bundle_run import ROOT
+from conftest import SMALL
 from nodule_bundle.core.geometry import world_to_voxel
 from nodule_bundle.apps.bench.label import point_prompt_load
 from nodule_bundle.apps.label_app.server import MODEL, start_server, stop_server
 from nodule_bundle.apps.sharing.export import export_bundle
+from nodule_bundle.data.synth import write_followup_dataset
+from nodule_bundle.followup.change import STATUSES
 
 LABEL_VENV = Path(os.environ.get("NODULE_LABEL_VENV", ROOT / ".venv-label"))
 
@@ -45,8 +48,14 @@ def server(trained, phantom_dir, datalist, tmp_path_factory):
     for image in scans:
         shutil.copy(phantom_dir / image, studies)
     nib.save(nib.Nifti1Image(np.random.default_rng(0).uniform(0, 900, (40, 40, 20)).astype(np.float32), np.eye(4)), studies / "mr.nii.gz")
+    followups = root / "followups"  # one patient scanned twice
+    write_followup_dataset(followups, patients=1, timepoints=2, seed=5, cfg=SMALL, workers=1, negatives_per_scan=0)
+    visits = list(csv.DictReader(open(followups / "followups.csv")))
+    for visit in visits:
+        shutil.copy(followups / "images" / f"{visit['seriesuid']}.nii.gz", studies)
     proc, url = start_server(LABEL_VENV, studies, bundle, root / "server.log")
-    yield {"url": url, "studies": studies, "bundle": bundle, "scans": [Path(s).name[: -len(".nii.gz")] for s in scans], "pid": proc.pid}
+    yield {"url": url, "studies": studies, "bundle": bundle, "scans": [Path(s).name[: -len(".nii.gz")] for s in scans], "pid": proc.pid,
+           "followups": followups, "visits": visits}  # fmt: skip
     stop_server(proc)
     assert proc.poll() is not None
 
@@ -60,11 +69,11 @@ def _voxel(studies: Path, uid: str, row: dict) -> list[int]:
     return np.rint(world_to_voxel([float(row[k]) for k in ("coordX", "coordY", "coordZ")], affine)).astype(int).tolist()
 
 
-def _infer(server, points, image=None, model=MODEL, output="json") -> httpx.Response:
+def _infer(server, points, image=None, model=MODEL, output="json", **params) -> httpx.Response:
     image = image or server["scans"][0]
     return httpx.post(
         f"{server['url']}/infer/{model}", params={"image": image, "output": output},
-        data={"params": json.dumps({"foreground": points})}, timeout=300,
+        data={"params": json.dumps({"foreground": points, **params})}, timeout=300,
     )  # fmt: skip
 
 
@@ -111,6 +120,53 @@ def test_the_whole_scan_model_detects_nodules(server, phantom_dir):
     assert all(f["nodule_probability"] >= 0.5 for f in result["nodules"])
     assert all(f["nodule_probability"] < 0.5 for f in result["rejected_candidates"])
     assert result["detection"]["candidates"] == len(found) and result["detection"]["lung_volume_ml"] > 0
+
+
+def test_a_click_on_a_study_with_a_prior_gets_the_nodule_there_and_its_change(server):
+    """Two studies of one patient, dated in the datastore's image info as a DICOMweb datastore records
+    them: a click on the later one finds each nodule on the earlier one (where its record says it was)
+    and answers with its change; a study named as the prior that is not older is refused."""
+    prior, current = server["visits"]
+    for visit in server["visits"]:
+        info = {"PatientID": visit["patient_id"], "StudyDate": visit["study_date"]}
+        saved = httpx.put(f"{server['url']}/datastore/image/info", params={"image": visit["seriesuid"]}, data={"info": json.dumps(info)}, timeout=30)
+        assert saved.status_code == 200, saved.text
+    rows = list(csv.DictReader(open(server["followups"] / "annotations.csv")))
+    then = {r["track_id"]: r for r in rows if r["seriesuid"] == prior["seriesuid"]}
+    clicked = [r for r in rows if r["seriesuid"] == current["seriesuid"]]
+    answer = _infer(server, [_voxel(server["studies"], current["seriesuid"], r) for r in clicked], image=current["seriesuid"])
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert result["prior"]["image_id"] == prior["seriesuid"] and result["prior"]["study_date"] == prior["study_date"]
+    assert result["prior"]["interval_days"] == int(current["days"]) - int(prior["days"]) > 0
+    assert result["prior"]["registration"]["lung_dice"] >= 0.75
+    seen_before, there = {}, 0
+    for row, nodule in zip(clicked, result["nodules"]):
+        change = nodule["followup"]
+        assert change["status"] in STATUSES and change["status"] != "resolved" and change["lung_rads_category"]
+        earlier = then.get(row["track_id"])
+        if earlier is None:  # new since
+            assert change["prior"] is None and change["status"] == "new", row["track_id"]
+            continue
+        there += float(earlier["diameter_mm"]) >= 4.0
+        if change["prior"] is None:  # missed (the test's briefly trained network doubts some nodules)
+            assert change["status"] == "new"
+            continue
+        where = [float(earlier[k]) for k in ("coordX", "coordY", "coordZ")]  # found: where its record says
+        assert np.linalg.norm(np.subtract(change["prior"]["center_world_mm"], where)) <= max(3.0, float(earlier["diameter_mm"]) / 2)
+        seen_before[row["track_id"]] = change
+    assert len(seen_before) >= max(3, 0.6 * there)
+    # measured on the prior as a click there measures it (seeded elsewhere, a large nodule's mask differs a little)
+    direct = _infer(server, [_voxel(server["studies"], prior["seriesuid"], then[t]) for t in seen_before], image=prior["seriesuid"], prior=False)
+    for change, nodule in zip(seen_before.values(), direct.json()["nodules"]):
+        size = nodule["measured_mean_diameter_mm"]
+        assert change["prior"]["mean_diameter_mm"] == pytest.approx(size, abs=max(1.0, 0.1 * size))
+        assert change["prior"]["malignancy_probability"] == pytest.approx(nodule["malignancy_probability"], abs=0.1)
+    again = next(r for r in clicked if r["track_id"] in then)
+    alone = _infer(server, [_voxel(server["studies"], current["seriesuid"], again)], image=current["seriesuid"], prior=False)
+    assert alone.status_code == 200 and "prior" not in alone.json() and "followup" not in alone.json()["nodules"][0]
+    backwards = _infer(server, [_voxel(server["studies"], prior["seriesuid"], then[again["track_id"]])], image=prior["seriesuid"], prior=current["seriesuid"])
+    assert backwards.status_code == 422 and "is not older than" in backwards.json()["detail"]
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,8 @@ It serves the bundle at ``bundle_root`` (default: this checkout, or the exported
 with): its ``configs/`` and ``models/model.pt``, no second copy of the pipeline. Models:
 
 - ``lung_nodule_ct_classification``: clicked points -> each nodule's measured and regressed diameter,
-  size band and malignancy probability, and the masks as a label map;
+  size band and malignancy probability, and the masks as a label map; when the study has a prior
+  (:mod:`nodule_bundle.apps.label_app.priors`), each nodule's counterpart there and its change;
 - ``lung_nodule_ct_classification_scan``: the whole scan (detection, classification, reduction);
 - training (``POST /train/lung_nodule_ct_classification``) on the studies with JSON annotations
   (:mod:`nodule_bundle.apps.label_app.annotations`), with the bundle's ``train.json``; the new weights go live.
@@ -17,10 +18,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 from monailabel.interfaces.app import MONAILabelApp
 
 from nodule_bundle.apps.interactive import NoduleService
+from nodule_bundle.apps.label_app.priors import prior_study
 from nodule_bundle.apps.label_app.tasks import NodulePointInfer, NoduleScanInfer, NoduleTrain
 from nodule_bundle.apps.workflow import find_bundle_root
 
@@ -42,6 +45,14 @@ class NoduleLabelApp(MONAILabelApp):
             app_dir=app_dir, studies=studies, conf=conf, name=MODEL, description=self.metadata["description"],
             version=self.metadata["version"], labels=["nodule"],
         )  # fmt: skip
+
+    def infer(self, request, datastore=None):
+        """MONAI Label's inference; a click on a study of the datastore also gets the study's prior
+        (``request["prior_study"]``: :func:`~nodule_bundle.apps.label_app.priors.prior_study`)."""
+        image = request.get("image")
+        if request.get("model") == MODEL and isinstance(image, str) and not os.path.exists(image):
+            request = {**request, "prior_study": prior_study(datastore or self.datastore(), image, request.get("prior"))}
+        return super().infer(request, datastore)
 
     def init_infers(self):
         description = self.metadata["description"]

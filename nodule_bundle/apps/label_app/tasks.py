@@ -74,14 +74,23 @@ class _BundleInfer(InferTask):
 
 class NodulePointInfer(_BundleInfer):
     """Clicked points (``foreground``: ``[[i, j, k], ...]`` voxel indices, 3D Slicer's IJK) -> per point
-    the measured and regressed diameter, size band, malignancy probability; the masks as a label map."""
+    the measured and regressed diameter, size band, malignancy probability; the masks as a label map.
+    With a prior study (``request["prior_study"]``, set by the app), the answer's ``prior`` names it
+    and each nodule's ``followup`` is its counterpart on the prior and its change
+    (:meth:`~nodule_bundle.apps.interactive.NoduleService.follow_up`)."""
 
     def __init__(self, service: NoduleService, studies: str, description: str):
         super().__init__(service, studies, InferType.DEEPGROW, f"{description} Click a nodule: foreground points.")
 
     def _infer(self, image: str, request: dict) -> tuple[str, dict]:
         findings, label = self.service.classify_points(image, request.get("foreground") or [])
-        return self._answer(label, {"nodules": findings})
+        prior = request.get("prior_study")
+        if not prior:
+            return self._answer(label, {"nodules": findings})
+        change = self.service.follow_up(image, findings, prior["image"], prior["interval_days"])
+        findings = [{**f, "followup": row} for f, row in zip(findings, change["nodules"])]
+        described = {k: prior[k] for k in ("image_id", "study_date", "interval_days")}
+        return self._answer(label, {"nodules": findings, "prior": {**described, "registration": change["registration"]}})
 
 
 class NoduleScanInfer(_BundleInfer):
