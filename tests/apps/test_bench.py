@@ -171,4 +171,6 @@ def test_followup_benchmark_scores_matching_growth_and_categories_against_the_tr
     assert result["pairs_of_scans"] == 1 and result["nodule_pairs"] >= 5
     assert result["matched_right"] >= 0.9 > result["matched_right_without_registration"]  # the patient moved: registration is what matches them
     assert 0.5 < result["status_agreement"] <= 1.0 and 0.5 < result["lung_rads_agreement"] <= 1.0
-    assert "matched right" in capsys.readouterr().out
+    assert result["click_prior_found_right"] >= 0.8 and result["click_prior_found_wrong"] == 0  # a click's own search of the prior
+    printed = capsys.readouterr().out
+    assert "matched right" in printed and "a click, no prior list" in printed

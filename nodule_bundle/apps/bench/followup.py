@@ -52,8 +52,12 @@ def bench_followup(patients: int = 8, seed: int = 0, timepoints: int = 3, first_
     coordinates alone, no registration, in the same run), the status (new, growing, stable, shrinking,
     resolved) by Lung-RADS' growth rule, the VDT's error (median absolute log2 ratio, for nodules of
     6 mm and more whose volume changed by 25 % or more), the Lung-RADS category with the prior and the
-    time per pair (registration, matching, change)."""
-    from nodule_bundle.apps.bench.realism import measurement_transforms
+    time per pair (registration, matching, change). And the MONAI Label click's path, which has no prior
+    list: each current nodule looked for on the prior where the registration carries it
+    (:func:`~nodule_bundle.followup.prior_nodule.prior_nodule_centre`) and measured there: found on the
+    right nodule, on another, missed; for a new nodule, nothing measured there (without the network,
+    which the app also asks where the detector found no candidate)."""
+    from nodule_bundle.apps.bench.timing import inference_config, inference_steps
     from nodule_bundle.core.nodule import texture_from_measurement
     from nodule_bundle.data.followup_phantom import FollowupConfig
     from nodule_bundle.followup.compare import change_row, compare_findings
@@ -62,8 +66,10 @@ def bench_followup(patients: int = 8, seed: int = 0, timepoints: int = 3, first_
     from nodule_bundle.measuring.measure import MEASUREMENT_KEYS
 
     series_cfg = FollowupConfig(timepoints=timepoints)
-    measure = measurement_transforms(bundle_root).transforms[-1]
+    steps = inference_steps(inference_config(bundle_root))
+    measure, detect = steps["measure"], steps["detect"]
     counts = {"pairs": 0, "right": 0, "wrong": 0, "missed": 0, "right_unregistered": 0, "wrong_unregistered": 0}
+    clicked = Counter()
     statuses, categories, vdt_errors, seconds, moved = [], [], [], [], []
     for scans, dates in _series(geometry, patients, seed, first_index, series_cfg):
         days = [d for _, d in dates]
@@ -81,10 +87,12 @@ def bench_followup(patients: int = 8, seed: int = 0, timepoints: int = 3, first_
         pairs = [(t - 1, t) for t in range(1, timepoints)] + ([(0, timepoints - 1)] if timepoints > 2 else [])
         for a, b in pairs:
             start = time.perf_counter()
-            rows = compare_findings(register(images[a], images[b]), findings[a], findings[b], days[b] - days[a])
+            registration = register(images[a], images[b])
+            rows = compare_findings(registration, findings[a], findings[b], days[b] - days[a])
             seconds.append(time.perf_counter() - start)
             truth = {n.track_id: n for n in scans[b].nodules}
             before = {n.track_id: n for n in scans[a].nodules}
+            clicked.update(_clicks_on_prior(registration, images[a], scans[b].nodules, before, measure, detect.candidates))
             both = set(truth) & set(before)
             counts["pairs"] += len(both)
             for row in rows:
@@ -131,7 +139,38 @@ def bench_followup(patients: int = 8, seed: int = 0, timepoints: int = 3, first_
         "vdt_median_abs_log2_error": float(statistics.median(vdt_errors)) if vdt_errors else math.nan,
         "vdt_wrong_sign": len(vdt_errors) - len(finite),
         "seconds_per_pair": summary(seconds),
+        "click_prior_found_right": clicked["right"] / max(clicked["right"] + clicked["wrong"] + clicked["missed"], 1),
+        "click_prior_found_wrong": clicked["wrong"],
+        "click_prior_missed": clicked["missed"],
+        "click_new_nodules": clicked["new"] + clicked["false"],
+        "click_new_found_nothing": clicked["new"] / max(clicked["new"] + clicked["false"], 1),
     }
+
+
+def _clicks_on_prior(registration, prior_image, current_nodules, before: dict, measure, candidates) -> Counter:
+    """Each current nodule looked for on the prior as a MONAI Label click looks for it: ``right`` (measured
+    on the prior at its own nodule: the place within the nodule's radius, at least 3 mm, of its prior
+    centre, and nearer that than any other), ``wrong`` (measured elsewhere), ``missed`` (nothing
+    measured); a nodule new since: ``new`` (nothing measured there) or ``false``."""
+    from nodule_bundle.followup.prior_nodule import prior_nodule_centre
+
+    carried = registration.current_to_prior(np.array([n.nodule.center_world_mm for n in current_nodules], dtype=np.float64).reshape(-1, 3))
+    places = [prior_nodule_centre(prior_image, point, candidates) for point in carried]
+    inside = [k for k, place in enumerate(places) if place is not None]
+    volumes = measure({"image": prior_image, "center_world_mm": [places[k][0].tolist() for k in inside]})["measured_volume_mm3"] if inside else []
+    found = {k: places[k][0] for k, volume in zip(inside, volumes) if math.isfinite(volume) and volume > 0}
+    outcome = Counter()
+    for k, nodule in enumerate(current_nodules):
+        earlier = before.get(nodule.track_id)
+        if earlier is None:
+            outcome["false" if k in found else "new"] += 1
+        elif k not in found:
+            outcome["missed"] += 1
+        else:
+            distances = {t: float(np.linalg.norm(found[k] - np.asarray(n.nodule.center_world_mm))) for t, n in before.items()}
+            own = distances[nodule.track_id] <= max(3.0, earlier.nodule.diameter_mm / 2) and min(distances, key=distances.get) == nodule.track_id
+            outcome["right" if own else "wrong"] += 1
+    return outcome
 
 
 def _confusion(pairs: list[tuple]) -> dict[str, int]:
@@ -152,6 +191,8 @@ def format_followup_result(result: dict) -> str:
         f"  VDT                  median |log2(measured / true)| {r['vdt_median_abs_log2_error']:.3f} over {r['vdt_nodules']} nodules >= 6 mm with a volume change >= 25 %"
         f" ({r['vdt_wrong_sign']} with the wrong sign)",
         f"  time per pair        {r['seconds_per_pair']['median_s']:.2f} s (registration, matching, change; median)",
+        f"  a click, no prior list: the nodule found on the prior {r['click_prior_found_right']:.3f} (elsewhere {r['click_prior_found_wrong']},"
+        f" missed {r['click_prior_missed']}); new nodules with nothing found there {r['click_new_found_nothing']:.3f} of {r['click_new_nodules']}",
     ]
     if r["status_confusion"]:
         lines.append("  status errors: " + ", ".join(f"{k} {v}" for k, v in r["status_confusion"].items()))
