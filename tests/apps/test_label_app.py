@@ -167,6 +167,11 @@ def test_a_click_on_a_study_with_a_prior_gets_the_nodule_there_and_its_change(se
     assert alone.status_code == 200 and "prior" not in alone.json() and "followup" not in alone.json()["nodules"][0]
     backwards = _infer(server, [_voxel(server["studies"], prior["seriesuid"], then[again["track_id"]])], image=prior["seriesuid"], prior=current["seriesuid"])
     assert backwards.status_code == 422 and "is not older than" in backwards.json()["detail"]
+    httpx.put(f"{server['url']}/datastore/image/info", params={"image": "mr"}, data={"info": json.dumps({"PatientID": "someone-else", "StudyDate": "20200101"})}, timeout=30)
+    point = [_voxel(server["studies"], current["seriesuid"], again)]
+    for prior_id, status, message in (("mr", 422, "the studies are of two patients"), ("no-such-study", 404, "unknown prior image id"), (7, 422, "prior must be")):
+        refused = _infer(server, point, image=current["seriesuid"], prior=prior_id)
+        assert refused.status_code == status and message in refused.json()["detail"], refused.text
 
 
 @pytest.mark.parametrize(
