@@ -139,9 +139,10 @@ class NoduleService:
         refuses a pair that cannot be one patient's chest), each nodule looked for on the prior
         where the registration carries it (:func:`~nodule_bundle.followup.prior_nodule.prior_nodule_centre`)
         and measured and classified there (none there: nothing denser than lung, or, where the detector
-        found no candidate, what is there the network finds unlikely to be a nodule), and the change (:func:`~nodule_bundle.followup.compare.change_row`:
-        status, diameter and volume change, VDT, Lung-RADS with the prior). Returns ``{"registration":
-        {...}, "nodules": [one row per finding, with the prior nodule's sizes or null]}``."""
+        found no candidate, what is there the network finds unlikely to be a nodule), and the change
+        (:func:`~nodule_bundle.followup.compare.change_row`: status, diameter and volume change, VDT,
+        Lung-RADS with the prior). Returns ``{"registration": {...}, "nodules": [one row per finding,
+        with the prior nodule's sizes or null]}``."""
         with self._lock:
             prior, current = self._read(prior_image), self._read(image)
             key = (self._key(prior_image), self._key(image))

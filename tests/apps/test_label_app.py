@@ -172,6 +172,12 @@ def test_a_click_on_a_study_with_a_prior_gets_the_nodule_there_and_its_change(se
     for prior_id, status, message in (("mr", 422, "the studies are of two patients"), ("no-such-study", 404, "unknown prior image id"), (7, 422, "prior must be")):
         refused = _infer(server, point, image=current["seriesuid"], prior=prior_id)
         assert refused.status_code == status and message in refused.json()["detail"], refused.text
+    # a date the datastore holds malformed: no prior looked up, the click answered; named as a prior, a 422
+    httpx.put(f"{server['url']}/datastore/image/info", params={"image": prior["seriesuid"]}, data={"info": json.dumps({"StudyDate": "last year"})}, timeout=30)
+    plain = _infer(server, point, image=current["seriesuid"])
+    assert plain.status_code == 200 and "prior" not in plain.json()
+    named = _infer(server, point, image=current["seriesuid"], prior=prior["seriesuid"])
+    assert named.status_code == 422 and "is not YYYYMMDD" in named.json()["detail"]
 
 
 @pytest.mark.parametrize(
