@@ -266,16 +266,17 @@ def _rss_bytes(pid: int) -> int:
 
 
 def test_the_server_answers_a_load_of_point_prompts_without_growing(server, phantom_dir):
-    """200 point prompts one after another and 20 at once (``bench label --load``'s load): all answered,
-    their p50 / p95 latency measured, and the server's resident memory flat (within 20 %)."""
+    """60 point prompts one after another and 20 at once (``bench label --load 200 20`` sends the
+    issue's full load; this is its bounded run for CI): all answered, their p50 / p95 latency
+    measured, and the server's resident memory flat (within 20 %)."""
     uid, studies = server["scans"][0], server["studies"]
     point = _voxel(studies, uid, _annotations(phantom_dir, uid)[0])
     for _ in range(10):  # warm-up: caches, allocator pools
         assert _infer(server, [point]).status_code == 200
     before = _rss_bytes(server["pid"])
-    load = point_prompt_load(server["url"], uid, point, sequential=200, concurrent=20)
+    load = point_prompt_load(server["url"], uid, point, sequential=60, concurrent=20)
     after = _rss_bytes(server["pid"])
-    assert load["sequential"]["statuses"] == [200] * 200 and load["concurrent"]["statuses"] == [200] * 20
+    assert load["sequential"]["statuses"] == [200] * 60 and load["concurrent"]["statuses"] == [200] * 20
     assert 0 < load["sequential"]["p50_s"] <= load["sequential"]["p95_s"] and load["concurrent"]["runs"] == 20
     assert after <= 1.2 * before, f"resident memory grew from {before / 2**20:.0f} MB to {after / 2**20:.0f} MB"
 
