@@ -153,3 +153,21 @@ def test_the_acquired_edge_takes_no_voxel_of_what_the_segmentation_cut_off():
     region = body & (x > -6)  # the fine mask carried over a voxel short at one end
     edge = edge_on_acquired_grid(region, hu, -410.0, attached=wall)
     assert (edge == body).all()
+
+
+@pytest.mark.parametrize("centre", [(32, 32, 32), (6, 40, 58)])
+def test_the_wall_is_opened_on_the_box_it_depends_on_with_the_same_result(centre):
+    """Near the nodule the chest wall's opening, computed on the box around the centre that it depends
+    on, is the opening of the whole crop (the crop's border continued alike)."""
+    from nodule_bundle.measuring.measure import _opened, _wall
+
+    dense = ndi.gaussian_filter(np.random.default_rng(1).normal(size=(N, N, N)), 5) > 0.0
+    radius, hold = 3.5, 9.0
+    offsets = np.indices((N, N, N)) - np.reshape(centre, (3, 1, 1, 1))
+    distance = np.linalg.norm(offsets, axis=0)
+    whole = _opened(dense, radius, pad=int(np.ceil(radius)) + 1)
+    boxed = _wall(dense, radius, centre, hold)
+    near = distance <= hold
+    assert whole[near].any() and not whole[near].all()
+    np.testing.assert_array_equal(boxed[near], whole[near])
+    assert not boxed[np.abs(offsets).max(axis=0) > hold + 2 * radius + 3].any()  # beyond its box: not computed
