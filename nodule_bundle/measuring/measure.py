@@ -107,10 +107,9 @@ def segment_nodule(crop_hu: np.ndarray, spacing_mm: float, hold_margin_mm: float
         threshold = (background + plateau) / 2.0
         region, centre = _grow(smooth, threshold, centre, distance)
     thickness = float(_distance_inside(region)[centre]) * spacing_mm
-    hold_mm = HOLD_FACTOR * thickness + hold_margin_mm
-    region = _component_at(region & (distance <= hold_mm), centre)
+    region = _component_at(region & (distance <= HOLD_FACTOR * thickness + hold_margin_mm), centre)
     wall_ball = (WALL_BALL_FACTOR * thickness + 1.0) / spacing_mm
-    wall = _wall(np.asarray((smooth >= threshold) | (smooth <= AIR_HU)), wall_ball, centre, hold_mm / spacing_mm)
+    wall = _wall(np.asarray((smooth >= threshold) | (smooth <= AIR_HU)), wall_ball, region)
     if not wall[centre]:
         region = _component_at(region & ~wall, centre)
     region = without_strands(region, centre, thickness, spacing_mm)
@@ -175,15 +174,15 @@ def depth_inside_mm(mask: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray
     return ndi.distance_transform_edt(np.pad(mask, 1), sampling=spacing_mm)[tuple(slice(1, -1) for _ in mask.shape)]
 
 
-def _wall(dense: np.ndarray, radius: float, centre: tuple[int, ...], hold: float) -> np.ndarray:
-    """What balls of ``radius`` voxels reach in ``dense`` (the tissue and air beyond the lung), within
-    ``hold`` voxels of ``centre`` (false beyond): the opening is computed on the box that reaches
-    ``2 radius`` further, all it depends on there, the crop's border continued as :func:`_opened` does."""
-    reach = math.ceil(hold + 2.0 * radius) + 2
-    box = tuple(slice(max(c - reach, 0), min(c + reach + 1, n)) for c, n in zip(centre, dense.shape))
+def _wall(dense: np.ndarray, radius: float, region: np.ndarray) -> np.ndarray:
+    """What balls of ``radius`` voxels reach in ``dense`` (the tissue and air beyond the lung), where
+    ``region`` is (false elsewhere): the opening is computed on ``region``'s box grown by two radii,
+    all it depends on there, the crop's border continued as :func:`_opened` does."""
     wall = np.zeros(dense.shape, dtype=bool)
-    wall[box] = _opened(dense[box], radius, pad=math.ceil(radius) + 1)
-    return wall
+    if region.any():
+        box = _box(region, math.ceil(2.0 * radius) + 2)
+        wall[box] = _opened(dense[box], radius, pad=math.ceil(radius) + 1)
+    return wall & region
 
 
 def _opened(mask: np.ndarray, radius: float, pad: int = 0) -> np.ndarray:
