@@ -14,9 +14,10 @@ import torch
 import pydicom
 from pydicom.uid import generate_uid
 
-from bundle_run import ROOT, monai_bundle_run
+from bundle_run import ROOT, bundle_args, monai_bundle_run
 from nodule_bundle.network.networks import MultiTaskNoduleNet
 from dicom_helpers import edit, new_instance, shift_position
+from preloaded_runs import preloaded_bundle_runs
 
 METRICS = ("malignancy_auc", "malignancy_accuracy", "size_only_auc", "size_band_accuracy", "diameter_mae_mm")
 
@@ -129,17 +130,13 @@ def reports(trained, phantom_dir, test_scan, tmp_path_factory) -> dict[str, Path
     """Inference on the same test scan read from NIfTI, MHD and a DICOM series; the output dirs."""
     uid, _, csv_path = test_scan
     before = csv_path.read_bytes()
-    outputs = {}
     images = {fmt: phantom_dir / pattern.format(uid) for fmt, pattern in FORMATS.items()}
     images["dicom_study"] = _study_with_a_longer_series(phantom_dir / FORMATS["dicom"].format(uid), tmp_path_factory.mktemp("study"))
-    for fmt, image in images.items():
-        out = tmp_path_factory.mktemp(f"report_{fmt}")
-        result = monai_bundle_run(
-            ["inference"], image=image, nodules=csv_path, seriesuid=uid,
-            ckpt_path=trained / "models" / "model.pt", output_dir=out,
-        )  # fmt: skip
+    outputs = {fmt: tmp_path_factory.mktemp(f"report_{fmt}") for fmt in images}
+    runs = preloaded_bundle_runs([bundle_args(["inference"], image=image, nodules=csv_path, seriesuid=uid, ckpt_path=trained / "models" / "model.pt",
+                                              output_dir=outputs[fmt]) for fmt, image in images.items()])  # fmt: skip
+    for result in runs:
         assert result.returncode == 0, result.stderr[-3000:]
-        outputs[fmt] = out
     assert csv_path.read_bytes() == before  # inputs are read-only
     return outputs
 
@@ -249,16 +246,17 @@ def test_gpu_options_are_harmless_on_cpu(trained, phantom_dir, test_scan, tmp_pa
     CPU too, and inference with --amp, with --channels_last False (the network's layout as trained;
     inference.json's default is channels_last_3d, faster on CPU too), or with --compile
     (torch.compile), gives the same report as without."""
-    result = monai_bundle_run(
-        ["train", "gpu_train"], dataset_dir=phantom_dir, ckpt_dir=tmp_path / "models", output_dir=tmp_path / "eval", epochs=1, num_workers=0,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    MultiTaskNoduleNet().load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True), strict=True)
     uid, _, csv_path = test_scan
     image, weights = phantom_dir / "images" / f"{uid}.nii.gz", trained / "models" / "model.pt"
+    options = {"plain": {"channels_last": False}, "gpu options": {"amp": True, "channels_last": True}, "compiled": {"compile": True}}
+    train, *runs = preloaded_bundle_runs([
+        bundle_args(["train", "gpu_train"], dataset_dir=phantom_dir, ckpt_dir=tmp_path / "models", output_dir=tmp_path / "eval", epochs=1, num_workers=0),
+        *[bundle_args(["inference"], image=image, nodules=csv_path, ckpt_path=weights, output_dir=tmp_path / name, **o) for name, o in options.items()],
+    ])  # fmt: skip
+    assert train.returncode == 0, train.stderr[-3000:]
+    MultiTaskNoduleNet().load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True), strict=True)
     reports = {}
-    for name, options in {"plain": {"channels_last": False}, "gpu options": {"amp": True, "channels_last": True}, "compiled": {"compile": True}}.items():
-        run = monai_bundle_run(["inference"], image=image, nodules=csv_path, ckpt_path=weights, output_dir=tmp_path / name, **options)
+    for name, run in zip(options, runs):
         assert run.returncode == 0, run.stderr[-3000:]
         reports[name] = [n["malignancy_probability"] for n in json.loads((tmp_path / name / "report.json").read_text())["scans"][0]["nodules"]]
     np.testing.assert_allclose(reports["gpu options"], reports["plain"], atol=1e-3)

@@ -8,13 +8,13 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from bad_inputs import CASES, RESULTS, Case, Good, snapshot
 from bundle_run import ROOT
+from preloaded_runs import preloaded_bundle_runs
+
 from nodule_bundle.apps.cli import main
 
 assert len(CASES) >= 30
@@ -38,8 +38,10 @@ def cases(good, tmp_path_factory) -> dict[str, tuple[Case, Path]]:
     return built
 
 
-def _bundle_command(c: Case, out: Path) -> list[str]:
-    base = [sys.executable, "-m", "monai.bundle", "run", "--meta_file", "configs/metadata.json"]
+def _bundle_command(c: Case, folder: Path) -> list[str]:
+    """What follows ``python -m monai.bundle`` for the case, its outputs under ``folder/out_bundle``."""
+    out = folder / "out_bundle"
+    base = ["run", "--meta_file", "configs/metadata.json"]
     if c.workflow == "train":
         return [*base, "--config_file", "configs/train.json", "--datalist", str(c.datalist), "--dataset_dir", str(c.dataset_dir),
                 "--ckpt_dir", str(out / "models"), "--output_dir", str(out / "eval"), "--epochs", "1", "--num_workers", "0"]  # fmt: skip
@@ -55,16 +57,28 @@ def _cli_args(c: Case, out: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def bundle_runs(cases) -> dict[str, tuple[subprocess.CompletedProcess, dict, dict]]:
-    """Every case through ``python -m monai.bundle run``, two at a time: (result, inputs before, after)."""
+    """Every case through ``python -m monai.bundle run`` (one forked process each, two at a time,
+    after one shared import: tests/preloaded_runs.py): (result, inputs before, after)."""
+    names = sorted(cases)
+    before = {name: snapshot(cases[name][1]) for name in names}
+    results = preloaded_bundle_runs([_bundle_command(*cases[name]) for name in names])
+    return {name: (result, before[name], snapshot(cases[name][1])) for name, result in zip(names, results)}
 
-    def run(name: str):
-        c, folder = cases[name]
-        before = snapshot(folder)
-        result = subprocess.run(_bundle_command(c, folder / "out_bundle"), cwd=ROOT, capture_output=True, text=True, timeout=300)
-        return name, (result, before, snapshot(folder))
 
-    with ThreadPoolExecutor(2) as pool:
-        return dict(pool.map(run, sorted(cases)))
+def test_a_preloaded_run_is_the_real_process(tmp_path):
+    """The forked runs answer as ``python -m monai.bundle run`` itself: same exit status, same error."""
+    missing = Case("missing", "", image=tmp_path / "missing.nii.gz", nodules=tmp_path / "nodules.csv", model=tmp_path / "model.pt")
+    args = _bundle_command(missing, tmp_path / "out")
+    real = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    forked = preloaded_bundle_runs([args])[0]
+    assert real.returncode == forked.returncode == 1
+    assert _errors(real) == _errors(forked)
+    assert f"{missing.image}: image not found" in _errors(forked)[0]
+
+
+def _errors(result: subprocess.CompletedProcess) -> list[str]:
+    """The traceback's own error lines."""
+    return [line for line in result.stderr.splitlines() if re.match(r"^[\w.]*(Error|Exception): ", line)]
 
 
 def _record(name: str, runner: str, clear: bool, crashed: bool, left: list[str]) -> None:
@@ -100,7 +114,7 @@ def test_cli_refuses_with_one_clear_line(name, cases, capsys):
 def test_bundle_run_refuses_naming_the_file(name, cases, bundle_runs):
     c, folder = cases[name]
     result, before, after = bundle_runs[name]
-    errors = [line for line in result.stderr.splitlines() if re.match(r"^[\w.]*(Error|Exception): ", line)]  # the traceback's own lines
+    errors = _errors(result)
     line = next((line for line in errors if str(c.named) in line and re.search(c.expect, line, re.IGNORECASE)), None)
     crashed = result.returncode == 0 or line is None
     left = _left_behind(folder / "out_bundle")

@@ -13,7 +13,8 @@ import yaml
 from monai.data import MetaTensor
 from torch import nn
 
-from bundle_run import monai_bundle_run
+from bundle_run import bundle_args, monai_bundle_run
+from preloaded_runs import preloaded_bundle_runs
 from nodule_bundle.data.datalist import DatalistError, load_mask_datalist
 from nodule_bundle.core.errors import NoduleBundleError
 from nodule_bundle.measuring.measure import axial_diameters
@@ -170,8 +171,7 @@ def test_inference_reports_what_measured_each_nodule(segmenter_run, trained, pha
     common = dict(image=image, nodules=csv_path, seriesuid=uid, ckpt_path=trained / "models" / "model.pt")
     answers = {}
     runs = {"default": {}, "learned": dict(segmenter_path=segmenter, learned_masks=True), "held": dict(threshold_hold_margin_mm=0.0)}
-    for name, extra in runs.items():
-        result = monai_bundle_run(["inference"], output_dir=tmp_path / name, **common, **extra)
+    for name, result in zip(runs, preloaded_bundle_runs([bundle_args(["inference"], output_dir=tmp_path / n, **common, **e) for n, e in runs.items()])):
         assert result.returncode == 0, result.stderr[-3000:]
         nodules = json.loads((tmp_path / name / "report.json").read_text())["scans"][0]["nodules"]
         answers[name] = {n["nodule_id"]: n for n in nodules}

@@ -21,7 +21,8 @@ from PIL import Image
 from pydicom.sr.codedict import codes
 from scipy import ndimage as ndi
 
-from bundle_run import monai_bundle_run
+from bundle_run import bundle_args, monai_bundle_run
+from preloaded_runs import preloaded_bundle_runs
 from debian_tools import dciodvfy_errors, debian_tool
 from dicom_helpers import edit
 from nodule_bundle.reports.writer import NoduleReportWriter
@@ -159,17 +160,13 @@ def phi_scan(phantom_dir, test_scan, tmp_path_factory) -> Path:
 def report_dirs(trained, phantom_dir, test_scan, phi_scan, tmp_path_factory) -> dict[str, Path]:
     uid, _, csv_path = test_scan
     runs = {"nifti": (phantom_dir / "images" / f"{uid}.nii.gz", False), "dicom": (phi_scan, False), "dicom_phi": (phi_scan, True)}
-    outputs = {}
-    for name, (image, include_phi) in runs.items():
-        out = tmp_path_factory.mktemp(f"report_{name}")
-        result = monai_bundle_run(
-            ["inference"], image=image, nodules=csv_path, seriesuid=uid, ckpt_path=trained / "models" / "model.pt",
-            output_dir=out, include_phi=include_phi,
-        )  # fmt: skip
+    outputs = {name: tmp_path_factory.mktemp(f"report_{name}") for name in runs}
+    results = preloaded_bundle_runs([bundle_args(["inference"], image=image, nodules=csv_path, seriesuid=uid, ckpt_path=trained / "models" / "model.pt",
+                                                 output_dir=outputs[name], include_phi=include_phi) for name, (image, include_phi) in runs.items()])  # fmt: skip
+    for (name, (_, include_phi)), result in zip(runs.items(), results):
         assert result.returncode == 0, result.stderr[-3000:]
         if not include_phi:  # nor in the log
             assert not any(v in result.stdout + result.stderr for v in PHI.values()), f"{name}: the log carries PHI"
-        outputs[name] = out
     return outputs
 
 
