@@ -11,7 +11,9 @@ from monai.data import MetaTensor
 from scipy import ndimage as ndi
 
 from nodule_bundle.apps.bench.whole_scan import recursive_log_response
-from nodule_bundle.detection.candidates import _ball, _close_and_fill, _laplacian, detect_candidates, lung_mask, strongest_responses
+from nodule_bundle.detection.candidates import (
+    MIN_ROUND_SCORE, MIN_SCORE, _ball, _close_and_fill, _laplacian, detect_candidates, lung_mask, strongest_responses,
+)
 from nodule_bundle.detection.froc import froc, match_scan, system_score
 from nodule_bundle.detection.transforms import DetectNodulesd
 from nodule_bundle.core.geometry import LPS_TO_RAS, world_to_voxel
@@ -63,6 +65,21 @@ def test_a_sphere_in_a_lung_gives_one_candidate_at_its_centre():
     (found,) = candidates
     assert np.linalg.norm(np.array(found.center_world_mm) - center) <= 1.0
     assert 2.5 <= found.radius_mm <= 6.0 and found.blobness > 0.5
+
+
+def test_a_faint_ground_glass_ball_is_kept_for_its_roundness_a_solid_one_for_its_score():
+    hu, (left, right) = _chest()
+    faint, solid = left + np.array([1.7, 3.2, -4.4]), right + np.array([-2.0, 1.0, 3.0])
+    _add_sphere(hu, faint, 4.0, value=-700.0)
+    _add_sphere(hu, solid, 4.0)
+    found = {tuple(np.round(c.center_world_mm)): c for c in detect_candidates(_image(hu))}
+    assert len(found) == 2
+    by_centre = {name: min(found.values(), key=lambda c: np.linalg.norm(np.array(c.center_world_mm) - p)) for name, p in (("faint", faint), ("solid", solid))}
+    assert by_centre["solid"].score >= MIN_SCORE > by_centre["faint"].score  # ranked below the solid one
+    assert by_centre["faint"].response * by_centre["faint"].blobness ** 2 >= MIN_ROUND_SCORE
+    assert np.linalg.norm(np.array(by_centre["faint"].center_world_mm) - faint) <= 1.5
+    lost = detect_candidates(_image(hu), min_round_score=np.inf)  # the score's floor alone would lose the ground glass
+    assert [np.linalg.norm(np.array(c.center_world_mm) - solid) <= 1.5 for c in lost] == [True]
 
 
 def test_a_vessel_like_tube_is_rejected():
