@@ -11,7 +11,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from nodule_bundle.core.geometry import voxel_size
-from nodule_bundle.detection.candidates import Candidate, candidate_fields, detect_candidates, lung_mask
+from nodule_bundle.detection.candidates import MIN_ROUND_SCORE, Candidate, candidate_fields, detect_candidates, lung_mask
 from nodule_bundle.reading.image_index import scan_stem
 
 #: A lung mask outside this range (ml) is not a pair of lungs: adults' hold 2,000-8,000 ml, the
@@ -44,20 +44,23 @@ class DetectNodulesd(MapTransform):
     ``detection`` (:func:`detection_facts`: lung volume, candidate count, a warning when the lung
     mask is empty or implausible) and, when it has none, its ``seriesuid`` (the DICOM series, else
     the file's stem). An item with a
-    nodule list passes unchanged. The image is the first of ``keys``. ``spacing_mm`` and ``min_score`` are the bundle's
-    ``detection_spacing_mm`` and ``detection_min_score``. The two stages, :meth:`lung_mask` and
+    nodule list passes unchanged. The image is the first of ``keys``. ``spacing_mm``, ``min_score`` and
+    ``min_round_score`` are the bundle's ``detection_spacing_mm``, ``detection_min_score`` and
+    ``detection_min_round_score`` (:func:`detect_candidates`). The two stages, :meth:`lung_mask` and
     :meth:`candidates`, are the ones the whole-scan benchmark times.
     """
 
-    def __init__(self, keys: KeysCollection, spacing_mm: float, min_score: float, center_key: str = "center_world_mm"):
+    def __init__(
+        self, keys: KeysCollection, spacing_mm: float, min_score: float, min_round_score: float = MIN_ROUND_SCORE, center_key: str = "center_world_mm"
+    ):  # fmt: skip
         super().__init__(keys)
-        self.spacing_mm, self.min_score, self.center_key = float(spacing_mm), float(min_score), center_key
+        self.spacing_mm, self.min_score, self.min_round_score, self.center_key = float(spacing_mm), float(min_score), float(min_round_score), center_key
 
     def lung_mask(self, image: MetaTensor) -> MetaTensor:
         return lung_mask(image)
 
     def candidates(self, image: MetaTensor, mask: MetaTensor) -> list[Candidate]:
-        return detect_candidates(image, spacing_mm=self.spacing_mm, min_score=self.min_score, mask=mask)
+        return detect_candidates(image, spacing_mm=self.spacing_mm, min_score=self.min_score, min_round_score=self.min_round_score, mask=mask)
 
     def with_candidates(self, data: Mapping[Hashable, object], found: list[Candidate], mask: MetaTensor) -> dict:
         """``data`` with the fields of the candidates ``found`` in its image within the lung ``mask``,

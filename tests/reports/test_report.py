@@ -268,7 +268,7 @@ def test_a_dicom_scan_without_nodules_gets_an_sr_that_says_so(trained, phi_scan,
     candidate passes the score) writes an SR (no SEG) with no nodule in it and a count of zero, on
     the source's study, valid; report.json says what the search saw."""
     result = monai_bundle_run(["inference"], image=phi_scan, ckpt_path=trained / "models" / "model.pt", output_dir=tmp_path,
-                              detection_min_score=1e9)  # fmt: skip
+                              detection_min_score=1e9, detection_min_round_score=1e9)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     (scan,) = json.loads((tmp_path / "report.json").read_text())["scans"]
     assert scan["nodules"] == [] and scan["detection"]["candidates"] == 0 and "warning" not in scan["detection"]

@@ -77,7 +77,7 @@ def bench_whole_scan(shape: tuple[int, int, int] = (512, 512, 300), repeats: int
         detect = steps["detect"]
         recursive_log_response(itk.image_from_array(np.zeros((8, 8, 8), np.float32)), 1.0, 1.0)  # ITK's lazy load, not timed
         t = time.perf_counter()
-        reference = detect_candidates(item["image"], detect.spacing_mm, min_score=detect.min_score, mask=mask, response_at=recursive_log_response)
+        reference = detect_candidates(item["image"], detect.spacing_mm, min_score=detect.min_score, min_round_score=detect.min_round_score, mask=mask, response_at=recursive_log_response)
         reference_s = time.perf_counter() - t
     totals = [sum(values) for values in zip(*stages.values())]
     return {
