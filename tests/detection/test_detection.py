@@ -70,7 +70,7 @@ def test_a_sphere_in_a_lung_gives_one_candidate_at_its_centre():
 def test_a_faint_ground_glass_ball_is_kept_for_its_roundness_a_solid_one_for_its_score():
     hu, (left, right) = _chest()
     faint, solid = left + np.array([1.7, 3.2, -4.4]), right + np.array([-2.0, 1.0, 3.0])
-    _add_sphere(hu, faint, 4.0, value=-700.0)
+    _add_sphere(hu, faint, 4.0, value=-750.0)
     _add_sphere(hu, solid, 4.0)
     found = {tuple(np.round(c.center_world_mm)): c for c in detect_candidates(_image(hu))}
     assert len(found) == 2
