@@ -14,7 +14,7 @@ from nodule_bundle.apps.bench.whole_scan import recursive_log_response
 from nodule_bundle.detection.candidates import (
     MIN_ROUND_SCORE, MIN_SCORE, _ball, _close_and_fill, _laplacian, detect_candidates, lung_mask, strongest_responses,
 )
-from nodule_bundle.detection.froc import froc, match_scan, system_score
+from nodule_bundle.detection.froc import DETECTOR_WEIGHT, froc, match_scan, system_score
 from nodule_bundle.detection.transforms import DetectNodulesd
 from nodule_bundle.core.geometry import LPS_TO_RAS, world_to_voxel
 
@@ -158,7 +158,7 @@ def test_the_system_score_ranks_by_both_the_network_and_the_detector():
     scores = system_score([0.5, 0.9, 0.5, 0.0, 1.0], [100.0, 100.0, 400.0, 100.0, 100.0])
     assert scores[1] > scores[0] and scores[2] > scores[0]  # more confident network, or a stronger blob
     assert np.all(np.isfinite(scores)) and scores[3] < scores[0] < scores[4]  # certain 0 and 1 stay finite
-    assert scores[0] == pytest.approx(np.log(100.0))  # even odds: the detector decides
+    assert scores[0] == pytest.approx(DETECTOR_WEIGHT * np.log(100.0))  # even odds: the detector decides
 
 
 def test_the_detection_transform_finds_nodules_only_where_no_list_was_given():
