@@ -2,7 +2,7 @@
 
 Run as a script (``python tests/preloaded_runs.py SPEC.json``), it imports monai, torch, ignite and the
 bundle's package once, then forks one child per run. Each child is a fresh process that executes
-``monai.bundle``'s ``__main__`` with the run's own arguments, working directory, stdout and stderr,
+``monai.bundle``'s ``__main__`` from the repository root with the run's own arguments, stdout and stderr,
 and exits as the interpreter would: 0, the ``SystemExit`` code, or 1 with the traceback on stderr
 for an uncaught exception. Only the 6 s of imports are shared; nothing a run does reaches another.
 """
@@ -66,17 +66,20 @@ def _main(spec_path: str, workers: int) -> None:
     spec = json.loads(Path(spec_path).read_text())
     codes: list[int | None] = [None] * len(spec)
     running: dict[int, int] = {}
+
+    def reap() -> None:
+        pid, status = os.wait()
+        codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
+
     for i, run in enumerate(spec):
         while len(running) >= workers:
-            pid, status = os.wait()
-            codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
+            reap()
         pid = os.fork()
         if pid == 0:
             _child(run)
         running[pid] = i
     while running:
-        pid, status = os.wait()
-        codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
+        reap()
     Path(spec_path).with_name("status.json").write_text(json.dumps(codes))
 
 

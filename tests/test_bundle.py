@@ -15,6 +15,7 @@ import pydicom
 from pydicom.uid import generate_uid
 
 from bundle_run import ROOT, bundle_args, monai_bundle_run
+from nodule_bundle.detection.candidates import MIN_ROUND_SCORE
 from nodule_bundle.network.networks import MultiTaskNoduleNet
 from dicom_helpers import edit, new_instance, shift_position
 from preloaded_runs import preloaded_bundle_runs
@@ -172,7 +173,7 @@ def test_inference_without_a_nodule_list_detects_classifies_and_reduces(trained,
     kept, rejected = scan["nodules"], scan.get("rejected_candidates", [])
     assert all(n["nodule_probability"] >= 0.5 for n in kept) and all(n["nodule_probability"] < 0.5 for n in rejected)
     candidates = kept + rejected
-    assert all(n["detection_score"] > 0 and n["detection_radius_mm"] > 0 for n in candidates)
+    assert all(n["detection_score"] >= MIN_ROUND_SCORE and n["detection_radius_mm"] > 0 for n in candidates)  # r b >= r b^2 >= 40 or r b >= 100
     hit = [
         any(np.linalg.norm(np.subtract(c["center_world_mm"], r["center_world_mm"])) <= r["diameter_mm"] / 2 for c in candidates)
         for r in rows if r["diameter_mm"] >= 4.0
