@@ -15,7 +15,7 @@ import torch
 
 from bundle_run import ROOT, monai_bundle_run
 from nodule_bundle.apps.fl.federate import WAYS, federate, pooled_datalist
-from nodule_bundle.apps.fl.job import fedavg_recipe, initial_model, simulate
+from nodule_bundle.apps.fl.job import fedavg_recipe, initial_model, server_app, simulate
 from nodule_bundle.network.networks import MultiTaskNoduleNet
 
 pytest.importorskip("nvflare")
@@ -27,7 +27,7 @@ def federation(tmp_path_factory):
     summary = federate(out, sites=2, rounds=2, local_epochs=1, scans_per_site=2, test_scans_per_site=2, seed=3, fov_mm=(130.0, 110.0, 70.0),
                        bundle_root=ROOT)  # fmt: skip
     records = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
-    result = out / "simulation" / "lung_nodule_fedavg" / "server" / "simulate_job" / "app_server"
+    result = server_app(out / "simulation" / "lung_nodule_fedavg")
     return {"out": out, "summary": summary, "sites": [out / "data" / s for s in ("site-1", "site-2")], "result": result, "records": records}
 
 
@@ -56,7 +56,7 @@ def test_the_same_seed_gives_the_same_global_model(federation, tmp_path):
     first = torch.load(federation["out"] / "initial_model.pt", weights_only=True)
     assert all(torch.equal(first[k], v) for k, v in torch.load(start, weights_only=True).items())
     recipe = fedavg_recipe(ROOT, federation["out"] / "data", tmp_path / "fl_sites", 2, 2, 1, seed=3, initial_ckpt=start)
-    again = simulate(recipe, 2, tmp_path / "simulation") / "server" / "simulate_job" / "app_server" / "best_FL_global_model.pt"
+    again = server_app(simulate(recipe, 2, tmp_path / "simulation")) / "best_FL_global_model.pt"
     model, before = (torch.load(path, weights_only=True)["model"] for path in (again, federation["result"] / "best_FL_global_model.pt"))
     assert set(model) == set(before) and all(torch.equal(model[k], before[k]) for k in before)
 

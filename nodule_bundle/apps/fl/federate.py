@@ -85,7 +85,7 @@ def federate(out: str | os.PathLike, sites: int = 3, rounds: int = 5, local_epoc
 
     Each site trains on ``scans_per_site`` scans (one of them its validation split) and is tested on
     ``test_scans_per_site`` more, which no training sees."""
-    from nodule_bundle.apps.fl.job import fedavg_recipe, initial_model, simulate
+    from nodule_bundle.apps.fl.job import fedavg_recipe, initial_model, server_app, simulate
 
     root, out = find_bundle_root(bundle_root), Path(out)
     site_dirs = write_site_data(out / "data", sites, scans_per_site, test_scans_per_site, seed, fov_mm)
@@ -100,7 +100,7 @@ def federate(out: str | os.PathLike, sites: int = 3, rounds: int = 5, local_epoc
     recipe = fedavg_recipe(root, out / "data", out / "fl_sites", sites, rounds, local_epochs, audit=out / "audit.jsonl", seed=seed,
                            initial_ckpt=initial_model(out / "initial_model.pt", seed))  # fmt: skip
     result = simulate(recipe, sites, out / "simulation")
-    best = torch.load(result / "server" / "simulate_job" / "app_server" / "best_FL_global_model.pt", map_location="cpu", weights_only=True)
+    best = torch.load(server_app(result) / "best_FL_global_model.pt", map_location="cpu", weights_only=True)
     (out / "models").mkdir(parents=True, exist_ok=True)
     torch.save(best["model"], out / "models" / "model.pt")
     table = {}

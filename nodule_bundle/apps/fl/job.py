@@ -76,3 +76,9 @@ def simulate(recipe, sites: int, workspace: str | os.PathLike) -> Path:
 
     run = recipe.execute(SimEnv(clients=[f"site-{k + 1}" for k in range(sites)], num_threads=sites, workspace_root=str(workspace)))
     return Path(run.get_result())
+
+
+def server_app(result: str | os.PathLike) -> Path:
+    """The server's app folder in a simulated job's ``result`` folder (:func:`simulate`'s): its
+    config and the global models NVFlare saved (``best_FL_global_model.pt``: ``{"model": state dict}``)."""
+    return Path(result) / "server" / "simulate_job" / "app_server"
