@@ -134,11 +134,12 @@ def without_strands(
     return _component_at(region & (_distance_outside(kept, restore + 1.0) <= restore), centre)
 
 
-def edge_on_acquired_grid(region: np.ndarray, hu: np.ndarray, threshold: float, attached: np.ndarray) -> np.ndarray:
-    """The nodule's mask on the scan's own voxels: the voxels at or above ``threshold`` (HU) within one
-    voxel of ``region`` (the segmentation carried onto those voxels), neither in ``attached`` (the tissue
-    its segmentation cut off, carried likewise) nor apart from ``region``, holes (a cavity) filled. All
-    arrays share one grid; ``region`` itself where no voxel of it reaches the threshold.
+def edge_on_acquired_grid(region: np.ndarray, hu: np.ndarray, threshold: float, attached: np.ndarray, grow_voxels: int = 1) -> np.ndarray:
+    """The nodule's mask on the scan's own voxels: the voxels at or above ``threshold`` (HU) within
+    ``grow_voxels`` voxels of ``region`` (the segmentation carried onto those voxels), neither in
+    ``attached`` (the tissue its segmentation cut off, carried likewise) nor apart from ``region``,
+    holes (a cavity) filled. All arrays share one grid; ``region`` itself where no voxel of it reaches
+    the threshold.
 
     Carried over by nearest sampling, the fine crop's mask puts its edge up to half a voxel off, and the
     smoothing it was thresholded on rounds the edge inwards; each acquired voxel on the edge is decided
@@ -146,7 +147,7 @@ def edge_on_acquired_grid(region: np.ndarray, hu: np.ndarray, threshold: float, 
     outline on those voxels. On the real-geometry validation split: long axis MAE 1.42 -> 1.23 mm,
     volume error 13.5 -> 9.0 %."""
     above = hu >= threshold
-    labels, _ = ndi.label(above & (region | (ndi.binary_dilation(region) & ~attached)))
+    labels, _ = ndi.label(above & (region | (ndi.binary_dilation(region, iterations=grow_voxels) & ~attached)))
     kept = np.unique(labels[region & above])
     edge = ndi.binary_fill_holes(np.isin(labels, kept[kept > 0]))
     return edge if edge.any() else region

@@ -155,6 +155,22 @@ def test_the_acquired_edge_takes_no_voxel_of_what_the_segmentation_cut_off():
     assert (edge == body).all()
 
 
+def test_the_acquired_edge_grows_as_far_as_it_is_told_into_dense_voxels():
+    """A learned outline that stops two voxels short of a lobe's tip reaches it with ``grow_voxels=2``
+    (the learned mask's edge), not with one (the threshold mask's); what is attached stays out either way."""
+    from nodule_bundle.measuring.measure import edge_on_acquired_grid
+
+    x, y, z = np.indices((30, 24, 12)) - np.array([12, 12, 6])[:, None, None, None]
+    ball = x**2 + y**2 + (2 * z) ** 2 <= 36
+    lobe = (x >= 0) & (x <= 10) & (np.abs(y) <= 1) & (np.abs(z) <= 1)  # a tail out to x = 10
+    vessel = (x <= -6) & (np.abs(y - 3) <= 1) & (np.abs(z) <= 1) & ~ball
+    hu = np.where(ball | lobe | vessel, 30.0, -850.0)
+    region = (ball | lobe) & (x <= 8)
+    one, two = (edge_on_acquired_grid(region, hu, -410.0, attached=vessel, grow_voxels=k) for k in (1, 2))
+    assert one.sum() == (region | ((ball | lobe) & (x == 9))).sum()
+    assert (two == (ball | lobe)).all()  # the tip, not the vessel
+
+
 @pytest.mark.parametrize("centre", [(32, 32, 32), (6, 40, 58)])
 def test_the_wall_is_opened_on_the_box_it_depends_on_with_the_same_result(centre):
     """Where the nodule's region is, the chest wall's opening computed on the region's box grown by
