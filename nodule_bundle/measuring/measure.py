@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from nodule_bundle.core.distance import distance_transform
+
 MEASUREMENT_KEYS = (
     "measured_long_axis_mm", "measured_short_axis_mm", "measured_mean_diameter_mm", "measured_volume_mm3",
     "measured_solid_mean_diameter_mm",
@@ -220,7 +222,7 @@ def _distance_inside(mask: np.ndarray) -> np.ndarray:
     out = np.zeros(mask.shape)
     if mask.any():
         box = _box(mask, 1)
-        out[box] = ndi.distance_transform_edt(mask[box])
+        out[box] = distance_transform(mask[box])
     return out
 
 
@@ -230,7 +232,7 @@ def _distance_outside(mask: np.ndarray, reach: float) -> np.ndarray:
     out = np.full(mask.shape, np.inf)
     if mask.any():
         box = _box(mask, math.ceil(reach) + 1)
-        out[box] = ndi.distance_transform_edt(~mask[box])
+        out[box] = distance_transform(~mask[box])
     return out
 
 
