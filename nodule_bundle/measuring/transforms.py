@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 LEARNED_MASK_REACH = 0.01  # where the segmentation network gives less, a voxel is not the nodule's, however dense (chosen on validation)
 #: the learned mask's edge grows this many voxels into dense tissue the network does not rule out: it
 #: outlines large nodules' lobes and tails short (they reach 0.05-0.3; chosen on the real-geometry
-#: validation split with the reach above, among 1-6 voxels and reaches 0-0.1: long axis MAE 1.11 -> 1.06 mm)
+#: validation split with the reach above, among 1-6 voxels and reaches 0-0.1: long axis MAE 1.11 -> 1.07 mm)
 LEARNED_EDGE_GROWTH_VOXELS = 2
 #: the widest ball whose opening drops vessels from the learned mask (it measures the nodules of 10 mm
 #: and more, whose lobules a 3 mm ball cut off; chosen on the whole real-geometry set's validation split)

@@ -3,8 +3,8 @@
 The threshold segmentation of :mod:`nodule_bundle.measuring.measure` holds a region within a few thicknesses of
 its centre and opens it, which cuts the lobes off large irregular nodules; a network trained on
 reference masks (the real-geometry outlines and the phantom's bodies, ``configs/train_segmentation.json``)
-follows them. :class:`~nodule_bundle.measuring.transforms.NoduleMeasured` measures a nodule on it when the learned
-mask is at least ``min_long_axis_mm`` long (10 mm: chosen on the real-geometry validation split), on the
+follows them. :class:`~nodule_bundle.measuring.transforms.NoduleMeasured` measures a nodule on it when the network's
+outline is at least ``min_long_axis_mm`` long (10 mm: chosen on the real-geometry validation split), on the
 threshold's mask below that or when the network outlines nothing; either way the edge is decided on the
 scan's own voxels.
 """

@@ -18,7 +18,7 @@
           "measured_volume_mm3", "measured_solid_mean_diameter_mm" (from the nodule's mask; "diameter_mm"
           is the network's regression, a second opinion; null where no mask could be grown),
           "measured_by" ("threshold": the HU threshold segmentation, or "learned": the learned mask,
-              used where the bundle has one and it is at least learned_mask_min_long_axis_mm long),
+              used where the bundle has one and its outline is at least learned_mask_min_long_axis_mm long),
           "texture", "texture_source" ("given" by the nodule list, "measured" from the mask, or null),
           "lung_rads_category", "lung_rads_size_source" ("measured" or "network"),
           "label_value" (the nodule's value in nodule_labels.nii.gz),
