@@ -11,8 +11,10 @@ from monai.data import MetaTensor
 from scipy import ndimage as ndi
 
 from nodule_bundle.apps.bench.whole_scan import recursive_log_response
+from nodule_bundle.detection import candidates
 from nodule_bundle.detection.candidates import (
-    MIN_ROUND_SCORE, MIN_SCORE, _ball, _close_and_fill, _laplacian, detect_candidates, lung_mask, strongest_responses,
+    MIN_ROUND_SCORE, MIN_SCORE, Candidate, _ball, _close_and_fill, _laplacian, centred_on_blobs, detect_candidates, isotropic,
+    lung_mask, strongest_responses,
 )
 from nodule_bundle.detection.froc import DETECTOR_WEIGHT, froc, match_scan, system_score
 from nodule_bundle.detection.transforms import DetectNodulesd
@@ -107,6 +109,46 @@ def test_a_juxta_pleural_nodule_stays_inside_the_lung_mask():
     assert not _inside(mask, np.array([-58.0, -48.0, -75.0]))  # air outside the body
     (found,) = detect_candidates(image, mask=mask)
     assert np.linalg.norm(np.array(found.center_world_mm) - center) <= 3.0  # a hit (<= radius), pulled off the wall
+
+
+def test_a_vessel_crossing_a_ground_glass_nodule_does_not_pull_its_candidate_off_its_centre(monkeypatch):
+    """The LoG's maximum lies between the nodule and the vessel through its edge; the candidate is
+    moved back to the centre of the nodule segmented there."""
+    hu, (left, _) = _chest()
+    center = left + np.array([1.3, -2.1, 2.6])
+    _add_sphere(hu, center, 5.5, value=-550.0)
+    x, y, z = _world_grid()
+    hu[(np.hypot(x - center[0] - 4.5, z - center[2]) <= 1.5) & (np.abs(y - center[1]) <= 30)] = 40.0
+    (found,) = detect_candidates(_image(hu))
+    assert np.linalg.norm(np.array(found.center_world_mm) - center) <= 0.5
+    monkeypatch.setattr(candidates, "centred_on_blobs", lambda found, *_: found)
+    (maximum,) = detect_candidates(_image(hu))
+    assert np.linalg.norm(np.array(maximum.center_world_mm) - center) >= 1.0  # where the LoG alone puts it
+
+
+def test_a_large_nodules_lobe_is_not_a_second_candidate(monkeypatch):
+    hu, (left, _) = _chest()
+    center = left + np.array([1.3, -2.1, 2.6])
+    _add_sphere(hu, center, 9.0)
+    _add_sphere(hu, center + np.array([6.6, 8.8, 0.0]), 4.5)  # a lobe whose centre lies 11 mm out
+    (found,) = detect_candidates(_image(hu))
+    assert np.linalg.norm(np.array(found.center_world_mm) - center) <= 1.5
+    monkeypatch.setattr(candidates, "centred_on_blobs", lambda found, *_: found)
+    assert len(detect_candidates(_image(hu))) == 2  # the LoG alone sees the lobe as a blob of its own
+
+
+def test_candidates_move_to_their_nodules_centre_and_two_on_one_nodule_become_one():
+    hu, (left, right) = _chest()
+    center = left + np.array([1.3, -2.1, 2.6])
+    _add_sphere(hu, center, 7.0)
+    fine = isotropic(_image(hu), 1.0)
+    array, affine = fine[0].numpy(), fine.affine.numpy()
+    off, beside, lung = center + np.array([2.5, 1.0, 0.0]), center + np.array([-2.0, 0.0, 2.0]), right + np.array([0.0, 5.0, 0.0])
+    found = [Candidate(tuple(p), 3.2, score, score, 1.0) for p, score in ((off, 300.0), (beside, 200.0), (lung, 100.0))]
+    moved = centred_on_blobs(found, array, affine, "RAS", 1.0)
+    assert [c.score for c in moved] == [300.0, 100.0]  # the weaker one on the same nodule is dropped
+    assert np.linalg.norm(np.array(moved[0].center_world_mm) - center) <= 0.5
+    assert moved[1].center_world_mm == tuple(lung)  # plain lung: nothing segmented, the candidate stays
 
 
 @pytest.mark.parametrize("radius_mm", [1.5, 2.2, 3.2, 4.6, 6.7, 10.0])
