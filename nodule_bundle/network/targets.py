@@ -54,7 +54,8 @@ class NoduleHeadsd(MapTransform):
     From ``pred`` (``[16]`` logits/mm/ratings, or ``[passes, 16]`` from a test-time-augmenting inferer with
     ``keep_passes``, averaged here) it adds ``malignancy_probs`` ``[2]``, ``malignancy_prob`` ``[1]``
     (P(malignant), its logits divided by ``malignancy_temperature``: temperature scaling, see
-    :func:`~nodule_bundle.evaluation.calibration.fit_temperature`), ``malignancy_prob_uncalibrated`` ``[1]`` and
+    :func:`~nodule_bundle.evaluation.calibration.fit_temperature`; float64, so that a temperature never
+    ties or reorders nodules whose float32 probabilities would round alike), ``malignancy_prob_uncalibrated`` ``[1]`` and
     the ``malignancy_logits`` ``[2]`` it comes from,
     ``size_band_probs`` ``[4]``, ``size_band`` (int), ``diameter_mm_pred`` ``[1]``, ``nodule_probs``
     ``[2]``, ``nodule_prob`` ``[1]`` (P(a nodule, not a vessel or wall)), ``ratings_pred`` ``[7]`` (the
@@ -78,9 +79,10 @@ class NoduleHeadsd(MapTransform):
             d["malignancy_prob_spread"] = per_pass.std(unbiased=False).reshape(1)
             pred = pred.mean(0)
         d["malignancy_logits"] = pred[MALIGNANCY]
-        probs = torch.softmax(pred[MALIGNANCY] / self.temperature, dim=0)
+        logits = pred[MALIGNANCY].double()  # float64: any temperature keeps the logits' order, ties included
+        probs = torch.softmax(logits / self.temperature, dim=0)
         d["malignancy_probs"], d["malignancy_prob"] = probs, probs[1:]
-        d["malignancy_prob_uncalibrated"] = torch.softmax(pred[MALIGNANCY], dim=0)[1:]
+        d["malignancy_prob_uncalibrated"] = torch.softmax(logits, dim=0)[1:]
         d["size_band_probs"] = torch.softmax(pred[SIZE_BAND], dim=0)
         d["size_band"] = int(d["size_band_probs"].argmax())
         d["diameter_mm_pred"] = pred[DIAMETER]
