@@ -288,10 +288,11 @@ def centred_on_blobs(found: list[Candidate], hu: np.ndarray, affine: np.ndarray,
             mask = segment_nodule(cube, spacing_mm).mask
             if not touches_border(mask):
                 break
-        if mask.any():
-            center = voxel_to_world(start + np.argwhere(mask).mean(0), affine, space).reshape(-1)
+        voxels = np.argwhere(mask) + start
+        if len(voxels):
+            center = voxel_to_world(voxels.mean(0), affine, space).reshape(-1)
             candidate = replace(candidate, center_world_mm=tuple(float(v) for v in center))
-        return candidate, np.argwhere(mask) + start, index
+        return candidate, voxels, index
 
     claimed, kept = np.zeros(hu.shape, bool), []
     for candidate, voxels, index in on_threads(segmented, found):
