@@ -1,7 +1,10 @@
 """A nodule's change between two scans: growth, volume doubling time and the Lung-RADS v2022 category
 with the prior.
 
-Growth is Lung-RADS': the mean diameter up by more than :data:`GROWTH_MM`. The volume doubling time
+Growth is Lung-RADS': the mean diameter up by more than :data:`GROWTH_MM`. Two scans' change in mean
+diameter is read from their volumes where both are measured (:func:`diameter_change_mm`): a volume
+counts every voxel of the nodule, an axial mean diameter one slice's outline, so the volumes' ratio
+carries less of each scan's measurement error. The volume doubling time
 is ``VDT = days * ln 2 / ln(V2 / V1)`` (negative: the nodule shrinks; infinite: no change), with a 95 %
 interval from the volume's measurement error (:data:`VOLUME_LOG_SD` per measurement, independent).
 The category follows Lung-RADS v2022's rules for a nodule seen before (or new) in a screening series;
@@ -23,16 +26,27 @@ _STEP_DOWN = {"2": "2", "3": "2", "4A": "3", "4B": "4B"}  # v2022's stepped mana
 _ORDER = ("1", "2", "3", "4A", "4B", "4X")
 
 
-def status(prior_mean_mm: float | None, current_mean_mm: float | None) -> str:
+def diameter_change_mm(prior_mean_mm: float, current_mean_mm: float, prior_volume_mm3: float | None = None, current_volume_mm3: float | None = None) -> float:
+    """The change in mean diameter between two scans: where both volumes are given, the one their
+    ratio implies for a nodule that grows alike in every direction (the two mean diameters' sum kept,
+    their ratio the cube root of the volumes'); else the diameters' difference."""
+    if not (prior_volume_mm3 and current_volume_mm3 and prior_volume_mm3 > 0 and current_volume_mm3 > 0):
+        return current_mean_mm - prior_mean_mm
+    ratio = (current_volume_mm3 / prior_volume_mm3) ** (1.0 / 3.0)
+    return (prior_mean_mm + current_mean_mm) * (ratio - 1.0) / (ratio + 1.0)
+
+
+def status(prior_mean_mm: float | None, current_mean_mm: float | None, change_mm: float | None = None) -> str:
     """``new`` (no prior finding), ``resolved`` (no current one), else ``growing`` or ``shrinking``
-    (mean diameter up or down by more than :data:`GROWTH_MM`) or ``stable``."""
+    (mean diameter up or down by more than :data:`GROWTH_MM`; ``change_mm`` where given, else the
+    diameters' difference) or ``stable``."""
     if prior_mean_mm is None and current_mean_mm is None:
         raise ValueError("a nodule needs a prior or a current size")
     if prior_mean_mm is None:
         return "new"
     if current_mean_mm is None:
         return "resolved"
-    change = current_mean_mm - prior_mean_mm
+    change = current_mean_mm - prior_mean_mm if change_mm is None else change_mm
     return "growing" if change > GROWTH_MM else "shrinking" if change < -GROWTH_MM else "stable"
 
 
@@ -61,9 +75,11 @@ def vdt_interval(prior_volume_mm3: float, current_volume_mm3: float, days: float
 
 
 def lung_rads_with_prior(texture: str, mean_mm: float | None, solid_mm: float | None, prior_mean_mm: float | None,
-                         prior_solid_mm: float | None = None, prior_texture: str | None = None) -> str | None:  # fmt: skip
+                         prior_solid_mm: float | None = None, prior_texture: str | None = None, change_mm: float | None = None) -> str | None:  # fmt: skip
     """The Lung-RADS v2022 category of one nodule on a follow-up screening scan, given its size now
     and on the prior (``None``: not seen there, a new nodule); ``None`` for a nodule gone (resolved).
+    A solid nodule grows where its mean diameter's change (``change_mm``, else the diameters'
+    difference) is more than :data:`GROWTH_MM`.
 
     Solid: new <4 mm 2, 4-<6 3, 6-<8 4A, >=8 4B; growing <8 mm 4A, >=8 4B; otherwise the prior's
     category stepped down (3 -> 2, 4A -> 3, 4B stays), unless its size now reaches a higher category.
@@ -87,7 +103,7 @@ def lung_rads_with_prior(texture: str, mean_mm: float | None, solid_mm: float | 
             return "4A" if solid < 4.0 else "4B"
     elif prior_mean_mm is None:
         return "2" if mean_mm < 4.0 else "3" if mean_mm < 6.0 else "4A" if mean_mm < 8.0 else "4B"
-    elif mean_mm - prior_mean_mm > GROWTH_MM:
+    elif (mean_mm - prior_mean_mm if change_mm is None else change_mm) > GROWTH_MM:
         return "4A" if mean_mm < 8.0 else "4B"
     before = lung_rads_category(prior_texture or texture, prior_mean_mm, prior_solid_mm)
     stepped = _STEP_DOWN.get(before, before)

@@ -10,7 +10,8 @@ row of the comparison::
      "distance_mm", "displacement_mm": [3] (current centre minus the prior's carried into the current scan, LPS),
      "current": {"center_world_mm", "long_axis_mm", "short_axis_mm", "mean_diameter_mm", "volume_mm3",
                  "solid_mean_diameter_mm", "texture", "malignancy_probability"}, "prior": {...},
-     "mean_diameter_change_mm", "volume_change_percent", "vdt_days", "vdt_95ci_days": [low, high]
+     "mean_diameter_change_mm" (from the volumes where both are measured: :func:`~nodule_bundle.followup.change.diameter_change_mm`),
+     "volume_change_percent", "vdt_days", "vdt_95ci_days": [low, high]
      (null for infinite), "lung_rads_category" (v2022, with the prior; null for a resolved nodule)}
 """
 
@@ -21,7 +22,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from nodule_bundle.followup.change import lung_rads_with_prior, status, vdt_interval, volume_doubling_time
+from nodule_bundle.followup.change import diameter_change_mm, lung_rads_with_prior, status, vdt_interval, volume_doubling_time
 from nodule_bundle.followup.matching import GATE_MM, match_nodules
 from nodule_bundle.followup.registration import Registration
 
@@ -45,15 +46,17 @@ def _finite(value: float, ndigits: int) -> float | None:
     return round(value, ndigits) if math.isfinite(value) else None
 
 
-def change_row(prior: Mapping | None, current: Mapping | None, days: float | None) -> dict:
+def change_row(prior: Mapping | None, current: Mapping | None, days: float | None, change_from_volumes: bool = True) -> dict:
     """The change between one nodule's prior and current sizes (:func:`finding_sizes`; either ``None``)
-    over ``days`` (``None``: unknown, no VDT)."""
+    over ``days`` (``None``: unknown, no VDT); the change in mean diameter read from the volumes
+    (``change_from_volumes``) or from the diameters alone."""
     before = prior["mean_diameter_mm"] if prior else None
     now = current["mean_diameter_mm"] if current else None
-    row = {"status": status(before, now)}
+    v0, v1 = (prior["volume_mm3"], current["volume_mm3"]) if prior and current else (None, None)
+    change = diameter_change_mm(before, now, *((v0, v1) if change_from_volumes else ())) if prior and current else None
+    row = {"status": status(before, now, change)}
     if prior and current:
-        row["mean_diameter_change_mm"] = round(now - before, 1)
-        v0, v1 = prior["volume_mm3"], current["volume_mm3"]
+        row["mean_diameter_change_mm"] = round(change, 1)
         if v0 and v1:
             row["volume_change_percent"] = round(100.0 * (v1 / v0 - 1.0), 1)
             if days:
@@ -62,7 +65,7 @@ def change_row(prior: Mapping | None, current: Mapping | None, days: float | Non
     if current:
         row["lung_rads_category"] = lung_rads_with_prior(
             current["texture"], now, current["solid_mean_diameter_mm"], before,
-            prior["solid_mean_diameter_mm"] if prior else None, prior["texture"] if prior else None,
+            prior["solid_mean_diameter_mm"] if prior else None, prior["texture"] if prior else None, change,
         )  # fmt: skip
     else:
         row["lung_rads_category"] = None

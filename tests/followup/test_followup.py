@@ -12,7 +12,8 @@ from monai.data import MetaTensor
 from nodule_bundle.core.geometry import LPS_TO_RAS
 from nodule_bundle.data.followup_phantom import FollowupConfig, make_followup_scan, schedule
 from nodule_bundle.data.phantom import PhantomConfig, make_scan
-from nodule_bundle.followup.change import lung_rads_with_prior, status, vdt_interval, volume_doubling_time
+from nodule_bundle.followup.change import diameter_change_mm, lung_rads_with_prior, status, vdt_interval, volume_doubling_time
+from nodule_bundle.followup.compare import change_row
 from nodule_bundle.followup.matching import match_nodules
 from nodule_bundle.followup.registration import FollowupError, register
 
@@ -130,6 +131,8 @@ def test_volume_doubling_time_and_its_interval():
         (("part-solid", 4.5, 2.0, 4.0, 0.0, "ground-glass"), "2"),  # a solid component appeared, but the nodule is under 6 mm
         (("ground-glass", 32.0, 0.0, None), "3"),
         (("ground-glass", 32.0, 0.0, 31.0, 0.0, "ground-glass"), "2"),
+        (("solid", 7.0, 7.0, 6.5, None, None, 1.8), "4A"),  # the change given (from the volumes): growing
+        (("solid", 7.5, 7.5, 5.5, None, None, 0.4), "3"),  # the diameters differ by 2 mm, the volumes say stable
     ],
 )
 def test_lung_rads_with_the_prior(args, expected):
@@ -138,3 +141,19 @@ def test_lung_rads_with_the_prior(args, expected):
 
 def test_status_by_the_change_in_mean_diameter():
     assert [status(None, 5.0), status(5.0, None), status(5.0, 6.6), status(5.0, 6.4), status(6.6, 5.0)] == ["new", "resolved", "growing", "stable", "shrinking"]
+
+
+def test_status_by_the_change_in_mean_diameter_the_volumes_imply():
+    assert status(5.0, 6.4, change_mm=1.6) == "growing" and status(5.0, 6.6, change_mm=0.2) == "stable"
+    # a ball of 8 mm grown to 10 mm: the volumes' ratio says +2 mm whatever error the diameters carry
+    ball = lambda d: math.pi / 6.0 * d**3  # noqa: E731
+    assert diameter_change_mm(8.6, 9.4, ball(8.0), ball(10.0)) == pytest.approx(2.0)  # the diameters alone: +0.8 mm
+    assert diameter_change_mm(8.0, 9.0) == 1.0 and diameter_change_mm(8.0, 9.0, None, 300.0) == 1.0  # no volumes: the difference
+
+
+def test_a_change_row_reads_growth_from_the_volumes_unless_told_not_to():
+    sizes = lambda d, v: {"mean_diameter_mm": d, "volume_mm3": v, "solid_mean_diameter_mm": d, "texture": "solid"}  # noqa: E731
+    prior, current = sizes(6.0, 113.1), sizes(7.8, 120.0)  # the diameters say +1.8 mm, the volumes +0.1 mm
+    by_volume, by_diameter = change_row(prior, current, 365), change_row(prior, current, 365, change_from_volumes=False)
+    assert by_volume["status"] == "stable" and by_volume["mean_diameter_change_mm"] == 0.1 and by_volume["lung_rads_category"] == "2"
+    assert by_diameter["status"] == "growing" and by_diameter["mean_diameter_change_mm"] == 1.8 and by_diameter["lung_rads_category"] == "4A"

@@ -198,3 +198,24 @@ def test_the_wall_is_opened_on_the_box_it_depends_on_with_the_same_result(centre
     whole = _opened(dense, radius, pad=int(np.ceil(radius)) + 1)
     assert whole[region].any() and not whole[region].all()
     np.testing.assert_array_equal(_wall(dense, radius, region), whole & region)
+
+
+def test_the_solid_component_is_its_largest_connected_part():
+    """A 16 mm ground-glass mask touched at opposite edges by two dense specks (a vessel, the wall),
+    then reaching into the chest wall, and a 4 mm solid core: the solid component is the core, not
+    the span between the specks nor the wall."""
+    from nodule_bundle.measuring.measure import measure_mask
+
+    x, y, z = _grid()
+    hu = np.full((N, N, N), -600.0)
+    mask = x**2 + y**2 + z**2 <= 8.0**2
+    for centre in ((-7.5, 0.0, 0.0), (7.5, 0.0, 0.0)):
+        hu[(x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2 <= 0.8**2] = 40.0
+    assert measure_mask(mask, hu, SPACING).solid_mean_diameter_mm < 2.5  # the larger speck alone, not 16 mm across
+    hu[x**2 + y**2 + z**2 <= 2.0**2] = 40.0
+    assert measure_mask(mask, hu, SPACING).solid_mean_diameter_mm == pytest.approx(4.0, abs=0.7)
+    # the mask's edge reaches 2 mm into the chest wall: a larger dense part than the core, but mostly outside
+    hu[x > 6.0] = 40.0
+    assert measure_mask(mask, hu, SPACING).solid_mean_diameter_mm == pytest.approx(4.0, abs=0.7)
+    hu[x**2 + y**2 + z**2 <= 2.0**2] = -600.0
+    assert measure_mask(mask, hu, SPACING).solid_mean_diameter_mm < 2.5  # the speck again: not the wall

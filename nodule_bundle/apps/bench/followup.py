@@ -50,7 +50,7 @@ def bench_followup(patients: int = 8, seed: int = 0, timepoints: int = 3, first_
     ``NoduleMeasured``), the prior registered to the current scan, the nodules matched and their change
     computed. Against the truth: pairs matched right, wrong and missed (beside matching by the scanner's
     coordinates alone, no registration, in the same run), the status (new, growing, stable, shrinking,
-    resolved) by Lung-RADS' growth rule, the VDT's error (median absolute log2 ratio, for nodules of
+    resolved) by Lung-RADS' growth rule (the truth's: its reference mean diameters' difference), the VDT's error (median absolute log2 ratio, for nodules of
     6 mm and more whose volume changed by 25 % or more), the Lung-RADS category with the prior and the
     time per pair (registration, matching, change). And the MONAI Label click's path, which has no prior
     list: each current nodule looked for on the prior where the registration carries it
@@ -100,7 +100,7 @@ def bench_followup(patients: int = 8, seed: int = 0, timepoints: int = 3, first_
                     counts["right" if row["prior_nodule_id"] == row["current_nodule_id"] else "wrong"] += 1
                 track = row["current_nodule_id"] or row["prior_nodule_id"]
                 reference = _truth(before.get(track), truth.get(track))
-                true_row = change_row(reference["prior"], reference["current"], days[b] - days[a])
+                true_row = change_row(reference["prior"], reference["current"], days[b] - days[a], change_from_volumes=False)
                 statuses.append((row["status"], true_row["status"]))
                 if row["current_nodule_id"] is not None:
                     categories.append((row["lung_rads_category"], true_row["lung_rads_category"]))
