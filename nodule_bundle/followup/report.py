@@ -9,7 +9,7 @@
 
 ``followup.png`` shows each nodule's axial view on the prior scan beside the current one (the
 prior's cut where the registration carries the current centre, for a new nodule), captioned with
-both sizes, the status and the category. For a DICOM current scan whose report has its masks, the
+both sizes, the change in mean diameter, the status and the category. For a DICOM current scan whose report has its masks, the
 current scan's ``nodule_labels.seg.dcm`` and ``nodule_labels.sr.dcm`` are written again beside them:
 each nodule seen before under the prior finding's tracking UID (a PACS and a viewer follow one
 finding across studies by it), with its change and volume doubling time.
@@ -132,7 +132,8 @@ class FollowupComparison:
             prior = row["prior"]["center_world_mm"] if row["prior"] else registration.current_to_prior([row["current"]["center_world_mm"]])[0]
             views = [self._axial(images[name], centre) for name, centre in (("prior", prior), ("current", current))]
             size = lambda side: f"{row[side]['mean_diameter_mm']:.1f} mm" if row[side] and row[side]["mean_diameter_mm"] else "-"  # noqa: E731
-            caption = f"{_name(row)}: {row['status']}\n{size('prior')} -> {size('current')}, Lung-RADS {row['lung_rads_category'] or '-'}"
+            change = f" ({row['mean_diameter_change_mm']:+.1f})" if row.get("mean_diameter_change_mm") is not None else ""
+            caption = f"{_name(row)}: {row['status']}\n{size('prior')} -> {size('current')}{change}, Lung-RADS {row['lung_rads_category'] or '-'}"
             tiles.append((caption, np.concatenate([views[0], np.full((views[0].shape[0], 6, 3), 255, np.uint8), views[1]], axis=1)))
         write_montage(path, tiles, "follow-up: prior (left) and current (right)", columns=3)
 
@@ -158,14 +159,16 @@ def _csv(rows: list[dict]) -> str:
 
 
 def format_followup_table(rows: list[dict]) -> str:
-    """The comparison as a plain-text table, one nodule a line."""
+    """The comparison as a plain-text table, one nodule a line; "change" is the change in mean diameter
+    the status and category were decided on (from the volumes where both are measured)."""
     def size(side: dict | None, key: str, fmt: str) -> str:
         return format(side[key], fmt) if side and side.get(key) is not None else "-"
 
-    lines = [f"{'nodule':<16}{'prior':<10}{'status':<11}{'prior mm':>9}{'now mm':>8}{'prior mm3':>11}{'now mm3':>10}{'VDT d':>8}  Lung-RADS"]
+    lines = [f"{'nodule':<16}{'prior':<10}{'status':<11}{'prior mm':>9}{'now mm':>8}{'change':>8}{'prior mm3':>11}{'now mm3':>10}{'VDT d':>8}  Lung-RADS"]
     for r in rows:
         vdt = "-" if r.get("vdt_days") is None else f"{r['vdt_days']:.0f}"
+        change = size(r, "mean_diameter_change_mm", "+.1f")
         lines.append(f"{_name(r):<16}{str(r['prior_nodule_id'] or '-'):<10}{r['status']:<11}{size(r['prior'], 'mean_diameter_mm', '.1f'):>9}"
-                     f"{size(r['current'], 'mean_diameter_mm', '.1f'):>8}{size(r['prior'], 'volume_mm3', '.0f'):>11}{size(r['current'], 'volume_mm3', '.0f'):>10}"
+                     f"{size(r['current'], 'mean_diameter_mm', '.1f'):>8}{change:>8}{size(r['prior'], 'volume_mm3', '.0f'):>11}{size(r['current'], 'volume_mm3', '.0f'):>10}"
                      f"{vdt:>8}  {r['lung_rads_category'] or '-'}")  # fmt: skip
     return "\n".join(lines)

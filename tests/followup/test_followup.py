@@ -14,6 +14,7 @@ from nodule_bundle.data.followup_phantom import FollowupConfig, make_followup_sc
 from nodule_bundle.data.phantom import PhantomConfig, make_scan
 from nodule_bundle.followup.change import diameter_change_mm, lung_rads_with_prior, status, vdt_interval, volume_doubling_time
 from nodule_bundle.followup.compare import change_row
+from nodule_bundle.followup.report import format_followup_table
 from nodule_bundle.followup.matching import match_nodules
 from nodule_bundle.followup.registration import FollowupError, register
 
@@ -157,3 +158,6 @@ def test_a_change_row_reads_growth_from_the_volumes_unless_told_not_to():
     by_volume, by_diameter = change_row(prior, current, 365), change_row(prior, current, 365, change_from_volumes=False)
     assert by_volume["status"] == "stable" and by_volume["mean_diameter_change_mm"] == 0.1 and by_volume["lung_rads_category"] == "2"
     assert by_diameter["status"] == "growing" and by_diameter["mean_diameter_change_mm"] == 1.8 and by_diameter["lung_rads_category"] == "4A"
+    # the table shows the change the status was decided on beside both sizes
+    table = format_followup_table([{**by_volume, "current_nodule_id": "n1", "prior_nodule_id": "p1", "prior": prior, "current": current}])
+    assert table.splitlines()[1].split()[2:6] == ["stable", "6.0", "7.8", "+0.1"]

@@ -50,8 +50,9 @@ def bench_followup(patients: int = 8, seed: int = 0, timepoints: int = 3, first_
     ``NoduleMeasured``), the prior registered to the current scan, the nodules matched and their change
     computed. Against the truth: pairs matched right, wrong and missed (beside matching by the scanner's
     coordinates alone, no registration, in the same run), the status (new, growing, stable, shrinking,
-    resolved) by Lung-RADS' growth rule (the truth's: its reference mean diameters' difference), the VDT's error (median absolute log2 ratio, for nodules of
-    6 mm and more whose volume changed by 25 % or more), the Lung-RADS category with the prior and the
+    resolved) by Lung-RADS' growth rule (the truth's from its reference mean diameters' difference),
+    the VDT's error (median absolute log2 ratio, for nodules of 6 mm and more whose volume changed by
+    25 % or more), the Lung-RADS category with the prior and the
     time per pair (registration, matching, change). And the MONAI Label click's path, which has no prior
     list: each current nodule looked for on the prior where the registration carries it
     (:func:`~nodule_bundle.followup.prior_nodule.prior_nodule_centre`) and measured there: found on the
