@@ -341,10 +341,11 @@ def solid_component(mask: np.ndarray, crop_hu: np.ndarray, spacing_mm: float | t
     largest = parts == by_size[0]
     if texture_from_measurement(mean_diameter_mm, sum(axial_diameters(largest, spacing_mm)) / 2.0) != "part-solid":
         return largest
-    tissue, _ = ndi.label(dense, _FULLY_CONNECTED)
-    for part in by_size:
-        reached = np.unique(tissue[parts == part])
-        if np.isin(tissue[mask], reached).sum() >= 0.5 * np.isin(tissue, reached).sum():
+    tissue, pieces = ndi.label(dense, _FULLY_CONNECTED)  # each part lies in one piece of the box's dense tissue
+    inside, whole = np.bincount(tissue[mask], minlength=pieces + 1), np.bincount(tissue.ravel(), minlength=pieces + 1)
+    piece_of = ndi.maximum(tissue, parts, by_size)
+    for part, piece in zip(by_size, np.asarray(piece_of, dtype=np.intp)):
+        if inside[piece] >= 0.5 * whole[piece]:
             return parts == part
     return np.zeros_like(mask)
 

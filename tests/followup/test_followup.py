@@ -14,9 +14,9 @@ from nodule_bundle.data.followup_phantom import FollowupConfig, make_followup_sc
 from nodule_bundle.data.phantom import PhantomConfig, make_scan
 from nodule_bundle.followup.change import diameter_change_mm, lung_rads_with_prior, status, vdt_interval, volume_doubling_time
 from nodule_bundle.followup.compare import change_row
-from nodule_bundle.followup.report import format_followup_table
 from nodule_bundle.followup.matching import match_nodules
 from nodule_bundle.followup.registration import FollowupError, register
+from nodule_bundle.followup.report import format_followup_table
 
 CFG = PhantomConfig(fov_mm=(160.0, 140.0, 100.0), nodules_per_scan=(8, 10))
 SERIES = FollowupConfig(timepoints=3)
