@@ -343,8 +343,9 @@ def solid_component(mask: np.ndarray, crop_hu: np.ndarray, spacing_mm: float | t
         return largest
     tissue, pieces = ndi.label(dense, _FULLY_CONNECTED)  # each part lies in one piece of the box's dense tissue
     inside, whole = np.bincount(tissue[mask], minlength=pieces + 1), np.bincount(tissue.ravel(), minlength=pieces + 1)
-    piece_of = ndi.maximum(tissue, parts, by_size)
-    for part, piece in zip(by_size, np.asarray(piece_of, dtype=np.intp)):
+    piece_of = np.zeros(count + 1, dtype=np.intp)
+    piece_of[parts[parts > 0]] = tissue[parts > 0]  # every voxel of a part names the same piece
+    for part, piece in zip(by_size, piece_of[by_size]):
         if inside[piece] >= 0.5 * whole[piece]:
             return parts == part
     return np.zeros_like(mask)

@@ -119,8 +119,9 @@ class NoduleMeasured(MapTransform):
             (measured, acquired, source), by = learned, "learned"
         else:
             source = cropper.source_box(image, center)
+            # what was cut off matters only beside the region: both carried over the region's box alone
             fine = MetaTensor(torch.from_numpy(np.stack([mask, segmentation.attached]).astype(np.float32)), affine=crop.affine)
-            region, attached = self.to_source(fine, dst_affine=source.affine, spatial_size=source.shape[1:]).numpy() > 0.5
+            region, attached = nearest_over_mask(self.to_source, fine, source.affine, source.shape[1:])
             acquired = edge_on_acquired_grid(region, source[0].numpy(), segmentation.threshold, attached)
             if acquired.any():
                 measured = measure_on_acquired_grid(acquired, source[0].numpy(), np.asarray(source.affine))
@@ -141,7 +142,7 @@ class NoduleMeasured(MapTransform):
     def _on_crop(self, acquired: np.ndarray, source: MetaTensor, crop: MetaTensor) -> np.ndarray:
         """A mask on the scan's voxels of ``source`` carried (nearest) onto ``crop``'s grid."""
         on_source = MetaTensor(torch.from_numpy(acquired[None].astype(np.float32)), affine=source.affine)
-        return self.to_source(on_source, dst_affine=crop.affine, spatial_size=crop.shape[1:])[0].numpy() > 0.5
+        return nearest_over_mask(self.to_source, on_source, crop.affine, crop.shape[1:])[0]
 
     def _learned(self, image: MetaTensor, center: np.ndarray, fallback_threshold: float) -> tuple[NoduleMeasurement, np.ndarray, MetaTensor] | None:
         """The learned mask's measurement, the mask on the scan's own voxels and the part of the scan they
@@ -188,7 +189,44 @@ class NoduleMeasured(MapTransform):
         thickness = float(depth_inside_mm(region, (self.spacing_mm,) * 3)[index])
         dropped = region & ~without_strands(region, index, thickness, self.spacing_mm, LEARNED_STRAND_BALL_MAX_MM)
         on_fine = MetaTensor(torch.from_numpy(dropped[None].astype(np.float32)), affine=fine.affine)
-        return self.to_source(on_fine, dst_affine=source.affine, spatial_size=source.shape[1:])[0].numpy() > 0.5
+        return nearest_over_mask(self.to_source, on_fine, source.affine, source.shape[1:])[0]
+
+
+def reached_box(mask: np.ndarray, affine, dst_affine, dst_shape: Sequence[int]) -> tuple[slice, ...] | None:
+    """The box of the grid of ``dst_affine`` and ``dst_shape`` that lies within half a voxel (one more
+    voxel of margin) of ``mask``'s true voxels on its own grid of ``affine``: outside it, nearest sampling
+    of ``mask`` finds none of them. ``None`` where ``mask`` is empty or the box misses the grid."""
+    inside = np.argwhere(mask)
+    if not len(inside):
+        return None
+    low, high = inside.min(0) - 0.5, inside.max(0) + 0.5
+    corners = np.array([[i, j, k, 1.0] for i in (low[0], high[0]) for j in (low[1], high[1]) for k in (low[2], high[2])])
+    voxels = (np.linalg.inv(np.asarray(dst_affine, dtype=np.float64)) @ np.asarray(affine, dtype=np.float64) @ corners.T)[:3].T
+    shape = np.asarray(dst_shape, dtype=int)
+    start = np.clip(np.floor(voxels.min(0)) - 1, 0, shape).astype(int)
+    end = np.clip(np.ceil(voxels.max(0)) + 2, 0, shape).astype(int)
+    return None if np.any(end <= start) else tuple(slice(a, b) for a, b in zip(start, end))
+
+
+def nearest_over_mask(resample: SpatialResample, image: MetaTensor, dst_affine, dst_shape: Sequence[int]) -> np.ndarray:
+    """``image`` (``[C, ...]`` 0/1 with its affine) resampled by ``resample`` (nearest) onto the grid of
+    ``dst_affine`` and ``dst_shape``, above 0.5: ``[C, *dst_shape]`` bool. Sampled only over the box
+    that channel 0's voxels reach (:func:`reached_box`), false elsewhere: the same as over the whole
+    grid for channel 0 (a point exactly halfway between two voxels goes to either, as float rounding
+    falls), the others kept beside it only."""
+    out = np.zeros((image.shape[0], *dst_shape), dtype=bool)
+    box = reached_box(image[0].numpy() > 0.5, image.affine, dst_affine, dst_shape)
+    if box is not None:
+        out[(slice(None), *box)] = _resampled_on_box(resample, image, dst_affine, box) > 0.5
+    return out
+
+
+def _resampled_on_box(resample: SpatialResample, image: MetaTensor, dst_affine, box: tuple[slice, ...]) -> np.ndarray:
+    """``image`` resampled by ``resample`` onto the part ``box`` of the grid of ``dst_affine``: ``[C, *box's sizes]``."""
+    dst_affine = torch.as_tensor(np.asarray(dst_affine, dtype=np.float64))
+    corner = dst_affine.clone()
+    corner[:3, 3] = (dst_affine @ torch.tensor([*(b.start for b in box), 1.0], dtype=torch.float64))[:3]
+    return resample(image, dst_affine=corner, spatial_size=tuple(b.stop - b.start for b in box)).numpy()
 
 
 def label_map(crops: Sequence[MetaTensor], spatial_shape: Sequence[int], affine, space=SpaceKeys.RAS) -> MetaTensor:
@@ -197,25 +235,12 @@ def label_map(crops: Sequence[MetaTensor], spatial_shape: Sequence[int], affine,
     uint8, nodule ``i`` labelled ``i + 1``, a later nodule winning overlaps. Stored slice by slice
     (``[Z, Y, X]`` in memory, NIfTI's own layout), so writing it to a file is a plain copy."""
     affine = torch.as_tensor(np.asarray(affine, dtype=np.float64))
-    shape = np.asarray(spatial_shape, dtype=int)
-    label = torch.zeros(tuple(shape[::-1]), dtype=torch.uint8).permute(2, 1, 0)
+    label = torch.zeros(tuple(spatial_shape)[::-1], dtype=torch.uint8).permute(2, 1, 0)
     to_scan = SpatialResample(mode="nearest", padding_mode="zeros", dtype=torch.float32)
-    inverse = torch.linalg.inv(affine)
     for value, crop in enumerate(crops, start=1):
         mask = MetaTensor(crop.as_tensor()[1:2].float(), affine=crop.affine)
-        inside = torch.nonzero(mask[0]).numpy()
-        if not len(inside):
+        region = reached_box(mask[0].numpy() > 0, crop.affine, affine, spatial_shape)  # only the scan box around the mask is resampled
+        if region is None:
             continue
-        low, high = inside.min(0), inside.max(0)  # only the scan box around the mask is resampled
-        corners = np.array([[i, j, k, 1.0] for i in (low[0], high[0]) for j in (low[1], high[1]) for k in (low[2], high[2])])
-        voxels = (inverse.numpy() @ np.asarray(crop.affine, dtype=np.float64) @ corners.T)[:3].T
-        start = np.clip(np.floor(voxels.min(0)) - 1, 0, shape).astype(int)
-        end = np.clip(np.ceil(voxels.max(0)) + 2, 0, shape).astype(int)
-        if np.any(end <= start):
-            continue
-        box = affine.clone()
-        box[:3, 3] = (affine @ torch.tensor([*start, 1.0], dtype=torch.float64))[:3]
-        back = to_scan(mask, dst_affine=box, spatial_size=tuple(end - start))[0] > 0.5
-        region = tuple(slice(a, b) for a, b in zip(start, end))
-        label[region][back] = value
+        label[region][torch.from_numpy(_resampled_on_box(to_scan, mask, affine, region)[0] > 0.5)] = value
     return MetaTensor(label[None], affine=affine, meta={"space": space})
