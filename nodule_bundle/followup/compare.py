@@ -52,16 +52,17 @@ def change_row(prior: Mapping | None, current: Mapping | None, days: float | Non
     (``change_from_volumes``) or from the diameters alone."""
     before = prior["mean_diameter_mm"] if prior else None
     now = current["mean_diameter_mm"] if current else None
-    v0, v1 = (prior["volume_mm3"], current["volume_mm3"]) if prior and current else (None, None)
-    change = diameter_change_mm(before, now, *((v0, v1) if change_from_volumes else ())) if prior and current else None
-    row = {"status": status(before, now, change)}
+    change, growth = None, {}
     if prior and current:
-        row["mean_diameter_change_mm"] = round(change, 1)
+        v0, v1 = prior["volume_mm3"], current["volume_mm3"]
+        change = diameter_change_mm(before, now, *((v0, v1) if change_from_volumes else ()))
+        growth["mean_diameter_change_mm"] = round(change, 1)
         if v0 and v1:
-            row["volume_change_percent"] = round(100.0 * (v1 / v0 - 1.0), 1)
+            growth["volume_change_percent"] = round(100.0 * (v1 / v0 - 1.0), 1)
             if days:
-                row["vdt_days"] = _finite(volume_doubling_time(v0, v1, days), 0)
-                row["vdt_95ci_days"] = [_finite(v, 0) for v in vdt_interval(v0, v1, days)]
+                growth["vdt_days"] = _finite(volume_doubling_time(v0, v1, days), 0)
+                growth["vdt_95ci_days"] = [_finite(v, 0) for v in vdt_interval(v0, v1, days)]
+    row = {"status": status(before, now, change), **growth}
     if current:
         row["lung_rads_category"] = lung_rads_with_prior(
             current["texture"], now, current["solid_mean_diameter_mm"], before,
