@@ -35,7 +35,7 @@ LUNG_MAX_HU = -650.0  # aerated lung is below; ground glass and tissue above
 GROUND_GLASS_HU = -550.0  # a typical ground-glass density (lung about -850, solid tissue about 30)
 SOLID_PLATEAU_HU = -300.0  # a "plateau" this dense is attached solid tissue (vessels, spicules), not ground glass
 AIR_HU = -950.0  # air outside the body and in the airways is below; aerated lung above
-HOLD_FACTOR = 2.0  # the region is held within this many thicknesses of the centre ...
+HOLD_FACTOR = 2.0  # what runs on out of the crop (vessels, the wall) is cut this many thicknesses from the centre ...
 HOLD_MARGIN_MM = 1.0  # ... and this much more (0 where a learned mask measures the larger nodules: chosen on validation)
 WALL_BALL_FACTOR = 1.5  # balls this many thicknesses (+1 mm) across fit in the chest wall, not in the nodule
 STRAND_BALL_FACTOR = 0.8  # an opening by a ball of this many thicknesses drops vessels and strands (0.6 before 0.14.0; chosen on validation)
@@ -89,8 +89,9 @@ def segment_nodule(crop_hu: np.ndarray, spacing_mm: float, hold_margin_mm: float
     a lower threshold than solid ones, and a part-solid nodule's ground glass (the 50 % point between the
     lung and its plateau) is kept :data:`GROUND_GLASS_APART_MM` from other dense tissue. What touches
     the nodule is cut off by the nodule's own thickness ``r`` (the largest ball inside it at the centre;
-    searching 3 mm around the centre leaked into the chest wall of small phantoms): the region is held within
-    ``2 r + hold_margin_mm`` of the centre; the chest wall is what balls of radius ``1.5 r + 1 mm`` reach in the
+    searching 3 mm around the centre leaked into the chest wall of small phantoms): what runs on from beyond
+    ``2 r + hold_margin_mm`` of the centre out of the crop (a vessel, the wall) is cut there, while a part
+    that ends within the crop (an irregular nodule's lobe) is kept whole; the chest wall is what balls of radius ``1.5 r + 1 mm`` reach in the
     tissue and air beyond the lung; vessels and strands are what an opening by a ball of ``0.8 r``
     (at most 3 mm) drops, the region's own edge within ``0.8 r`` (at most 1 mm) of what the opening keeps
     restored (lobules keep their tips, spicules grow back 1 mm at most). Tuned on the real-geometry
@@ -119,7 +120,7 @@ def segment_nodule(crop_hu: np.ndarray, spacing_mm: float, hold_margin_mm: float
         region, centre = _grow(smooth, threshold, centre, distance)
         region = _apart_from(region, other_tissue, centre, GROUND_GLASS_APART_MM / spacing_mm)
     thickness = float(_distance_inside(region)[centre]) * spacing_mm
-    region = _component_at(region & (distance <= HOLD_FACTOR * thickness + hold_margin_mm), centre)
+    region = _component_at(region & ~_running_on(region & (distance > HOLD_FACTOR * thickness + hold_margin_mm)), centre)
     wall_ball = (WALL_BALL_FACTOR * thickness + 1.0) / spacing_mm
     wall = _wall(np.asarray((smooth >= threshold) | (smooth <= AIR_HU)), wall_ball, region)
     if not wall[centre]:
@@ -185,6 +186,18 @@ def depth_inside_mm(mask: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray
     """Distance (mm) from each voxel of ``mask`` to the nearest voxel outside it, the array's border
     counting as outside (0 outside); ``spacing_mm`` per axis."""
     return ndi.distance_transform_edt(np.pad(mask, 1), sampling=spacing_mm)[tuple(slice(1, -1) for _ in mask.shape)]
+
+
+def _running_on(beyond: np.ndarray) -> np.ndarray:
+    """The connected parts of ``beyond`` (the region outside the nodule's hold) that reach the array's
+    border: tissue that runs on out of the crop (vessels, the chest wall), not a lobe that ends in the lung."""
+    labels, _ = ndi.label(beyond)
+    faces = np.concatenate([np.ravel(labels[tuple(end if a == axis else slice(None) for a in range(labels.ndim))])
+                            for axis in range(labels.ndim) for end in (0, -1)])
+    leaving = np.zeros(labels.max() + 1, dtype=bool)
+    leaving[faces] = True
+    leaving[0] = False
+    return leaving[labels]
 
 
 def _apart_from(region: np.ndarray, other: np.ndarray, centre: tuple[int, ...], reach: float) -> np.ndarray:

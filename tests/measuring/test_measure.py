@@ -55,6 +55,22 @@ def test_an_attached_vessel_does_not_inflate_the_measurement():
     assert m.mean_diameter_mm == pytest.approx(10.0, abs=1.0)
 
 
+def test_a_lobe_that_ends_in_the_lung_is_kept_and_a_vessel_that_runs_on_is_cut():
+    """A thin-centred nodule (a 4 mm ball, its hold 5 mm) with a 6 mm lobe reaching 10 mm from the centre:
+    the lobe ends in the lung and is the nodule's, however far beyond the hold. The same lobe drawn
+    on as a tube as thick as itself out of the crop is a vessel: cut at the hold."""
+    x, y, z = _grid()
+    ball = np.sqrt(x**2 + y**2 + z**2) <= 2.0
+    lobe = np.sqrt((x - 7.0) ** 2 + y**2 + z**2) <= 3.0
+    neck = (np.hypot(y, z) <= 1.8) & (x >= 0) & (x <= 7.0)
+    hu = np.where(ball | lobe | neck, 30.0, -850.0)
+    lobed = measure_nodule(_scan_like(hu), SPACING)
+    assert lobed.long_axis_mm == pytest.approx(12.0, abs=1.0)
+    hu[(np.hypot(y, z) <= 3.0) & (x >= 7.0)] = 30.0
+    vessel = measure_nodule(_scan_like(hu), SPACING)
+    assert vessel.long_axis_mm < 9.0
+
+
 def test_a_part_solid_nodule_has_a_smaller_solid_component():
     hu = _ellipsoid([3.0] * 3, 30.0, base=_ellipsoid([7.0] * 3, -550.0))
     m = measure_nodule(_scan_like(hu), SPACING)
