@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from nodule_bundle.measuring.measure import measure_nodule
+from nodule_bundle.measuring.measure import axial_diameters, measure_nodule, segment_nodule
 
 SPACING = 0.6
 N = 64
@@ -69,6 +69,8 @@ def test_a_lobe_that_ends_in_the_lung_is_kept_and_a_vessel_that_runs_on_is_cut()
     hu[(np.hypot(y, z) <= 3.0) & (x >= 7.0)] = 30.0
     vessel = measure_nodule(_scan_like(hu), SPACING)
     assert vessel.long_axis_mm < 9.0
+    held = segment_nodule(_scan_like(hu), SPACING, hold_margin_mm=0.0).mask  # as inference.json has it with a segmenter
+    assert vessel.long_axis_mm - axial_diameters(held, SPACING)[0] == pytest.approx(1.0, abs=0.6)  # cut 1 mm nearer the centre
 
 
 def test_a_part_solid_nodule_has_a_smaller_solid_component():
