@@ -91,8 +91,8 @@ def segment_nodule(crop_hu: np.ndarray, spacing_mm: float, hold_margin_mm: float
     the nodule is cut off by the nodule's own thickness ``r`` (the largest ball inside it at the centre;
     searching 3 mm around the centre leaked into the chest wall of small phantoms): what runs on from beyond
     ``2 r + hold_margin_mm`` of the centre out of the crop (a vessel, the wall) is cut there, while a part
-    that ends within the crop (an irregular nodule's lobe) is kept whole; the chest wall is what balls of radius ``1.5 r + 1 mm`` reach in the
-    tissue and air beyond the lung; vessels and strands are what an opening by a ball of ``0.8 r``
+    that ends within the crop (an irregular nodule's lobe) is kept whole; the chest wall is what balls of
+    radius ``1.5 r + 1 mm`` reach in the tissue and air beyond the lung; vessels and strands are what an opening by a ball of ``0.8 r``
     (at most 3 mm) drops, the region's own edge within ``0.8 r`` (at most 1 mm) of what the opening keeps
     restored (lobules keep their tips, spicules grow back 1 mm at most). Tuned on the real-geometry
     training split (``bench realism``), checked on the phantom.
