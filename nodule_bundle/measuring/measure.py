@@ -92,9 +92,9 @@ def segment_nodule(crop_hu: np.ndarray, spacing_mm: float, hold_margin_mm: float
     searching 3 mm around the centre leaked into the chest wall of small phantoms): what runs on from beyond
     ``2 r + hold_margin_mm`` of the centre out of the crop (a vessel, the wall) is cut there, while a part
     that ends within the crop (an irregular nodule's lobe) is kept whole; the chest wall is what balls of
-    radius ``1.5 r + 1 mm`` reach in the tissue and air beyond the lung; vessels and strands are what an opening by a ball of ``0.8 r``
-    (at most 3 mm) drops, the region's own edge within ``0.8 r`` (at most 1 mm) of what the opening keeps
-    restored (lobules keep their tips, spicules grow back 1 mm at most). Tuned on the real-geometry
+    radius ``1.5 r + 1 mm`` reach in the tissue and air beyond the lung; vessels and strands are what an
+    opening by a ball of ``0.8 r`` (at most 3 mm) drops, the region's own edge within ``0.8 r`` (at most
+    1 mm) of what the opening keeps restored (lobules keep their tips, spicules grow back 1 mm at most). Tuned on the real-geometry
     training split (``bench realism``), checked on the phantom.
     """
     smooth = ndi.gaussian_filter(crop_hu.astype(np.float32), 0.5 / spacing_mm)
@@ -357,7 +357,8 @@ def solid_component(mask: np.ndarray, crop_hu: np.ndarray, spacing_mm: float | t
     tissue, pieces = ndi.label(dense, _FULLY_CONNECTED)  # each part lies in one piece of the box's dense tissue
     inside, whole = np.bincount(tissue[mask], minlength=pieces + 1), np.bincount(tissue.ravel(), minlength=pieces + 1)
     piece_of = np.zeros(count + 1, dtype=np.intp)
-    piece_of[parts[parts > 0]] = tissue[parts > 0]  # every voxel of a part names the same piece
+    in_part = parts > 0
+    piece_of[parts[in_part]] = tissue[in_part]  # every voxel of a part names the same piece
     for part, piece in zip(by_size, piece_of[by_size]):
         if inside[piece] >= 0.5 * whole[piece]:
             return parts == part

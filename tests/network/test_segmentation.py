@@ -80,8 +80,8 @@ def _scan_with_two_nodules() -> tuple[MetaTensor, list[list[float]]]:
 def test_nodules_are_measured_on_the_learned_mask_where_it_is_long_enough():
     """The network chooses the nodule's voxels, the scan's voxels decide its edge: a 20 mm ball outlined
     around the rod keeps the rod's 21 mm inside it at the rod's own width (the threshold's mask, all 31 mm);
-    around the 5 mm ball, the ball itself. Where the network's outline is shorter than the segmenter's ``min_long_axis_mm``, the
-    threshold's mask measures the nodule."""
+    around the 5 mm ball, the ball itself. Where the network's outline is shorter than the segmenter's
+    ``min_long_axis_mm``, the threshold's mask measures the nodule."""
     image, centres = _scan_with_two_nodules()
     plain = NoduleMeasured("image")({"image": image, "center_world_mm": centres})
     assert plain["measured_by"] == ["threshold", "threshold"]
