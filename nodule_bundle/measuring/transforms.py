@@ -51,8 +51,8 @@ class NoduleMeasured(MapTransform):
 
     For each centre in ``data[center_key]`` (``(N, 3)`` LPS world mm) a fine isotropic HU crop
     (``patch_size`` voxels of ``spacing_mm``; ``large_patch_size`` for a nodule that reaches the
-    border of the first, 67 mm by default, for nodules up to about 50 mm) is cut from ``data[key]``
-    and measured on the scan's own voxels; the item gains
+    border of the first or runs on out of it, 67 mm by default, for nodules up to about 50 mm) is cut
+    from ``data[key]`` and measured on the scan's own voxels; the item gains
     length-N lists ``measured_long_axis_mm``, ``measured_short_axis_mm``, ``measured_mean_diameter_mm``,
     ``measured_volume_mm3`` and ``measured_solid_mean_diameter_mm``, which :class:`NoduleCropd` hands
     to each nodule's sample (``per_nodule_keys``). Run it before the crop, on the whole scan.
@@ -102,17 +102,18 @@ class NoduleMeasured(MapTransform):
     def _measure(self, image: MetaTensor, center: np.ndarray) -> tuple[dict, MetaTensor, str]:
         """One nodule's measurements, its ``[2, n, n, n]`` crop (HU, mask) and what outlined it
         (``"threshold"`` or ``"learned"``): segmented on the fine crop (the large one when the mask
-        reaches the crop's border), measured on the scan's own voxels under it (the mask resampled
-        nearest onto them, its edge decided by those voxels: :func:`~nodule_bundle.measuring.measure.edge_on_acquired_grid`).
+        reaches the crop's border or a lobe of it runs on out of it: ``cut_short``), measured on the
+        scan's own voxels under it (the mask resampled nearest onto them, its edge decided by those
+        voxels: :func:`~nodule_bundle.measuring.measure.edge_on_acquired_grid`).
         With a ``segmenter``, the nodule is measured on the learned mask instead (:meth:`_learned`)
         when the network outlines it at least the segmenter's ``min_long_axis_mm`` long: below, the
         threshold's segmentation measures better."""
         for cropper in (self.cropper, self.large_cropper):
             crop = cropper(image, center)
             hu = crop[0].numpy()
-            segmentation = segment_nodule(hu, self.spacing_mm, self.hold_margin_mm)
+            segmentation = segment_nodule(hu, self.spacing_mm, self.hold_margin_mm, larger_crop=cropper is self.cropper)
             mask = segmentation.mask
-            if not touches_border(mask):
+            if not (touches_border(mask) or segmentation.cut_short):
                 break
         learned = self._learned(image, center, segmentation.threshold) if self.segmenter is not None else None
         if learned is not None:

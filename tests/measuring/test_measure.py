@@ -174,6 +174,29 @@ def test_the_edge_is_decided_on_the_acquired_voxels():
     assert measured["measured_long_axis_mm"][0] == pytest.approx(axial_long_axis(body, spacing), abs=0.75)
 
 
+def test_a_lobe_that_runs_out_of_the_first_crop_is_measured_in_the_large_one():
+    """An 11 mm core with an 8 mm thick lobe reaching 26 mm out, ending in the lung: the first crop (38 mm)
+    cuts the lobe at the hold, as it would a vessel, but the cut part is as thick as a lobe, so the large
+    crop (67 mm) measures the nodule whole. The same lobe drawn on to the scan's edge runs out of the
+    large crop too: a vessel, cut there."""
+    from nodule_bundle.measuring.transforms import NoduleMeasured
+
+    spacing = np.array([0.7, 0.7, 1.0])
+    shape = (120, 120, 80)
+    x, y, z = (np.indices(shape, dtype=np.float64) * spacing[:, None, None, None]) - np.array([42.0, 42.0, 40.0])[:, None, None, None]
+    core = x**2 + y**2 + z**2 <= 5.5**2
+    lobe = ((np.hypot(y, z) <= 4.0) & (x >= 0) & (x <= 22.0)) | ((x - 22.0) ** 2 + y**2 + z**2 <= 4.0**2)
+    image, _ = _acquired_scan(core | lobe, spacing)
+    centre = [-42.0, -42.0, 40.0]  # LPS: the core's
+    measurer = NoduleMeasured("image", workers=1)
+    first = segment_nodule(measurer.cropper(image, np.asarray(centre))[0].numpy(), measurer.spacing_mm, larger_crop=True)
+    assert first.cut_short and axial_diameters(first.mask, measurer.spacing_mm)[0] < 20.0
+    measured = measurer({"image": image, "center_world_mm": [centre]})
+    assert measured["measured_long_axis_mm"][0] == pytest.approx(axial_long_axis(core | lobe, spacing), abs=1.0)
+    vessel, _ = _acquired_scan(core | lobe | ((np.hypot(y, z) <= 4.0) & (x >= 0)), spacing)
+    assert measurer({"image": vessel, "center_world_mm": [centre]})["measured_long_axis_mm"][0] < 20.0
+
+
 def test_the_acquired_edge_takes_no_voxel_of_what_the_segmentation_cut_off():
     """Tissue touching the nodule that its segmentation cut off (a wall, a vessel) stays out, though
     as dense as the nodule; the nodule's own edge voxels above the threshold come in."""
