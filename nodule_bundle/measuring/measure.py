@@ -399,9 +399,9 @@ def solid_component(mask: np.ndarray, crop_hu: np.ndarray, spacing_mm: float | t
     in_part = parts > 0
     piece_of[parts[in_part]] = tissue[in_part]  # every voxel of a part names the same piece
     depth = depth_inside_mm(mask, np.broadcast_to(np.asarray(spacing_mm, dtype=np.float64), (3,)))
-    deepest = ndi.maximum(depth, parts, by_size)
+    deepest, middle = ndi.maximum(depth, parts, by_size), SOLID_MIDDLE_FRACTION * depth.max()
     for part, piece, part_depth in zip(by_size, piece_of[by_size], deepest):
-        if inside[piece] >= 0.5 * whole[piece] and part_depth >= SOLID_MIDDLE_FRACTION * depth.max():
+        if inside[piece] >= 0.5 * whole[piece] and part_depth >= middle:
             return parts == part
     return np.zeros_like(mask)
 
