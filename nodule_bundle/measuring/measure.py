@@ -201,16 +201,20 @@ def rim_threshold(region: np.ndarray, hu: np.ndarray, spacing_mm: Sequence[float
 
 def depth_inside_mm(mask: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray:
     """Distance (mm) from each voxel of ``mask`` to the nearest voxel outside it, the array's border
-    counting as outside (0 outside); ``spacing_mm`` per axis."""
-    return ndi.distance_transform_edt(np.pad(mask, 1), sampling=spacing_mm)[tuple(slice(1, -1) for _ in mask.shape)]
+    counting as outside (0 outside); ``spacing_mm`` per axis. Computed on the mask's box grown by a
+    voxel, which holds each voxel's nearest outside one (any other is nearer once moved onto the box)."""
+    depth = np.zeros(mask.shape)
+    if mask.any():
+        box = _box(mask, 1)
+        depth[box] = ndi.distance_transform_edt(np.pad(mask[box], 1), sampling=spacing_mm)[tuple(slice(1, -1) for _ in mask.shape)]
+    return depth
 
 
 def _running_on(beyond: np.ndarray) -> np.ndarray:
     """The connected parts of ``beyond`` (the region outside the nodule's hold) that reach the array's
     border: tissue that runs on out of the crop (vessels, the chest wall), not a lobe that ends in the lung."""
     labels, _ = ndi.label(beyond)
-    faces = np.concatenate([np.ravel(labels[tuple(end if a == axis else slice(None) for a in range(labels.ndim))])
-                            for axis in range(labels.ndim) for end in (0, -1)])
+    faces = np.concatenate([np.ravel(face) for face in _faces(labels)])
     leaving = np.zeros(labels.max() + 1, dtype=bool)
     leaving[faces] = True
     leaving[0] = False
@@ -233,7 +237,7 @@ def _cut_short(region: np.ndarray, running_on: np.ndarray, thickness_mm: float, 
     radius = float(_distance_inside(part).max())
     if not LOBE_MIN_MM <= radius * spacing_mm <= thickness_mm:
         return False
-    on_faces = sum(int(np.take(part, index, axis=axis).sum()) for axis in range(part.ndim) for index in (0, -1))
+    on_faces = sum(int(face.sum()) for face in _faces(part))
     return on_faces <= LOBE_FACE_DISCS * math.pi * radius**2
 
 
@@ -331,7 +335,12 @@ def component_nearest(mask: np.ndarray, voxel: Sequence[float]) -> np.ndarray:
 
 def touches_border(mask: np.ndarray) -> bool:
     """Whether ``mask`` reaches its array's border."""
-    return any(np.take(mask, index, axis=axis).any() for axis in range(mask.ndim) for index in (0, -1))
+    return any(face.any() for face in _faces(mask))
+
+
+def _faces(array: np.ndarray) -> list[np.ndarray]:
+    """The array's border: its first and last slice along each axis."""
+    return [np.take(array, index, axis=axis) for axis in range(array.ndim) for index in (0, -1)]
 
 
 def axial_diameters(mask: np.ndarray, spacing_mm: float | tuple[float, ...]) -> tuple[float, float]:
