@@ -176,10 +176,14 @@ def edge_on_acquired_grid(region: np.ndarray, hu: np.ndarray, threshold: float, 
     by its own value instead, at the threshold's 50 % point, as the partial-volume edge of a reader's
     outline on those voxels. On the real-geometry validation split: long axis MAE 1.42 -> 1.23 mm,
     volume error 13.5 -> 9.0 %."""
-    above = hu >= threshold
-    labels, _ = ndi.label(above & (region | (ndi.binary_dilation(region, iterations=grow_voxels) & ~attached)))
-    kept = np.unique(labels[region & above])
-    edge = ndi.binary_fill_holes(np.isin(labels, kept[kept > 0]))
+    if not region.any():
+        return region
+    box = _box(region, grow_voxels + 1)  # all it depends on, with a border of voxels it cannot reach
+    near, above = region[box], hu[box] >= threshold
+    labels, _ = ndi.label(above & (near | (ndi.binary_dilation(near, iterations=grow_voxels) & ~attached[box])))
+    kept = np.unique(labels[near & above])
+    edge = np.zeros_like(region)
+    edge[box] = ndi.binary_fill_holes(np.isin(labels, kept[kept > 0]))
     return edge if edge.any() else region
 
 
@@ -250,21 +254,26 @@ def _apart_from(region: np.ndarray, other: np.ndarray, centre: tuple[int, ...], 
 
 def _wall(dense: np.ndarray, radius: float, region: np.ndarray) -> np.ndarray:
     """What balls of ``radius`` voxels reach in ``dense`` (the tissue and air beyond the lung), where
-    ``region`` is (false elsewhere): the opening is computed on ``region``'s box grown by two radii,
-    all it depends on there, the crop's border continued as :func:`_opened` does."""
+    ``region`` is (false elsewhere). Computed on what it depends on: the balls' centres within a radius
+    of ``region``'s box, told by ``dense`` within two radii, the crop's border continued outwards where
+    that box meets it (a wall that leaves the crop stays a wall, and its balls beyond the border count)."""
     wall = np.zeros(dense.shape, dtype=bool)
-    if region.any():
-        box = _box(region, math.ceil(2.0 * radius) + 2)
-        wall[box] = _opened(dense[box], radius, pad=math.ceil(radius) + 1)
-    return wall & region
+    if not region.any():
+        return wall
+    reach = math.ceil(radius) + 1
+    box = _box(region, 2 * reach)
+    pad = [(reach if b.start == 0 else 0, reach if b.stop >= n else 0) for b, n in zip(box, dense.shape)]
+    centres = _distance_inside(np.pad(dense[box], pad, mode="edge")) > radius
+    held = np.pad(region[box], pad)
+    near = _box(held, reach)
+    reached = np.zeros_like(held)
+    reached[near] = (_distance_outside(centres[near], radius) <= radius) & held[near]
+    wall[box] = reached[tuple(slice(before, size - after) for (before, after), size in zip(pad, reached.shape))]
+    return wall
 
 
-def _opened(mask: np.ndarray, radius: float, pad: int = 0) -> np.ndarray:
-    """``mask`` opened by a ball of ``radius`` voxels (through distance transforms); with ``pad``, the
-    array's border is continued that far (a wall that leaves the crop stays a wall)."""
-    if pad:
-        padded = _opened(np.pad(mask, pad, mode="edge"), radius)
-        return padded[tuple(slice(pad, pad + n) for n in mask.shape)]
+def _opened(mask: np.ndarray, radius: float) -> np.ndarray:
+    """``mask`` opened by a ball of ``radius`` voxels (through distance transforms)."""
     eroded = _distance_inside(mask) > radius
     return _distance_outside(eroded, radius) <= radius
 
@@ -289,7 +298,8 @@ def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
 
 def _distance_inside(mask: np.ndarray) -> np.ndarray:
     """Voxel distance from each voxel of ``mask`` to the nearest voxel outside it (0 outside), as
-    ``ndi.distance_transform_edt(mask)`` within an all-false border, computed on the mask's box only."""
+    ``ndi.distance_transform_edt(mask)``, computed on the mask's box grown by a voxel (the array's own
+    border stays open, as scipy's: a mask that reaches it runs on beyond)."""
     out = np.zeros(mask.shape)
     if mask.any():
         box = _box(mask, 1)
@@ -319,8 +329,13 @@ def _grow(smooth: np.ndarray, threshold: float, centre: tuple, distance: np.ndar
 
 
 def _component_at(mask: np.ndarray, index: tuple[int, ...]) -> np.ndarray:
-    labels, _ = ndi.label(mask)
-    return labels == labels[index] if labels[index] else np.zeros_like(mask)
+    """The connected part of ``mask`` holding voxel ``index`` (labelled on ``mask``'s box alone); all false if none."""
+    component = np.zeros(mask.shape, dtype=bool)
+    if mask[index]:
+        box = _box(mask, 0)
+        labels, _ = ndi.label(mask[box])
+        component[box] = labels == labels[tuple(i - b.start for i, b in zip(index, box))]
+    return component
 
 
 def component_nearest(mask: np.ndarray, voxel: Sequence[float]) -> np.ndarray:
@@ -408,8 +423,10 @@ def solid_component(mask: np.ndarray, crop_hu: np.ndarray, spacing_mm: float | t
     in_part = parts > 0
     piece_of[parts[in_part]] = tissue[in_part]  # every voxel of a part names the same piece
     depth = depth_inside_mm(mask, np.broadcast_to(np.asarray(spacing_mm, dtype=np.float64), (3,)))
-    deepest, middle = ndi.maximum(depth, parts, by_size), SOLID_MIDDLE_FRACTION * depth.max()
-    for part, piece, part_depth in zip(by_size, piece_of[by_size], deepest):
+    deepest = np.zeros(count + 1)
+    np.maximum.at(deepest, parts[in_part], depth[in_part])  # each part's deepest voxel (ndi.maximum sorts the whole box: 100x slower)
+    middle = SOLID_MIDDLE_FRACTION * depth.max()
+    for part, piece, part_depth in zip(by_size, piece_of[by_size], deepest[by_size]):
         if inside[piece] >= 0.5 * whole[piece] and part_depth >= middle:
             return parts == part
     return np.zeros_like(mask)

@@ -228,15 +228,20 @@ def test_the_acquired_edge_grows_as_far_as_it_is_told_into_dense_voxels():
 
 
 @pytest.mark.parametrize("centre", [(32, 32, 32), (6, 40, 58)])
-def test_the_wall_is_opened_on_the_box_it_depends_on_with_the_same_result(centre):
-    """Where the nodule's region is, the chest wall's opening computed on the region's box grown by
-    what it depends on is the opening of the whole crop (the crop's border continued alike)."""
-    from nodule_bundle.measuring.measure import _opened, _wall
+@pytest.mark.parametrize("radius", [3.5, 8.0])
+def test_the_wall_is_opened_on_the_box_it_depends_on_with_the_same_result(centre, radius):
+    """Where the nodule's region is, the chest wall computed on the region's box grown by what it
+    depends on is scipy's opening by a ball of the whole crop, its border continued outwards (edge
+    padding, and the wall running on beyond that: balls beyond the crop's border count)."""
+    from nodule_bundle.measuring.measure import _wall
 
     dense = ndi.gaussian_filter(np.random.default_rng(1).normal(size=(N, N, N)), 5) > 0.0
-    radius = 3.5
+    dense[:, :, -4:] = True  # a wall thinner than the ball within the crop: a wall all the same, as it runs on beyond
     region = np.linalg.norm(np.indices((N, N, N)) - np.reshape(centre, (3, 1, 1, 1)), axis=0) <= 9.0
-    whole = _opened(dense, radius, pad=int(np.ceil(radius)) + 1)
+    reach = int(np.ceil(radius)) + 1
+    ball = np.linalg.norm(np.indices((2 * reach + 1,) * 3) - reach, axis=0) <= radius
+    padded = ndi.binary_dilation(ndi.binary_erosion(np.pad(dense, reach, mode="edge"), ball, border_value=1), ball)
+    whole = padded[reach:-reach, reach:-reach, reach:-reach]
     assert whole[region].any() and not whole[region].all()
     np.testing.assert_array_equal(_wall(dense, radius, region), whole & region)
 
