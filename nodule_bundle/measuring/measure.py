@@ -101,7 +101,8 @@ def segment_nodule(crop_hu: np.ndarray, spacing_mm: float, hold_margin_mm: float
     100 HU: a calcified core would raise the threshold into the soft tissue): the 50 % point
     of a blurred edge, so the border does not move with the scanner's blur; ground-glass nodules get
     a lower threshold than solid ones, and a part-solid nodule's ground glass (the 50 % point between the
-    lung and its plateau) is kept :data:`GROUND_GLASS_APART_MM` from other dense tissue. What touches
+    lung and its plateau; not where the dense part runs on into tissue thicker than itself, the chest
+    wall, whose blurred edge looks alike) is kept :data:`GROUND_GLASS_APART_MM` from other dense tissue. What touches
     the nodule is cut off by the nodule's own thickness ``r`` (the largest ball inside it at the centre;
     searching 3 mm around the centre leaked into the chest wall of small phantoms): what runs on from beyond
     ``2 r + hold_margin_mm`` of the centre out of the crop (a vessel, the wall) is cut there, while a part
@@ -126,16 +127,17 @@ def segment_nodule(crop_hu: np.ndarray, spacing_mm: float, hold_margin_mm: float
     if not region.any():
         return nothing
     # a part-solid nodule: a plateau of ground glass around the dense part; then its total extent
-    # is the 50 % point between the lung and that plateau
+    # is the 50 % point between the lung and that plateau (not where the dense part joins the chest
+    # wall: the wall's blurred edge reads as such a plateau, and the lower threshold would take the wall in)
     outside_mm = _distance_outside(region, 3.0 / spacing_mm) * spacing_mm
     plateau = float(np.median(smooth[(outside_mm > 1.0) & (outside_mm <= 3.0)]))  # beyond the blur of the edge
-    if background + 0.5 * (GROUND_GLASS_HU - background) < plateau < SOLID_PLATEAU_HU:
+    ground_glass = background + 0.5 * (GROUND_GLASS_HU - background) < plateau < SOLID_PLATEAU_HU
+    if ground_glass and not _joins_wall(region, centre, distance, hold_margin_mm, spacing_mm):
         other_tissue = (smooth >= threshold) & ~region  # the wall, vessels, spicules: dense, not the nodule's core
         threshold = (background + plateau) / 2.0
         region, centre = _grow(smooth, threshold, centre, distance)
         region = _apart_from(region, other_tissue, centre, GROUND_GLASS_APART_MM / spacing_mm)
-    thickness = float(_distance_inside(region)[centre]) * spacing_mm
-    running_on = _running_on(region & (distance > HOLD_FACTOR * thickness + hold_margin_mm))
+    thickness, running_on = _held(region, centre, distance, hold_margin_mm, spacing_mm)
     region = _component_at(region & ~running_on, centre)
     wall_ball = (WALL_BALL_FACTOR * thickness + 1.0) / spacing_mm
     wall = _wall(np.asarray((smooth >= threshold) | (smooth <= AIR_HU)), wall_ball, region)
@@ -212,6 +214,22 @@ def depth_inside_mm(mask: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray
         box = _box(mask, 1)
         depth[box] = ndi.distance_transform_edt(np.pad(mask[box], 1), sampling=spacing_mm)[tuple(slice(1, -1) for _ in mask.shape)]
     return depth
+
+
+def _held(region: np.ndarray, centre: tuple[int, ...], distance: np.ndarray, hold_margin_mm: float, spacing_mm: float) -> tuple[float, np.ndarray]:
+    """The nodule's thickness (mm, the radius of the largest ball in ``region`` at ``centre``) and what
+    of ``region`` runs on out of the crop from beyond ``HOLD_FACTOR`` thicknesses plus ``hold_margin_mm``
+    of the centre (``distance``: each voxel's, mm): the nodule's hold cuts it off."""
+    thickness = float(_distance_inside(region)[centre]) * spacing_mm
+    return thickness, _running_on(region & (distance > HOLD_FACTOR * thickness + hold_margin_mm))
+
+
+def _joins_wall(region: np.ndarray, centre: tuple[int, ...], distance: np.ndarray, hold_margin_mm: float, spacing_mm: float) -> bool:
+    """Whether ``region`` runs on out of the crop (:func:`_held`) through tissue thicker than the nodule
+    itself: the chest wall, not a vessel. Around such a region the blurred edge of the wall, not a
+    ground-glass plateau, lies between the lung and the tissue."""
+    thickness, running_on = _held(region, centre, distance, hold_margin_mm, spacing_mm)
+    return bool(running_on.any()) and float(_distance_inside(running_on).max()) * spacing_mm > thickness
 
 
 def _running_on(beyond: np.ndarray) -> np.ndarray:

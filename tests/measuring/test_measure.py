@@ -136,6 +136,21 @@ def test_a_part_solid_nodules_ground_glass_stays_apart_from_the_chest_wall():
     assert measured["measured_solid_mean_diameter_mm"][0] == pytest.approx(nodule.solid_mm, abs=1.0)
 
 
+def test_a_solid_nodule_on_the_chest_wall_is_not_read_as_part_solid_by_the_walls_blurred_edge():
+    """A 6 mm solid nodule against the chest wall, the wall's edge blurred over several millimetres (an
+    oblique surface across thick slices, as at the lung's apex): around the nodule joined to the wall
+    that ramp reads as a ground-glass plateau, whose low threshold took the wall in (18 mm measured; a
+    real-geometry validation nodule at the apex, 7.5 mm, measured 16.8 mm). The wall, thicker than the
+    nodule, is no ground glass around it."""
+    from nodule_bundle.measuring.measure import measure_mask, segment_nodule
+
+    x, y, z = _grid()
+    hu = np.where((x**2 + y**2 + z**2 <= 3.0**2) | (z >= 3.5), 30.0, -850.0)
+    hu = ndi.gaussian_filter(hu, (0.6 / SPACING, 0.6 / SPACING, 3.0 / SPACING)) + np.random.default_rng(0).normal(0, 15, hu.shape)
+    measured = measure_mask(segment_nodule(hu, SPACING).mask, hu, SPACING)
+    assert measured.mean_diameter_mm == pytest.approx(6.0, abs=0.7)
+
+
 def axial_long_axis(mask, spacing):
     from nodule_bundle.measuring.measure import axial_diameters
 
