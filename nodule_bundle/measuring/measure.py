@@ -93,7 +93,9 @@ def nodule_mask(crop_hu: np.ndarray, spacing_mm: float) -> np.ndarray:
     return segment_nodule(crop_hu, spacing_mm).mask
 
 
-def segment_nodule(crop_hu: np.ndarray, spacing_mm: float, hold_margin_mm: float = HOLD_MARGIN_MM, larger_crop: bool = False) -> NoduleSegmentation:
+def segment_nodule(
+    crop_hu: np.ndarray, spacing_mm: float, hold_margin_mm: float = HOLD_MARGIN_MM, larger_crop: bool = False
+) -> NoduleSegmentation:
     """Segment the nodule at the centre of ``crop_hu`` (``[X, Y, Z]`` HU, isotropic).
 
     The threshold is halfway between the lung around it (median of the crop's aerated voxels,
@@ -102,8 +104,8 @@ def segment_nodule(crop_hu: np.ndarray, spacing_mm: float, hold_margin_mm: float
     of a blurred edge, so the border does not move with the scanner's blur; ground-glass nodules get
     a lower threshold than solid ones, and a part-solid nodule's ground glass (the 50 % point between the
     lung and its plateau; not where the dense part runs on into tissue thicker than itself, the chest
-    wall, whose blurred edge looks alike) is kept :data:`GROUND_GLASS_APART_MM` from other dense tissue. What touches
-    the nodule is cut off by the nodule's own thickness ``r`` (the largest ball inside it at the centre;
+    wall, whose blurred edge looks alike) is kept :data:`GROUND_GLASS_APART_MM` from other dense tissue.
+    What touches the nodule is cut off by the nodule's own thickness ``r`` (the largest ball inside it at the centre;
     searching 3 mm around the centre leaked into the chest wall of small phantoms): what runs on from beyond
     ``2 r + hold_margin_mm`` of the centre out of the crop (a vessel, the wall) is cut there, while a part
     that ends within the crop (an irregular nodule's lobe) is kept whole; the chest wall is what balls of
@@ -132,12 +134,13 @@ def segment_nodule(crop_hu: np.ndarray, spacing_mm: float, hold_margin_mm: float
     outside_mm = _distance_outside(region, 3.0 / spacing_mm) * spacing_mm
     plateau = float(np.median(smooth[(outside_mm > 1.0) & (outside_mm <= 3.0)]))  # beyond the blur of the edge
     ground_glass = background + 0.5 * (GROUND_GLASS_HU - background) < plateau < SOLID_PLATEAU_HU
-    if ground_glass and not _joins_wall(region, centre, distance, hold_margin_mm, spacing_mm):
+    thickness, running_on = _held(region, centre, distance, hold_margin_mm, spacing_mm)
+    if ground_glass and not _joins_wall(thickness, running_on, spacing_mm):
         other_tissue = (smooth >= threshold) & ~region  # the wall, vessels, spicules: dense, not the nodule's core
         threshold = (background + plateau) / 2.0
         region, centre = _grow(smooth, threshold, centre, distance)
         region = _apart_from(region, other_tissue, centre, GROUND_GLASS_APART_MM / spacing_mm)
-    thickness, running_on = _held(region, centre, distance, hold_margin_mm, spacing_mm)
+        thickness, running_on = _held(region, centre, distance, hold_margin_mm, spacing_mm)
     region = _component_at(region & ~running_on, centre)
     wall_ball = (WALL_BALL_FACTOR * thickness + 1.0) / spacing_mm
     wall = _wall(np.asarray((smooth >= threshold) | (smooth <= AIR_HU)), wall_ball, region)
@@ -216,7 +219,9 @@ def depth_inside_mm(mask: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray
     return depth
 
 
-def _held(region: np.ndarray, centre: tuple[int, ...], distance: np.ndarray, hold_margin_mm: float, spacing_mm: float) -> tuple[float, np.ndarray]:
+def _held(
+    region: np.ndarray, centre: tuple[int, ...], distance: np.ndarray, hold_margin_mm: float, spacing_mm: float
+) -> tuple[float, np.ndarray]:
     """The nodule's thickness (mm, the radius of the largest ball in ``region`` at ``centre``) and what
     of ``region`` runs on out of the crop from beyond ``HOLD_FACTOR`` thicknesses plus ``hold_margin_mm``
     of the centre (``distance``: each voxel's, mm): the nodule's hold cuts it off."""
@@ -224,12 +229,11 @@ def _held(region: np.ndarray, centre: tuple[int, ...], distance: np.ndarray, hol
     return thickness, _running_on(region & (distance > HOLD_FACTOR * thickness + hold_margin_mm))
 
 
-def _joins_wall(region: np.ndarray, centre: tuple[int, ...], distance: np.ndarray, hold_margin_mm: float, spacing_mm: float) -> bool:
-    """Whether ``region`` runs on out of the crop (:func:`_held`) through tissue thicker than the nodule
-    itself: the chest wall, not a vessel. Around such a region the blurred edge of the wall, not a
-    ground-glass plateau, lies between the lung and the tissue."""
-    thickness, running_on = _held(region, centre, distance, hold_margin_mm, spacing_mm)
-    return bool(running_on.any()) and float(_distance_inside(running_on).max()) * spacing_mm > thickness
+def _joins_wall(thickness_mm: float, running_on: np.ndarray, spacing_mm: float) -> bool:
+    """Whether what runs on out of the crop from the nodule (``running_on``, :func:`_held`) is tissue
+    thicker than the nodule itself (``thickness_mm``): the chest wall, not a vessel. Around a region
+    joined to it the blurred edge of the wall, not a ground-glass plateau, lies between the lung and the tissue."""
+    return bool(running_on.any()) and float(_distance_inside(running_on).max()) * spacing_mm > thickness_mm
 
 
 def _running_on(beyond: np.ndarray) -> np.ndarray:
@@ -442,7 +446,7 @@ def solid_component(mask: np.ndarray, crop_hu: np.ndarray, spacing_mm: float | t
     piece_of[parts[in_part]] = tissue[in_part]  # every voxel of a part names the same piece
     depth = depth_inside_mm(mask, np.broadcast_to(np.asarray(spacing_mm, dtype=np.float64), (3,)))
     deepest = np.zeros(count + 1)
-    np.maximum.at(deepest, parts[in_part], depth[in_part])  # each part's deepest voxel (ndi.maximum sorts the whole box: 100x slower)
+    np.maximum.at(deepest, parts[in_part], depth[in_part])  # each part's deepest voxel (ndi.maximum sorts the whole box)
     middle = SOLID_MIDDLE_FRACTION * depth.max()
     for part, piece, part_depth in zip(by_size, piece_of[by_size], deepest[by_size]):
         if inside[piece] >= 0.5 * whole[piece] and part_depth >= middle:
