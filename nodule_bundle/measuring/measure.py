@@ -45,7 +45,8 @@ RESTORE_MAX_MM = 1.0  # the edge the opening rounded off comes back up to this f
 #: ball's radius) or more but no thicker than the nodule at its centre, and crosses the crop's faces over
 #: no more than this many discs of that radius (the chest wall lies along them) may be a lobe the crop
 #: cuts short: :class:`~nodule_bundle.measuring.transforms.NoduleMeasured` segments the nodule again in its
-#: larger crop (real-geometry validation long axis MAE 1.10 -> 1.05 mm; 1.5-2.5 mm, 1-4 discs the same)
+#: larger crop (real-geometry validation long axis MAE 1.10 -> 1.05 mm; 1.5-2.5 mm, 1-4 discs the same); a body
+#: beyond the hold is kept only this thick too (:func:`_bodies_beyond_strands`: thinner, a phantom's vessel)
 LOBE_MIN_MM = 2.0
 LOBE_FACE_DISCS = 2.0
 CORE_MAX_HU = 100.0  # the core's density for the threshold: calcium (300-900 HU) is not what a nodule's edge is made of
@@ -108,8 +109,10 @@ def segment_nodule(
     What touches the nodule is cut off by the nodule's own thickness ``r`` (the largest ball inside it at the centre;
     searching 3 mm around the centre leaked into the chest wall of small phantoms): what runs on from beyond
     ``2 r + hold_margin_mm`` of the centre out of the crop (a vessel, the wall) is cut there, while a part
-    that ends within the crop (an irregular nodule's lobe) is kept whole; the chest wall is what balls of
-    radius ``1.5 r + 1 mm`` reach in the tissue and air beyond the lung; vessels and strands are what an
+    that ends within the crop (an irregular nodule's lobe), or leaves it only through a vessel thinner than
+    the strand ball below while it is itself as thick as ``r`` and 2 mm (an elongated nodule's body), is
+    kept whole; the chest wall is what balls of radius ``1.5 r + 1 mm`` reach in the tissue and air beyond
+    the lung; vessels and strands are what an
     opening by a ball of ``0.8 r`` (at most 3 mm) drops, the region's own edge within ``0.8 r`` (at most
     1 mm) of what the opening keeps restored (lobules keep their tips, spicules grow back 1 mm at most). Tuned on the real-geometry
     training split (``bench realism``), checked on the phantom. With ``larger_crop`` (a larger crop could
@@ -224,9 +227,34 @@ def _held(
 ) -> tuple[float, np.ndarray]:
     """The nodule's thickness (mm, the radius of the largest ball in ``region`` at ``centre``) and what
     of ``region`` runs on out of the crop from beyond ``HOLD_FACTOR`` thicknesses plus ``hold_margin_mm``
-    of the centre (``distance``: each voxel's, mm): the nodule's hold cuts it off."""
-    thickness = float(_distance_inside(region)[centre]) * spacing_mm
-    return thickness, _running_on(region & (distance > HOLD_FACTOR * thickness + hold_margin_mm))
+    of the centre (``distance``: each voxel's, mm): the nodule's hold cuts it off, but for the nodule's
+    own body beyond it that only a vessel carries out of the crop (:func:`_bodies_beyond_strands`)."""
+    depth = _distance_inside(region)
+    thickness = float(depth[centre]) * spacing_mm
+    running_on = _running_on(region & (distance > HOLD_FACTOR * thickness + hold_margin_mm))
+    return thickness, running_on & ~_bodies_beyond_strands(region, depth, running_on, thickness, spacing_mm)
+
+
+def _bodies_beyond_strands(region: np.ndarray, depth: np.ndarray, running_on: np.ndarray, thickness_mm: float, spacing_mm: float) -> np.ndarray:
+    """The parts of ``running_on`` (what leaves the crop from beyond the nodule's hold) as thick as the
+    nodule at its centre (``thickness_mm``; :data:`LOBE_MIN_MM` at least) that leave the crop only
+    through tissue the strand opening drops (:func:`without_strands`' ball), with the rim the opening
+    rounded off: the rest of an elongated or concave nodule whose vessel runs out, not a vessel or
+    the wall. They are kept, and the vessel dropped by :func:`without_strands`. ``depth``: each voxel's
+    distance to the outside of ``region`` (voxels), no less than a part's own."""
+    bodies = np.zeros_like(running_on)
+    radius = min(STRAND_BALL_FACTOR * thickness_mm, STRAND_BALL_MAX_MM) / spacing_mm
+    least = max(thickness_mm, LOBE_MIN_MM) / spacing_mm
+    if radius < 1.0 or not running_on.any() or depth[running_on].max() < least:  # nothing that thick
+        return bodies
+    thick = running_on & _opened(region, radius)
+    labels, count = ndi.label(thick)
+    deepest = np.zeros(count + 1)
+    np.maximum.at(deepest, labels[thick], _distance_inside(thick)[thick])  # each part's widest ball (its parts lie apart)
+    kept = ~_leaving(labels, count) & (deepest >= least)
+    kept[0] = False
+    bodies = kept[labels]
+    return running_on & (_distance_outside(bodies, radius + 1.0) <= radius) if bodies.any() else bodies
 
 
 def _joins_wall(thickness_mm: float, running_on: np.ndarray, spacing_mm: float) -> bool:
@@ -239,12 +267,16 @@ def _joins_wall(thickness_mm: float, running_on: np.ndarray, spacing_mm: float) 
 def _running_on(beyond: np.ndarray) -> np.ndarray:
     """The connected parts of ``beyond`` (the region outside the nodule's hold) that reach the array's
     border: tissue that runs on out of the crop (vessels, the chest wall), not a lobe that ends in the lung."""
-    labels, _ = ndi.label(beyond)
-    faces = np.concatenate([np.ravel(face) for face in _faces(labels)])
-    leaving = np.zeros(labels.max() + 1, dtype=bool)
-    leaving[faces] = True
+    labels, count = ndi.label(beyond)
+    return _leaving(labels, count)[labels]
+
+
+def _leaving(labels: np.ndarray, count: int) -> np.ndarray:
+    """Per label of ``labels`` (``count`` parts; 0 the background), whether that part reaches the array's border."""
+    leaving = np.zeros(count + 1, dtype=bool)
+    leaving[np.concatenate([np.ravel(face) for face in _faces(labels)])] = True
     leaving[0] = False
-    return leaving[labels]
+    return leaving
 
 
 def _cut_short(region: np.ndarray, running_on: np.ndarray, thickness_mm: float, spacing_mm: float) -> bool:

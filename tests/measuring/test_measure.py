@@ -73,6 +73,20 @@ def test_a_lobe_that_ends_in_the_lung_is_kept_and_a_vessel_that_runs_on_is_cut()
     assert vessel.long_axis_mm - axial_diameters(held, SPACING)[0] == pytest.approx(1.0, abs=0.6)  # cut 1 mm nearer the centre
 
 
+def test_a_lobe_that_a_thin_vessel_carries_out_of_the_crop_is_kept():
+    """The same thin-centred nodule and lobe, a 2 mm vessel running on from the lobe out of the crop:
+    the lobe, as thick as the nodule, is still the nodule's (not cut at the hold with the vessel); the
+    vessel, thinner than the strand opening's ball, is dropped. LIDC-IDRI-0183-n2, a 26 mm elongated
+    nodule whose vessel leaves the crop, measured 12.2 mm before."""
+    x, y, z = _grid()
+    ball = np.sqrt(x**2 + y**2 + z**2) <= 2.0
+    lobe = np.sqrt((x - 7.0) ** 2 + y**2 + z**2) <= 3.0
+    neck = (np.hypot(y, z) <= 1.8) & (x >= 0) & (x <= 7.0)
+    vessel = (np.hypot(y, z) <= 1.0) & (x >= 7.0)
+    m = measure_nodule(_scan_like(np.where(ball | lobe | neck | vessel, 30.0, -850.0)), SPACING)
+    assert 11.5 <= m.long_axis_mm <= 13.5  # 12 mm, and the vessel's base the strand opening restores (1 mm at most)
+
+
 def test_a_part_solid_nodule_has_a_smaller_solid_component():
     hu = _ellipsoid([3.0] * 3, 30.0, base=_ellipsoid([7.0] * 3, -550.0))
     m = measure_nodule(_scan_like(hu), SPACING)
