@@ -112,11 +112,11 @@ def segment_nodule(
     that ends within the crop (an irregular nodule's lobe), or leaves it only through a vessel thinner than
     the strand ball below while it is itself as thick as ``r`` and 2 mm (an elongated nodule's body), is
     kept whole; the chest wall is what balls of radius ``1.5 r + 1 mm`` reach in the tissue and air beyond
-    the lung; vessels and strands are what an
-    opening by a ball of ``0.8 r`` (at most 3 mm) drops, the region's own edge within ``0.8 r`` (at most
-    1 mm) of what the opening keeps restored (lobules keep their tips, spicules grow back 1 mm at most). Tuned on the real-geometry
-    training split (``bench realism``), checked on the phantom. With ``larger_crop`` (a larger crop could
-    be taken), ``cut_short`` tells whether a lobe may run on out of this one.
+    the lung; vessels and strands are what an opening by a ball of ``0.8 r`` (at most 3 mm) drops, the
+    region's own edge within ``0.8 r`` (at most 1 mm) of what the opening keeps restored (lobules keep
+    their tips, spicules grow back 1 mm at most). Tuned on the real-geometry training split (``bench
+    realism``), checked on the phantom. With ``larger_crop`` (a larger crop could be taken), ``cut_short``
+    tells whether a lobe may run on out of this one.
     """
     smooth = ndi.gaussian_filter(crop_hu.astype(np.float32), 0.5 / spacing_mm)
     centre = tuple(s // 2 for s in crop_hu.shape)
@@ -250,7 +250,7 @@ def _bodies_beyond_strands(region: np.ndarray, depth: np.ndarray, running_on: np
     thick = running_on & _opened(region, radius)
     labels, count = ndi.label(thick)
     deepest = np.zeros(count + 1)
-    np.maximum.at(deepest, labels[thick], _distance_inside(thick)[thick])  # each part's widest ball (its parts lie apart)
+    np.maximum.at(deepest, labels[thick], _distance_inside(thick)[thick])  # each part's deepest voxel in ``thick``
     kept = ~_leaving(labels, count) & (deepest >= least)
     kept[0] = False
     bodies = kept[labels]
