@@ -235,18 +235,19 @@ def _held(
     return thickness, running_on & ~_bodies_beyond_strands(region, depth, running_on, thickness, spacing_mm)
 
 
-def _bodies_beyond_strands(region: np.ndarray, depth: np.ndarray, running_on: np.ndarray, thickness_mm: float, spacing_mm: float) -> np.ndarray:
+def _bodies_beyond_strands(
+    region: np.ndarray, depth: np.ndarray, running_on: np.ndarray, thickness_mm: float, spacing_mm: float
+) -> np.ndarray:
     """The parts of ``running_on`` (what leaves the crop from beyond the nodule's hold) as thick as the
     nodule at its centre (``thickness_mm``; :data:`LOBE_MIN_MM` at least) that leave the crop only
     through tissue the strand opening drops (:func:`without_strands`' ball), with the rim the opening
     rounded off: the rest of an elongated or concave nodule whose vessel runs out, not a vessel or
     the wall. They are kept, and the vessel dropped by :func:`without_strands`. ``depth``: each voxel's
     distance to the outside of ``region`` (voxels), no less than a part's own."""
-    bodies = np.zeros_like(running_on)
     radius = min(STRAND_BALL_FACTOR * thickness_mm, STRAND_BALL_MAX_MM) / spacing_mm
     least = max(thickness_mm, LOBE_MIN_MM) / spacing_mm
     if radius < 1.0 or not running_on.any() or depth[running_on].max() < least:  # nothing that thick
-        return bodies
+        return np.zeros_like(running_on)
     thick = running_on & _opened(region, radius)
     labels, count = ndi.label(thick)
     deepest = np.zeros(count + 1)
