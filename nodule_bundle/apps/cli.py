@@ -1,6 +1,6 @@
 """``nodule-bundle``: the command line around the bundle.
 
-    nodule-bundle synth    --out DIR [--geometry phantom|lidc] [--scans N] [--seed S] [--formats nifti,mhd,nrrd,dicom]
+    nodule-bundle synth    --out DIR [--geometry phantom|lidc] [--scans N] [--seed S] [--formats nifti,mhd,nrrd,dicom] [--first-scan K]
     nodule-bundle classify --image SCAN [--nodules CSV] --out DIR [--model model.pt] [--include-phi]
     nodule-bundle train    --datalist FILE --out DIR [--dataset-dir DIR] [--epochs 40]
     nodule-bundle federate --out DIR [--sites 3] [--rounds 5] [--local-epochs 2] [--scans-per-site 7] [--test-scans-per-site 6]
@@ -17,7 +17,7 @@
     nodule-bundle bench    memory [--shape 512 512 300] [--nodules 20] [--out bench.json]
     nodule-bundle bench    backbones [--repeats 3] [--out bench.json]
     nodule-bundle bench    backbone-accuracy --work DIR [--scans 24] [--test-scans N] [--epochs 15] [--backbones NAME ...] [--evaluate-only] [--out bench.json]
-    nodule-bundle bench    realism --data DIR [--split test] [--work DIR [--epochs 30] [--seed 0] [--configs NAME ...] [--phantom DIR]
+    nodule-bundle bench    realism --data DIR [--split test|all] [--work DIR [--epochs 30] [--seed 0] [--configs NAME ...] [--phantom DIR]
                            [--set ID=JSON ...]] [--out bench.json]
     nodule-bundle bench    label [--label-venv .venv-label] [--shape 512 512 300] [--repeats 5] [--out bench.json]
     nodule-bundle export   --out DIR|FILE.zip [--ckpt models/model.pt] [--weights-url URL]
@@ -48,6 +48,10 @@ def _synth(args: argparse.Namespace) -> None:
     from nodule_bundle.data.synth import write_followup_dataset, write_phantom_dataset
 
     formats = args.formats.split(",")
+    if args.first_scan < 0:
+        raise NoduleBundleError(f"--first-scan must be 0 or more, got {args.first_scan}")
+    if args.first_scan and (args.geometry != "lidc" or args.timepoints > 1):
+        raise NoduleBundleError("--first-scan: real-geometry single scans only (--geometry lidc, one timepoint)")
     if args.geometry == "lidc":
         cfg = RealGeometryConfig(**({"fov_mm": tuple(args.fov_mm)} if args.fov_mm else {}))
         if args.timepoints > 1:
@@ -56,8 +60,10 @@ def _synth(args: argparse.Namespace) -> None:
             path = write_real_followup_dataset(args.out, args.scans, args.timepoints, args.seed, formats, cfg, args.workers, args.negatives_per_scan, args.min_readers)
             print(f"wrote {'every' if args.scans is None else args.scans} LIDC-IDRI scan's patient {args.timepoints} times (followups.csv); datalist: {path}")
             return
-        path = write_real_geometry_dataset(args.out, args.scans, args.seed, formats, cfg, args.workers, args.negatives_per_scan, args.min_readers)
-        print(f"wrote {'all' if args.scans is None else args.scans} LIDC-IDRI scans' nodule outlines in synthetic chest CT; datalist: {path}")
+        path = write_real_geometry_dataset(args.out, args.scans, args.seed, formats, cfg, args.workers, args.negatives_per_scan, args.min_readers,
+                                           first_scan=args.first_scan)  # fmt: skip
+        which = "all" if args.scans is None else args.scans
+        print(f"wrote {which} LIDC-IDRI scans' nodule outlines{f' from the {args.first_scan}-th' if args.first_scan else ''} in synthetic chest CT; datalist: {path}")
         return
     cfg = PhantomConfig(fov_mm=tuple(args.fov_mm or PhantomConfig.fov_mm), nodules_per_scan=(args.min_nodules, args.max_nodules))
     scans = 10 if args.scans is None else args.scans
@@ -238,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-nodules", type=int, default=5, help="phantom only")
     p.add_argument("--max-nodules", type=int, default=20, help="phantom only")
     p.add_argument("--min-readers", type=positive_int, default=3, help="lidc only: readers who outlined a nodule")
+    p.add_argument("--first-scan", type=int, default=0,
+                   help="lidc only: start at this LIDC scan (0: the first), e.g. patients a set of the first scans has not seen")
     p.add_argument("--timepoints", type=positive_int, default=1,
                    help="scans per patient (2 or more: follow-ups, --scans patients; each nodule grown by a known VDT)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")

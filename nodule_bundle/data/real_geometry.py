@@ -358,21 +358,27 @@ def draw_real_patient(seed: int, index: int, source: OutlinedScan, cfg: RealGeom
 def write_real_geometry_dataset(
     out: str | Path, scans: int | None = None, seed: int = 0, formats=("nifti",), cfg: RealGeometryConfig = RealGeometryConfig(),
     workers: int | None = None, negatives_per_scan: int = 20, min_readers: int = 3, cache: str | Path | None = None,
-    split_fractions: tuple[float, float] = (0.15, 0.15),
+    split_fractions: tuple[float, float] = (0.15, 0.15), first_scan: int = 0,
 ) -> Path:  # fmt: skip
-    """Write the first ``scans`` LIDC-IDRI scans (``None``: all) as real-geometry scans into ``out``, in
-    the phantom's layout (:mod:`nodule_bundle.data.synth`) plus ``labels/``; split by patient.
-    Returns the path of ``datalist.json``."""
+    """Write ``scans`` LIDC-IDRI scans (``None``: all) from the ``first_scan``-th on as real-geometry scans
+    into ``out``, in the phantom's layout (:mod:`nodule_bundle.data.synth`) plus ``labels/``; split by
+    patient. Each scan is drawn as it is in the whole set (its index there), so a set from ``first_scan``
+    holds patients that a set of the first ``first_scan`` scans has not seen. Returns the path of ``datalist.json``."""
     from dataclasses import asdict
 
     from nodule_bundle.data.synth import write_synthetic_dataset
 
     if scans is not None and scans < 1:
         raise ValueError(f"scans must be >= 1, got {scans}")
-    sources = outlined_scans(scans, min_readers, cache)
+    if first_scan < 0:
+        raise ValueError(f"first_scan must be >= 0, got {first_scan}")
+    sources = outlined_scans(None if scans is None else first_scan + scans, min_readers, cache)[first_scan:]
+    if not sources:
+        raise NoduleBundleError(f"no LIDC-IDRI scan from the {first_scan}-th on has a nodule outlined by {min_readers} or more readers")
     return write_synthetic_dataset(
-        out, render_scan, [(seed, i, source, cfg) for i, source in enumerate(sources)], seed, formats, workers, negatives_per_scan,
-        split_fractions, description=f"LIDC-IDRI readers' consensus outlines (>= {min_readers} readers) in synthetic chest CT",
-        real_geometry={"seed": seed, "scans": len(sources), "min_readers": min_readers, "formats": list(formats),
+        out, render_scan, [(seed, first_scan + i, source, cfg) for i, source in enumerate(sources)], seed, formats, workers,
+        negatives_per_scan, split_fractions,
+        description=f"LIDC-IDRI readers' consensus outlines (>= {min_readers} readers) in synthetic chest CT",
+        real_geometry={"seed": seed, "first_scan": first_scan, "scans": len(sources), "min_readers": min_readers, "formats": list(formats),
                        "negatives_per_scan": negatives_per_scan, **asdict(cfg)},
     )  # fmt: skip

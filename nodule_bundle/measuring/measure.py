@@ -106,8 +106,9 @@ def segment_nodule(
     a lower threshold than solid ones, and a part-solid nodule's ground glass (the 50 % point between the
     lung and its plateau; not where the dense part runs on into tissue thicker than itself, the chest
     wall, whose blurred edge looks alike) is kept :data:`GROUND_GLASS_APART_MM` from other dense tissue.
-    What touches the nodule is cut off by the nodule's own thickness ``r`` (the largest ball inside it at the centre;
-    searching 3 mm around the centre leaked into the chest wall of small phantoms): what runs on from beyond
+    What touches the nodule is cut off by the nodule's own thickness ``r`` (the largest ball inside it at the
+    centre, a cavity or lucency in it counted as the nodule's; searching 3 mm around the centre leaked into
+    the chest wall of small phantoms): what runs on from beyond
     ``2 r + hold_margin_mm`` of the centre out of the crop (a vessel, the wall) is cut there, while a part
     that ends within the crop (an irregular nodule's lobe), or leaves it only through a vessel thinner than
     the strand ball below while it is itself as thick as ``r`` and 2 mm (an elongated nodule's body), is
@@ -225,11 +226,13 @@ def depth_inside_mm(mask: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray
 def _held(
     region: np.ndarray, centre: tuple[int, ...], distance: np.ndarray, hold_margin_mm: float, spacing_mm: float
 ) -> tuple[float, np.ndarray]:
-    """The nodule's thickness (mm, the radius of the largest ball in ``region`` at ``centre``) and what
-    of ``region`` runs on out of the crop from beyond ``HOLD_FACTOR`` thicknesses plus ``hold_margin_mm``
-    of the centre (``distance``: each voxel's, mm): the nodule's hold cuts it off, but for the nodule's
-    own body beyond it that only a vessel carries out of the crop (:func:`_bodies_beyond_strands`)."""
-    depth = _distance_inside(region)
+    """The nodule's thickness (mm, the radius of the largest ball in ``region`` at ``centre``, the
+    region's holes filled: a cavity or bubble-like lucency beside the centre is the nodule's, not its
+    edge) and what of ``region`` runs on out of the crop from beyond ``HOLD_FACTOR`` thicknesses plus
+    ``hold_margin_mm`` of the centre (``distance``: each voxel's, mm): the nodule's hold cuts it off,
+    but for the nodule's own body beyond it that only a vessel carries out of the crop
+    (:func:`_bodies_beyond_strands`)."""
+    depth = _distance_inside(_filled(region))
     thickness = float(depth[centre]) * spacing_mm
     running_on = _running_on(region & (distance > HOLD_FACTOR * thickness + hold_margin_mm))
     return thickness, running_on & ~_bodies_beyond_strands(region, depth, running_on, thickness, spacing_mm)
@@ -325,6 +328,15 @@ def _wall(dense: np.ndarray, radius: float, region: np.ndarray) -> np.ndarray:
     reached[near] = (_distance_outside(centres[near], radius) <= radius) & held[near]
     wall[box] = reached[tuple(slice(before, size - after) for (before, after), size in zip(pad, reached.shape))]
     return wall
+
+
+def _filled(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with its holes (what it encloses in 3D) filled, computed on its box."""
+    filled = mask.copy()
+    if mask.any():
+        box = _box(mask, 1)
+        filled[box] = ndi.binary_fill_holes(mask[box])
+    return filled
 
 
 def _opened(mask: np.ndarray, radius: float) -> np.ndarray:

@@ -175,6 +175,33 @@ def test_bench_realism_measures_the_test_outlines(dataset, tmp_path):
     assert "malignancy" not in result  # no --work: no training
 
 
+def test_bench_realism_split_all_measures_every_split(dataset, tmp_path, capsys):
+    out = tmp_path / "realism.json"
+    assert main(["bench", "realism", "--data", str(dataset), "--split", "all", "--out", str(out)]) == 0
+    datalist = json.loads((dataset / "datalist.json").read_text())
+    nodules = [i for split in ("training", "validation", "test") for i in datalist[split] if i.get("is_nodule", 1)]
+    assert json.loads(out.read_text())["measurement"]["all"]["n"] == len(nodules)
+    capsys.readouterr()
+    assert main(["bench", "realism", "--data", str(dataset), "--split", "all", "--work", str(tmp_path / "work")]) == 2  # a network is judged on one split
+    assert "split 'all' measures only" in capsys.readouterr().err and not (tmp_path / "work").exists()
+
+
+def test_synth_lidc_first_scan_draws_later_scans_as_the_whole_set_does(dataset, tmp_path):
+    """A set from the third scan on holds that scan drawn as the first three scans' set drew it: the same
+    patient, the same nodules and reference sizes, the same voxels."""
+    from nodule_bundle.data.real_geometry import write_real_geometry_dataset
+
+    write_real_geometry_dataset(tmp_path, scans=1, seed=1, workers=1, negatives_per_scan=3, cache=tmp_path / "clusters.json", first_scan=2)
+    with open(tmp_path / "annotations.csv", newline="") as fh:
+        later = list(csv.DictReader(fh))
+    with open(dataset / "annotations.csv", newline="") as fh:
+        third = [r for r in csv.DictReader(fh) if r["seriesuid"] == later[0]["seriesuid"]]
+    assert later == third and later
+    image = f"images/{later[0]['seriesuid']}.nii.gz"
+    np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / image).dataobj), np.asarray(nib.load(dataset / image).dataobj))
+    assert json.loads((tmp_path / "datalist.json").read_text())["real_geometry"]["first_scan"] == 2
+
+
 @pytest.mark.slow
 def test_semantic_heads_train_on_the_ratings_and_are_evaluated_per_nodule(dataset, tmp_path):
     """train.json learns the readers' ratings as auxiliary targets; evaluate.json reports them per nodule."""

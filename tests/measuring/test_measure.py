@@ -87,6 +87,21 @@ def test_a_lobe_that_a_thin_vessel_carries_out_of_the_crop_is_kept():
     assert 11.5 <= m.long_axis_mm <= 13.5  # 12 mm, and the vessel's base the strand opening restores (1 mm at most)
 
 
+def test_a_bubble_beside_the_centre_does_not_make_the_nodule_thin():
+    """A 16 mm nodule with a 3 mm air bubble 0.3 mm from its centre and a vessel running on out of the
+    crop: the nodule's thickness is its own (the bubble a hole in it), not the 0.3 mm to the bubble, so
+    its hold does not cut it down to the centre. LIDC-IDRI-0337-n2, a 28 mm nodule with a lucency
+    beside its centroid, measured 10.5 mm before."""
+    x, y, z = _grid()
+    nodule = np.sqrt(x**2 + y**2 + z**2) <= 8.0
+    vessel = (np.hypot(x, z) <= 1.2) & (y > 0)
+    bubble = np.sqrt((x - 1.8) ** 2 + y**2 + z**2) <= 1.5
+    hu = np.where(nodule | vessel, 30.0, -850.0)
+    hu[bubble] = -1000.0
+    m = measure_nodule(_scan_like(hu), SPACING)
+    assert m.long_axis_mm == pytest.approx(16.0, abs=1.0)
+
+
 def test_a_part_solid_nodule_has_a_smaller_solid_component():
     hu = _ellipsoid([3.0] * 3, 30.0, base=_ellipsoid([7.0] * 3, -550.0))
     m = measure_nodule(_scan_like(hu), SPACING)

@@ -95,7 +95,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     accuracy.set_defaults(func=run_benchmark)
     realism = kinds.add_parser("realism", help="measurement (and with --work, malignancy) on real nodule geometry (synth --geometry lidc)")
     realism.add_argument("--data", required=True, type=Path, help="a dataset written by synth --geometry lidc")
-    realism.add_argument("--split", choices=("training", "validation", "test"), default="test", help="the nodules to measure")
+    realism.add_argument("--split", choices=("training", "validation", "test", "all"), default="test",
+                         help="the nodules to measure (all: every split's, for patients no recipe was chosen on)")
     realism.add_argument("--work", type=Path, default=None, help="train there from scratch (train.json) and compare malignancy AUCs")
     realism.add_argument("--epochs", type=positive_int, default=30)
     realism.add_argument("--seed", type=int, default=0)

@@ -31,7 +31,7 @@ from monai.transforms import Compose
 from nodule_bundle.apps.bench.timing import inference_config, inference_steps
 from nodule_bundle.core.errors import NoduleBundleError
 from nodule_bundle.core.nodule import RATING_COLUMNS, lung_rads_category, texture_from_measurement
-from nodule_bundle.data.datalist import has_reference_masks, load_nodule_datalist
+from nodule_bundle.data.datalist import SPLITS, has_reference_masks, load_nodule_datalist
 
 #: strata of the reference long axis (mm) for the measurement, of the reference mean diameter for malignancy
 LONG_AXIS_STRATA_MM = ((0.0, 6.0), (6.0, 10.0), (10.0, 20.0), (20.0, math.inf))
@@ -63,7 +63,9 @@ def read_references(data_dir: str | Path) -> dict[tuple[str, str], dict[str, str
 
 
 def _nodule_items(datalist: Path, split: str) -> list[dict]:
-    return [item for item in load_nodule_datalist(datalist, split) if item.get("is_nodule", 1) != 0]
+    """The nodules (not the false candidates) of ``split``, or of every split (``"all"``)."""
+    splits = SPLITS if split == "all" else (split,)
+    return [item for name in splits for item in load_nodule_datalist(datalist, name) if item.get("is_nodule", 1) != 0]
 
 
 def measure_against_reference(data_dir: str | Path, split: str = "test", bundle_root: str | Path | None = None, overrides: dict | None = None) -> dict:
@@ -238,11 +240,14 @@ def bench_realism(data: str | Path, work: str | Path | None = None, epochs: int 
     ``work/models`` are reused): the learned segmentation (``configs/train_segmentation.json``), which
     the measurement then uses, and the classifier (``configs/train.json`` merged with ``configs``,
     e.g. ``backbone_resnet``; config ``overrides``; ``epochs``), whose malignancy is evaluated on the
-    validation split (where a recipe is chosen) and the test split."""
+    validation split (where a recipe is chosen) and the test split. ``split`` ``"all"`` measures every
+    split's nodules: a set of patients no recipe was chosen on (``synth --geometry lidc --first-scan``)."""
     from nodule_bundle.apps.workflow import find_bundle_root, run_bundle
     from nodule_bundle.core.io_utils import write_json_atomic
 
     data = Path(data)
+    if split == "all" and work is not None:
+        raise NoduleBundleError(f"{data}: split 'all' measures only; a network trained there is judged on its test split (leave out --work or name a split)")
     result: dict = {"benchmark": "realism", "data": str(data), "split": split}
     measuring = dict(overrides or {})
     if work is not None:
