@@ -246,7 +246,7 @@ def _bodies_beyond_strands(
     through tissue the strand opening drops (:func:`without_strands`' ball), with the rim the opening
     rounded off: the rest of an elongated or concave nodule whose vessel runs out, not a vessel or
     the wall. They are kept, and the vessel dropped by :func:`without_strands`. ``depth``: each voxel's
-    distance to the outside of ``region`` (voxels), no less than a part's own."""
+    distance to the outside of ``region`` with its holes filled (voxels), no less than a part's own."""
     radius = min(STRAND_BALL_FACTOR * thickness_mm, STRAND_BALL_MAX_MM) / spacing_mm
     least = max(thickness_mm, LOBE_MIN_MM) / spacing_mm
     if radius < 1.0 or not running_on.any() or depth[running_on].max() < least:  # nothing that thick
