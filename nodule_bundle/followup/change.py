@@ -82,7 +82,10 @@ def lung_rads_with_prior(texture: str, mean_mm: float | None, solid_mm: float | 
     difference) is more than :data:`GROWTH_MM`.
 
     Solid: new <4 mm 2, 4-<6 3, 6-<8 4A, >=8 4B; growing <8 mm 4A, >=8 4B; otherwise the prior's
-    category stepped down (3 -> 2, 4A -> 3, 4B stays), unless its size now reaches a higher category.
+    category stepped down (3 -> 2, 4A -> 3, 4B stays), unless it now reaches a higher category and
+    enlarged (a change above 0) or changed its texture: v2022's size thresholds apply to nodules "that
+    enlarge"; a mean diameter over a threshold with no change (read from the volumes) is the two scans'
+    measurement error.
     Part-solid: new with a total <6 mm 3; at 6 mm and more, a new or growing solid component <4 mm
     4A, >=4 mm 4B.
     Ground glass: 2, or 3 when new at >= 30 mm; >= 30 mm and stable 2."""
@@ -103,8 +106,10 @@ def lung_rads_with_prior(texture: str, mean_mm: float | None, solid_mm: float | 
             return "4A" if solid < 4.0 else "4B"
     elif prior_mean_mm is None:
         return "2" if mean_mm < 4.0 else "3" if mean_mm < 6.0 else "4A" if mean_mm < 8.0 else "4B"
-    elif (mean_mm - prior_mean_mm if change_mm is None else change_mm) > GROWTH_MM:
+    change = mean_mm - prior_mean_mm if change_mm is None else change_mm  # a part-solid nodule here has a prior too
+    if texture == "solid" and change > GROWTH_MM:
         return "4A" if mean_mm < 8.0 else "4B"
     before = lung_rads_category(prior_texture or texture, prior_mean_mm, prior_solid_mm)
     stepped = _STEP_DOWN.get(before, before)
-    return now if _ORDER.index(now) > _ORDER.index(before) else stepped
+    changed = change > 0.0 or (prior_texture or texture) != texture  # enlarged, or its texture changed
+    return now if changed and _ORDER.index(now) > _ORDER.index(before) else stepped

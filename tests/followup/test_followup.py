@@ -134,6 +134,9 @@ def test_volume_doubling_time_and_its_interval():
         (("ground-glass", 32.0, 0.0, 31.0, 0.0, "ground-glass"), "2"),
         (("solid", 7.0, 7.0, 6.5, None, None, 1.8), "4A"),  # the change given (from the volumes): growing
         (("solid", 7.5, 7.5, 5.5, None, None, 0.4), "3"),  # the diameters differ by 2 mm, the volumes say stable
+        (("solid", 8.1, 8.1, 7.7, None, None, 0.3), "4A"),  # enlarged a little, into a higher size category
+        (("solid", 8.1, 8.1, 7.7, None, None, -0.1), "2"),  # over 8 mm now, but the volumes say it did not enlarge: a 3 that stayed
+        (("solid", 7.0, 7.0, 8.0, 0.0, "ground-glass", -0.5), "3"),  # no enlargement, but ground glass turned solid
     ],
 )
 def test_lung_rads_with_the_prior(args, expected):
