@@ -74,8 +74,17 @@ def vdt_interval(prior_volume_mm3: float, current_volume_mm3: float, days: float
     return (to_vdt(hi), math.inf) if ratio >= 0 else (-math.inf, to_vdt(lo))
 
 
+def measurement_error_mm(prior_mean_mm: float, current_mean_mm: float, log_sd: float = VOLUME_LOG_SD) -> float:
+    """One standard deviation of the change in mean diameter that two measured volumes' errors
+    (``log_sd`` each, independent) carry: :func:`diameter_change_mm` of a volume ratio of
+    ``exp(sqrt(2) * log_sd)`` (about 6 % of the mean diameter at 0.12)."""
+    ratio = math.exp(math.sqrt(2.0) * log_sd / 3.0)
+    return (prior_mean_mm + current_mean_mm) * (ratio - 1.0) / (ratio + 1.0)
+
+
 def lung_rads_with_prior(texture: str, mean_mm: float | None, solid_mm: float | None, prior_mean_mm: float | None,
-                         prior_solid_mm: float | None = None, prior_texture: str | None = None, change_mm: float | None = None) -> str | None:  # fmt: skip
+                         prior_solid_mm: float | None = None, prior_texture: str | None = None, change_mm: float | None = None,
+                         least_enlargement_mm: float = 0.0) -> str | None:  # fmt: skip
     """The Lung-RADS v2022 category of one nodule on a follow-up screening scan, given its size now
     and on the prior (``None``: not seen there, a new nodule); ``None`` for a nodule gone (resolved).
     A solid nodule grows where its mean diameter's change (``change_mm``, else the diameters'
@@ -83,9 +92,10 @@ def lung_rads_with_prior(texture: str, mean_mm: float | None, solid_mm: float | 
 
     Solid: new <4 mm 2, 4-<6 3, 6-<8 4A, >=8 4B; growing <8 mm 4A, >=8 4B; otherwise the prior's
     category stepped down (3 -> 2, 4A -> 3, 4B stays), unless it now reaches a higher category and
-    enlarged (a change above 0) or changed its texture: v2022's size thresholds apply to nodules "that
-    enlarge"; a mean diameter over a threshold with no change (read from the volumes) is the two scans'
-    measurement error.
+    enlarged (a change above ``least_enlargement_mm``: 0 for exact sizes, the two measurements' error
+    for measured ones, :func:`measurement_error_mm`) or changed its texture: v2022's size thresholds
+    apply to nodules "that enlarge"; a mean diameter over a threshold with no change beyond that error
+    is the two scans' measurement error.
     Part-solid: new with a total <6 mm 3; at 6 mm and more, a new or growing solid component <4 mm
     4A, >=4 mm 4B.
     Ground glass: 2, or 3 when new at >= 30 mm; >= 30 mm and stable 2."""
@@ -111,5 +121,5 @@ def lung_rads_with_prior(texture: str, mean_mm: float | None, solid_mm: float | 
         return "4A" if mean_mm < 8.0 else "4B"
     before = lung_rads_category(prior_texture or texture, prior_mean_mm, prior_solid_mm)
     stepped = _STEP_DOWN.get(before, before)
-    changed = change > 0.0 or (prior_texture or texture) != texture  # enlarged, or its texture changed
+    changed = change > least_enlargement_mm or (prior_texture or texture) != texture  # enlarged, or its texture changed
     return now if changed and _ORDER.index(now) > _ORDER.index(before) else stepped

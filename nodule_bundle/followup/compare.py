@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from nodule_bundle.followup.change import diameter_change_mm, lung_rads_with_prior, status, vdt_interval, volume_doubling_time
+from nodule_bundle.followup.change import diameter_change_mm, lung_rads_with_prior, measurement_error_mm, status, vdt_interval, volume_doubling_time
 from nodule_bundle.followup.matching import GATE_MM, match_nodules
 from nodule_bundle.followup.registration import Registration
 
@@ -46,16 +46,18 @@ def _finite(value: float, ndigits: int) -> float | None:
     return round(value, ndigits) if math.isfinite(value) else None
 
 
-def change_row(prior: Mapping | None, current: Mapping | None, days: float | None, change_from_volumes: bool = True) -> dict:
+def change_row(prior: Mapping | None, current: Mapping | None, days: float | None, measured: bool = True) -> dict:
     """The change between one nodule's prior and current sizes (:func:`finding_sizes`; either ``None``)
-    over ``days`` (``None``: unknown, no VDT); the change in mean diameter read from the volumes
-    (``change_from_volumes``) or from the diameters alone."""
+    over ``days`` (``None``: unknown, no VDT). Sizes ``measured`` (the default) carry an error: the
+    change in mean diameter is read from the volumes, and an enlargement into a higher Lung-RADS size
+    category must exceed the two measurements' error; exact sizes (a reference's, ``measured=False``):
+    the diameters' difference, and any enlargement counts."""
     before = prior["mean_diameter_mm"] if prior else None
     now = current["mean_diameter_mm"] if current else None
     change, growth = None, {}
     if prior and current:
         v0, v1 = prior["volume_mm3"], current["volume_mm3"]
-        change = diameter_change_mm(before, now, *((v0, v1) if change_from_volumes else ()))
+        change = diameter_change_mm(before, now, *((v0, v1) if measured else ()))
         growth["mean_diameter_change_mm"] = round(change, 1)
         if v0 and v1:
             growth["volume_change_percent"] = round(100.0 * (v1 / v0 - 1.0), 1)
@@ -67,6 +69,7 @@ def change_row(prior: Mapping | None, current: Mapping | None, days: float | Non
         row["lung_rads_category"] = lung_rads_with_prior(
             current["texture"], now, current["solid_mean_diameter_mm"], before,
             prior["solid_mean_diameter_mm"] if prior else None, prior["texture"] if prior else None, change,
+            measurement_error_mm(before, now) if measured and before is not None else 0.0,
         )  # fmt: skip
     else:
         row["lung_rads_category"] = None

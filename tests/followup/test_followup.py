@@ -12,7 +12,7 @@ from monai.data import MetaTensor
 from nodule_bundle.core.geometry import LPS_TO_RAS
 from nodule_bundle.data.followup_phantom import FollowupConfig, make_followup_scan, schedule
 from nodule_bundle.data.phantom import PhantomConfig, make_scan
-from nodule_bundle.followup.change import diameter_change_mm, lung_rads_with_prior, status, vdt_interval, volume_doubling_time
+from nodule_bundle.followup.change import diameter_change_mm, lung_rads_with_prior, measurement_error_mm, status, vdt_interval, volume_doubling_time
 from nodule_bundle.followup.compare import change_row
 from nodule_bundle.followup.matching import match_nodules
 from nodule_bundle.followup.registration import FollowupError, register
@@ -135,6 +135,7 @@ def test_volume_doubling_time_and_its_interval():
         (("solid", 7.0, 7.0, 6.5, None, None, 1.8), "4A"),  # the change given (from the volumes): growing
         (("solid", 7.5, 7.5, 5.5, None, None, 0.4), "3"),  # the diameters differ by 2 mm, the volumes say stable
         (("solid", 8.1, 8.1, 7.7, None, None, 0.3), "4A"),  # enlarged a little, into a higher size category
+        (("solid", 8.1, 8.1, 7.7, None, None, 0.3, 0.45), "2"),  # ... by less than the measurements' error: a 3 that stayed
         (("solid", 8.1, 8.1, 7.7, None, None, -0.1), "2"),  # over 8 mm now, but the volumes say it did not enlarge: a 3 that stayed
         (("solid", 7.0, 7.0, 8.0, 0.0, "ground-glass", -0.5), "3"),  # no enlargement, but ground glass turned solid
     ],
@@ -155,10 +156,24 @@ def test_status_by_the_change_in_mean_diameter_the_volumes_imply():
     assert diameter_change_mm(8.0, 9.0) == 1.0 and diameter_change_mm(8.0, 9.0, None, 300.0) == 1.0  # no volumes: the difference
 
 
+def test_measured_sizes_must_enlarge_beyond_their_error_to_reach_a_higher_category():
+    ball = lambda d: math.pi / 6.0 * d**3  # noqa: E731
+    sizes = lambda d, v: {"mean_diameter_mm": d, "volume_mm3": v, "solid_mean_diameter_mm": d, "texture": "solid"}  # noqa: E731
+    # one standard deviation of two measured volumes' change, in mean diameter: about 6 % of it
+    assert measurement_error_mm(7.8, 8.1) == pytest.approx(0.057 * 7.95, rel=0.02)
+    # 7.8 -> 8.1 mm: the volumes say +0.25 mm, within the measurements' error: a 3 that stayed
+    prior, current = sizes(7.8, ball(7.8)), sizes(8.1, ball(8.05))
+    assert change_row(prior, current, 365)["lung_rads_category"] == "2"
+    # the same sizes exact (a reference's): any enlargement into 4A counts
+    assert change_row(prior, current, 365, measured=False)["lung_rads_category"] == "4A"
+    # enlarged beyond the error (+0.6 mm by the volumes): 4A
+    assert change_row(prior, sizes(8.1, ball(8.4)), 365)["lung_rads_category"] == "4A"
+
+
 def test_a_change_row_reads_growth_from_the_volumes_unless_told_not_to():
     sizes = lambda d, v: {"mean_diameter_mm": d, "volume_mm3": v, "solid_mean_diameter_mm": d, "texture": "solid"}  # noqa: E731
     prior, current = sizes(6.0, 113.1), sizes(7.8, 120.0)  # the diameters say +1.8 mm, the volumes +0.1 mm
-    by_volume, by_diameter = change_row(prior, current, 365), change_row(prior, current, 365, change_from_volumes=False)
+    by_volume, by_diameter = change_row(prior, current, 365), change_row(prior, current, 365, measured=False)
     assert by_volume["status"] == "stable" and by_volume["mean_diameter_change_mm"] == 0.1 and by_volume["lung_rads_category"] == "2"
     assert by_diameter["status"] == "growing" and by_diameter["mean_diameter_change_mm"] == 1.8 and by_diameter["lung_rads_category"] == "4A"
     # the table shows the change the status was decided on beside both sizes

@@ -101,7 +101,7 @@ def bench_followup(patients: int = 8, seed: int = 0, timepoints: int = 3, first_
                     counts["right" if row["prior_nodule_id"] == row["current_nodule_id"] else "wrong"] += 1
                 track = row["current_nodule_id"] or row["prior_nodule_id"]
                 reference = _truth(before.get(track), truth.get(track))
-                true_row = change_row(reference["prior"], reference["current"], days[b] - days[a], change_from_volumes=False)
+                true_row = change_row(reference["prior"], reference["current"], days[b] - days[a], measured=False)
                 statuses.append((row["status"], true_row["status"]))
                 if row["current_nodule_id"] is not None:
                     categories.append((row["lung_rads_category"], true_row["lung_rads_category"]))
