@@ -69,7 +69,7 @@ def change_row(prior: Mapping | None, current: Mapping | None, days: float | Non
         row["lung_rads_category"] = lung_rads_with_prior(
             current["texture"], now, current["solid_mean_diameter_mm"], before,
             prior["solid_mean_diameter_mm"] if prior else None, prior["texture"] if prior else None, change,
-            measurement_error_mm(before, now) if measured and before is not None else 0.0,
+            measurement_error_mm(before, now) if measured and prior else 0.0,
         )  # fmt: skip
     else:
         row["lung_rads_category"] = None
