@@ -78,8 +78,7 @@ def measurement_error_mm(prior_mean_mm: float, current_mean_mm: float, log_sd: f
     """One standard deviation of the change in mean diameter that two measured volumes' errors
     (``log_sd`` each, independent) carry: :func:`diameter_change_mm` of a volume ratio of
     ``exp(sqrt(2) * log_sd)`` (about 6 % of the mean diameter at 0.12)."""
-    ratio = math.exp(math.sqrt(2.0) * log_sd / 3.0)
-    return (prior_mean_mm + current_mean_mm) * (ratio - 1.0) / (ratio + 1.0)
+    return diameter_change_mm(prior_mean_mm, current_mean_mm, 1.0, math.exp(math.sqrt(2.0) * log_sd))
 
 
 def lung_rads_with_prior(texture: str, mean_mm: float | None, solid_mm: float | None, prior_mean_mm: float | None,

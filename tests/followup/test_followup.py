@@ -148,31 +148,37 @@ def test_status_by_the_change_in_mean_diameter():
     assert [status(None, 5.0), status(5.0, None), status(5.0, 6.6), status(5.0, 6.4), status(6.6, 5.0)] == ["new", "resolved", "growing", "stable", "shrinking"]
 
 
+def _ball(diameter_mm: float) -> float:
+    """A ball's volume (mm3)."""
+    return math.pi / 6.0 * diameter_mm**3
+
+
+def _sizes(mean_mm: float, volume_mm3: float) -> dict:
+    """A solid finding's sizes as ``change_row`` takes them."""
+    return {"mean_diameter_mm": mean_mm, "volume_mm3": volume_mm3, "solid_mean_diameter_mm": mean_mm, "texture": "solid"}
+
+
 def test_status_by_the_change_in_mean_diameter_the_volumes_imply():
     assert status(5.0, 6.4, change_mm=1.6) == "growing" and status(5.0, 6.6, change_mm=0.2) == "stable"
     # a ball of 8 mm grown to 10 mm: the volumes' ratio says +2 mm whatever error the diameters carry
-    ball = lambda d: math.pi / 6.0 * d**3  # noqa: E731
-    assert diameter_change_mm(8.6, 9.4, ball(8.0), ball(10.0)) == pytest.approx(2.0)  # the diameters alone: +0.8 mm
+    assert diameter_change_mm(8.6, 9.4, _ball(8.0), _ball(10.0)) == pytest.approx(2.0)  # the diameters alone: +0.8 mm
     assert diameter_change_mm(8.0, 9.0) == 1.0 and diameter_change_mm(8.0, 9.0, None, 300.0) == 1.0  # no volumes: the difference
 
 
 def test_measured_sizes_must_enlarge_beyond_their_error_to_reach_a_higher_category():
-    ball = lambda d: math.pi / 6.0 * d**3  # noqa: E731
-    sizes = lambda d, v: {"mean_diameter_mm": d, "volume_mm3": v, "solid_mean_diameter_mm": d, "texture": "solid"}  # noqa: E731
     # one standard deviation of two measured volumes' change, in mean diameter: about 6 % of it
     assert measurement_error_mm(7.8, 8.1) == pytest.approx(0.057 * 7.95, rel=0.02)
     # 7.8 -> 8.1 mm: the volumes say +0.25 mm, within the measurements' error: a 3 that stayed
-    prior, current = sizes(7.8, ball(7.8)), sizes(8.1, ball(8.05))
+    prior, current = _sizes(7.8, _ball(7.8)), _sizes(8.1, _ball(8.05))
     assert change_row(prior, current, 365)["lung_rads_category"] == "2"
     # the same sizes exact (a reference's): any enlargement into 4A counts
     assert change_row(prior, current, 365, measured=False)["lung_rads_category"] == "4A"
     # enlarged beyond the error (+0.6 mm by the volumes): 4A
-    assert change_row(prior, sizes(8.1, ball(8.4)), 365)["lung_rads_category"] == "4A"
+    assert change_row(prior, _sizes(8.1, _ball(8.4)), 365)["lung_rads_category"] == "4A"
 
 
 def test_a_change_row_reads_growth_from_the_volumes_unless_told_not_to():
-    sizes = lambda d, v: {"mean_diameter_mm": d, "volume_mm3": v, "solid_mean_diameter_mm": d, "texture": "solid"}  # noqa: E731
-    prior, current = sizes(6.0, 113.1), sizes(7.8, 120.0)  # the diameters say +1.8 mm, the volumes +0.1 mm
+    prior, current = _sizes(6.0, 113.1), _sizes(7.8, 120.0)  # the diameters say +1.8 mm, the volumes +0.1 mm
     by_volume, by_diameter = change_row(prior, current, 365), change_row(prior, current, 365, measured=False)
     assert by_volume["status"] == "stable" and by_volume["mean_diameter_change_mm"] == 0.1 and by_volume["lung_rads_category"] == "2"
     assert by_diameter["status"] == "growing" and by_diameter["mean_diameter_change_mm"] == 1.8 and by_diameter["lung_rads_category"] == "4A"
