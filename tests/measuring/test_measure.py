@@ -87,6 +87,20 @@ def test_a_lobe_that_a_thin_vessel_carries_out_of_the_crop_is_kept():
     assert 11.5 <= m.long_axis_mm <= 13.5  # 12 mm, and the vessel's base the strand opening restores (1 mm at most)
 
 
+def test_a_vessel_the_strand_opening_keeps_is_cut_along_its_axis():
+    """A 7 x 5 x 5 mm nodule with a 4 mm vessel passing its end, as thick as the strand opening's ball
+    (0.8 of the nodule's 2.5 mm thickness): the opening keeps the vessel's stretch beside the nodule,
+    which lengthened the long axis to 7.4 mm and the mean diameter to 6.4 mm. The vessel runs on out of
+    the crop as a tube; carried on along its axis into the hold, it is cut there (LIDC-IDRI-0149-n2, a
+    5.5 mm nodule measured 7.7 mm before)."""
+    x, y, z = _grid()
+    nodule = (x / 3.5) ** 2 + (y / 2.5) ** 2 + (z / 2.5) ** 2 <= 1
+    vessel = np.hypot(x - (3.5 + 0.6 * 2.0), z) <= 2.0  # along y, its axis 0.6 of its radius beyond the nodule's end
+    m = measure_nodule(_scan_like(np.where(nodule | vessel, 30.0, -850.0)), SPACING)
+    assert m.mean_diameter_mm == pytest.approx(6.0, abs=0.2)
+    assert m.long_axis_mm <= 7.0
+
+
 def test_a_bubble_beside_the_centre_does_not_make_the_nodule_thin():
     """A 16 mm nodule with a 3 mm air bubble 0.3 mm from its centre and a vessel running on out of the
     crop: the nodule's thickness is its own (the bubble a hole in it), not the 0.3 mm to the bubble, so
