@@ -156,8 +156,7 @@ def segment_nodule(
         region = _apart_from(region, other_tissue, centre, GROUND_GLASS_APART_MM / spacing_mm)
         thickness, running_on = _held(region, centre, distance, hold_margin_mm, spacing_mm)
     region = _component_at(region & ~running_on, centre)
-    hold_mm = HOLD_FACTOR * thickness + hold_margin_mm
-    vessels = _vessels_carried_on(region, running_on, distance, hold_mm, thickness, spacing_mm)
+    vessels = _vessels_carried_on(region, running_on, distance, _hold_mm(thickness, hold_margin_mm), thickness, spacing_mm)
     if vessels.any() and not vessels[centre]:
         kept = _component_at(region & ~vessels, centre)
         vessels, region = region & ~kept, kept  # with what the cut parted from the nodule
@@ -249,8 +248,13 @@ def _held(
     (:func:`_bodies_beyond_strands`)."""
     depth = _distance_inside(_filled(region))
     thickness = float(depth[centre]) * spacing_mm
-    running_on = _running_on(region & (distance > HOLD_FACTOR * thickness + hold_margin_mm))
+    running_on = _running_on(region & (distance > _hold_mm(thickness, hold_margin_mm)))
     return thickness, running_on & ~_bodies_beyond_strands(region, depth, running_on, thickness, spacing_mm)
+
+
+def _hold_mm(thickness_mm: float, hold_margin_mm: float) -> float:
+    """How far from the centre (mm) the hold of a nodule ``thickness_mm`` thick at its centre reaches."""
+    return HOLD_FACTOR * thickness_mm + hold_margin_mm
 
 
 def _bodies_beyond_strands(
