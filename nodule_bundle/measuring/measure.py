@@ -300,8 +300,10 @@ def _vessels_carried_on(region: np.ndarray, running_on: np.ndarray, distance: np
     for label in np.unique(labels[near]):
         part = labels == label
         points = np.argwhere(part).astype(np.float64)
+        if len(points) < 10:
+            continue
         radius = float(_distance_inside(part).max())
-        if len(points) < 10 or not least <= radius <= thickness_mm / spacing_mm:
+        if not least <= radius <= thickness_mm / spacing_mm:
             continue
         mean = points.mean(axis=0)
         variances, axes = np.linalg.eigh(np.cov((points - mean).T))
