@@ -255,6 +255,24 @@ def test_a_lobe_that_runs_out_of_the_first_crop_is_measured_in_the_large_one():
     assert measurer({"image": vessel, "center_world_mm": [centre]})["measured_long_axis_mm"][0] < 20.0
 
 
+def test_a_concave_mass_whose_centre_lies_in_its_notch_is_measured_whole():
+    """A 38 mm U-shaped mass (two 18 mm lobes joined by a bar), given by its centroid, which lies in the
+    1 mm gap between the lobes (as a concave mass's centroid lies in its notch): held there less than a
+    voxel thick, the first crop kept 4 mm of it and cut the rest as tissue running on out of the crop.
+    Held so thin, the nodule is in a notch of itself, and the large crop measures it whole."""
+    from nodule_bundle.measuring.transforms import NoduleMeasured
+
+    spacing = np.array([0.7, 0.7, 1.0])
+    shape = (120, 120, 80)
+    x, y, z = (np.indices(shape, dtype=np.float64) * spacing[:, None, None, None]) - np.array([42.0, 42.0, 40.0])[:, None, None, None]
+    lobes = ((x - 10.0) ** 2 + y**2 + z**2 <= 9.0**2) | ((x + 10.0) ** 2 + y**2 + z**2 <= 9.0**2)
+    body = lobes | ((np.hypot(y - 9.0, z) <= 4.5) & (np.abs(x) <= 10.0))
+    image, centroid = _acquired_scan(body, spacing)
+    measured = NoduleMeasured("image", workers=1)({"image": image, "center_world_mm": [centroid]})
+    assert measured["measured_long_axis_mm"][0] == pytest.approx(axial_long_axis(body, spacing), abs=1.0)
+    assert measured["measured_volume_mm3"][0] == pytest.approx(body.sum() * spacing.prod(), rel=0.25)
+
+
 def test_the_acquired_edge_takes_no_voxel_of_what_the_segmentation_cut_off():
     """Tissue touching the nodule that its segmentation cut off (a wall, a vessel) stays out, though
     as dense as the nodule; the nodule's own edge voxels above the threshold come in."""
