@@ -107,7 +107,7 @@ def test_a_tail_that_ends_in_the_lung_is_the_nodules_and_a_vessel_that_runs_on_i
     off, so it is given back (as readers outline it: 15.2 mm before). The same tube running on out of
     the crop is a vessel, cut."""
     x, y, z = _grid()
-    tail = (np.hypot(y, z) <= 1.5) & (x > 0) & (x <= 8.5) | ((x - 8.5) ** 2 + y**2 + z**2 <= 1.5**2)
+    tail = ((np.hypot(y, z) <= 1.5) & (x > 0) & (x <= 8.5)) | ((x - 8.5) ** 2 + y**2 + z**2 <= 1.5**2)
     hu = _ellipsoid([7.0] * 3, 30.0)
     hu[tail] = 30.0
     assert measure_nodule(_scan_like(hu), SPACING).long_axis_mm == pytest.approx(17.0, abs=0.8)
@@ -273,9 +273,9 @@ def test_a_lobe_that_runs_out_of_the_first_crop_is_measured_in_the_large_one():
 
 def test_a_concave_mass_whose_centre_lies_in_its_notch_is_measured_whole():
     """A 38 mm U-shaped mass (two 18 mm lobes joined by a bar), given by its centroid, which lies in the
-    1 mm gap between the lobes (as a concave mass's centroid lies in its notch): held there less than a
-    voxel thick, the first crop kept 4 mm of it and cut the rest as tissue running on out of the crop.
-    Held so thin, the nodule is in a notch of itself, and the large crop measures it whole."""
+    2 mm gap between the lobes (as a concave mass's centroid lies in its notch): held there one voxel
+    thick, the first crop kept 4 mm of it and cut the rest as tissue running on out of the crop. Held
+    so thin, the nodule is in a notch of itself, and the large crop measures it whole."""
     from nodule_bundle.measuring.transforms import NoduleMeasured
 
     spacing = np.array([0.7, 0.7, 1.0])
