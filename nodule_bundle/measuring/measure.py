@@ -387,9 +387,9 @@ def _cut_short(region: np.ndarray, running_on: np.ndarray, thickness_mm: float, 
     """Whether a part of ``running_on`` (what the hold cut off as running on out of the crop) within 2
     voxels of ``region`` is as thick as a lobe (its widest ball's radius from :data:`LOBE_MIN_MM` to the
     nodule's ``thickness_mm``) and leaves the crop as a lobe would, through no more of its faces than
-    :data:`LOBE_FACE_DISCS` discs of that radius (the chest wall lies along them), or is any such part
-    of a nodule held thinner than :data:`THIN_CENTRE_MM` (in a notch of itself): then the nodule may run
-    on beyond the crop."""
+    :data:`LOBE_FACE_DISCS` discs of that radius (the chest wall lies along them): then the nodule may run
+    on beyond the crop. A nodule held thinner than :data:`THIN_CENTRE_MM` (in a notch of itself) may
+    whenever any part lies that near, whatever its thickness and faces."""
     if not running_on.any():
         return False
     near = running_on & (_distance_outside(region, 2.0) <= 2.0)
